@@ -1,0 +1,33 @@
+# Every target installs what it needs first (idempotent: stamps skip work already done).
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+KILO   := node_modules/@kilocode/cli-linux-x64/bin/kilo
+PYTEST_ARGS ?=
+
+.PHONY: run test bench deps clean
+
+deps: $(STAMP) $(KILO)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+$(KILO): package.json package-lock.json
+	npm ci --no-audit --no-fund
+	test -x $@ && touch $@
+
+run: deps
+	$(VENV)/bin/gastown up
+
+test: deps
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: deps
+	$(PY) -m bench
+
+clean:
+	rm -rf $(VENV) node_modules .pytest_cache .gastown

@@ -1,0 +1,1 @@
+"""Shared plumbing for every gastown process: CLI entry, JSON logs, HTTP errors, id rules."""

@@ -1,0 +1,119 @@
+"""aiohttp helpers shared by the control server and the worker API.
+
+Every error leaves as ``{"error": {"code", "message"}}`` with a fitting status. A bad request is a 4xx,
+never a 500: body parsing and validation go through :func:`read_model`, unknown routes and methods
+are mapped by :func:`error_middleware`, and only a genuine bug yields ``500 INTERNAL``.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any, TypeVar
+
+from aiohttp import web
+from pydantic import BaseModel, ValidationError
+
+from gastown.ids import is_valid_id
+from gastown.jsonlog import get_logger
+
+log = get_logger("gastown.http")
+M = TypeVar("M", bound=BaseModel)
+
+MAX_BODY_BYTES = 1 << 20
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.extra = extra
+
+
+def error_response(status: int, code: str, message: str, **extra: Any) -> web.Response:
+    body: dict[str, Any] = {"code": code, "message": message}
+    body.update(extra)
+    return web.json_response({"error": body}, status=status)
+
+
+_STATUS_CODES = {
+    400: "BAD_REQUEST",
+    401: "UNAUTHORIZED",
+    403: "FORBIDDEN",
+    404: "NOT_FOUND",
+    405: "METHOD_NOT_ALLOWED",
+    409: "CONFLICT",
+    413: "PAYLOAD_TOO_LARGE",
+    415: "UNSUPPORTED_MEDIA_TYPE",
+    422: "VALIDATION_ERROR",
+    503: "UNAVAILABLE",
+}
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ApiError as e:
+        return error_response(e.status, e.code, e.message, **e.extra)
+    except web.HTTPException as e:
+        if e.status < 400:
+            raise
+        code = _STATUS_CODES.get(e.status, "HTTP_ERROR")
+        return error_response(e.status, code, e.reason or code)
+    except Exception:
+        log.error("http.unhandled_error", exc_info=True, method=request.method, path=request.path)
+        return error_response(500, "INTERNAL", "internal error")
+
+
+def _format_validation(e: ValidationError) -> str:
+    parts = []
+    for err in e.errors()[:5]:
+        loc = ".".join(str(p) for p in err.get("loc", ())) or "body"
+        parts.append(f"{loc}: {err.get('msg')}")
+    return "; ".join(parts)
+
+
+async def read_json(request: web.Request, *, default: Any = None) -> Any:
+    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
+        raise ApiError(413, "PAYLOAD_TOO_LARGE", f"body exceeds {MAX_BODY_BYTES} bytes")
+    raw = await request.read()
+    if len(raw) > MAX_BODY_BYTES:
+        raise ApiError(413, "PAYLOAD_TOO_LARGE", f"body exceeds {MAX_BODY_BYTES} bytes")
+    if not raw.strip():
+        if default is not None:
+            return default
+        raise ApiError(400, "INVALID_JSON", "request body must be a JSON object")
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise ApiError(400, "INVALID_JSON", "request body is not valid JSON") from None
+
+
+async def read_model(request: web.Request, model: type[M], *, allow_empty: bool = False) -> M:
+    data = await read_json(request, default={} if allow_empty else None)
+    return parse_model(model, data)
+
+
+def parse_model(model: type[M], data: Any) -> M:
+    if not isinstance(data, dict):
+        raise ApiError(400, "INVALID_REQUEST", "request body must be a JSON object")
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        raise ApiError(400, "INVALID_REQUEST", _format_validation(e)) from None
+
+
+def path_id(request: web.Request, name: str) -> str:
+    value = request.match_info.get(name, "")
+    if not is_valid_id(value):
+        raise ApiError(400, "INVALID_ID", f"{name} must match ^[A-Za-z0-9][A-Za-z0-9_-]{{0,63}}$")
+    return value
+
+
+def bearer_token(request: web.Request) -> str | None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()

@@ -1,0 +1,109 @@
+"""The container's HTTP API (SPEC §4), a thin layer over the runtime: parse, validate, call, map errors."""
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import web
+
+from control_server.auth import auth_middleware
+from gastown.http import ApiError, error_middleware, path_id, read_model
+from supervisor.errors import Draining, SupervisorError
+from supervisor.models import MessageRequest, StartAgentRequest
+from supervisor.runtime import ContainerRuntime
+
+RUNTIME = web.AppKey("runtime", ContainerRuntime)
+HYDRATION_WAIT_S = 600.0
+
+
+def _rt(request: web.Request) -> ContainerRuntime:
+    return request.app[RUNTIME]
+
+
+@web.middleware
+async def supervisor_errors(request: web.Request, handler):
+    try:
+        return await handler(request)
+    except SupervisorError as e:
+        raise ApiError(e.status, e.code, e.message, **{k: v for k, v in e.detail.items() if v is not None}) from None
+
+
+async def _await_hydration(rt: ContainerRuntime) -> None:
+    try:
+        await rt.wait_hydrated(HYDRATION_WAIT_S)
+    except asyncio.TimeoutError:
+        raise ApiError(503, "HYDRATING", "boot hydration has not finished") from None
+
+
+async def alive(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def ready(request: web.Request) -> web.Response:
+    rt = _rt(request)
+    if rt.draining:
+        return web.json_response({"status": "draining"}, status=503)
+    if not rt.hydrated.is_set():
+        return web.json_response({"status": "hydrating"}, status=503)
+    return web.json_response({"status": "ready"})
+
+
+async def health(request: web.Request) -> web.Response:
+    return web.json_response(_rt(request).health())
+
+
+async def start_agent(request: web.Request) -> web.Response:
+    rt = _rt(request)
+    if rt.draining:
+        raise Draining("container is draining; start refused")
+    req = await read_model(request, StartAgentRequest)
+    await _await_hydration(rt)
+    if rt.draining:
+        raise Draining("container is draining; start refused")
+    rec, created = await rt.supervisor.start(req)
+    return web.json_response(rec.status(), status=201 if created else 200)
+
+
+async def list_agents(request: web.Request) -> web.Response:
+    return web.json_response({"agents": [a.status() for a in _rt(request).supervisor.agents.values()]})
+
+
+async def agent_status(request: web.Request) -> web.Response:
+    return web.json_response(_rt(request).supervisor.get(path_id(request, "agent_id")).status())
+
+
+async def stop_agent(request: web.Request) -> web.Response:
+    stopped = await _rt(request).supervisor.stop(path_id(request, "agent_id"))
+    return web.json_response({"stopped": stopped})
+
+
+async def message_agent(request: web.Request) -> web.Response:
+    agent_id = path_id(request, "agent_id")
+    body = await read_model(request, MessageRequest)
+    await _rt(request).supervisor.send_message(agent_id, body.prompt)
+    return web.json_response({"sent": True}, status=202)
+
+
+async def agent_events(request: web.Request) -> web.Response:
+    rec = _rt(request).supervisor.get(path_id(request, "agent_id"))
+    raw = request.query.get("after", "0")
+    if not raw.isdigit() or len(raw) > 18:
+        raise ApiError(400, "INVALID_REQUEST", "after must be a non-negative integer")
+    return web.json_response({"events": rec.events.after(int(raw))})
+
+
+def create_app(runtime: ContainerRuntime) -> web.Application:
+    app = web.Application(
+        middlewares=[error_middleware, auth_middleware(runtime.cfg.control_token), supervisor_errors],
+        client_max_size=2 * 1024 * 1024,
+    )
+    app[RUNTIME] = runtime
+    app.router.add_get("/alive", alive)
+    app.router.add_get("/ready", ready)
+    app.router.add_get("/health", health)
+    app.router.add_post("/agents/start", start_agent)
+    app.router.add_get("/agents", list_agents)
+    app.router.add_get("/agents/{agent_id}/status", agent_status)
+    app.router.add_post("/agents/{agent_id}/stop", stop_agent)
+    app.router.add_post("/agents/{agent_id}/message", message_agent)
+    app.router.add_get("/agents/{agent_id}/events", agent_events)
+    return app

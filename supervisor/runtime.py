@@ -1,0 +1,91 @@
+"""The container runtime: composes the supervisor with its reporters and owns every background task.
+
+Lifecycle: ``start()`` begins serving at once and runs boot hydration in the background (the gate
+``hydrated`` releases even when hydration fails); ``shutdown()`` stops every agent and cancels every
+loop it started.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any, Awaitable, Callable
+
+from gastown.jsonlog import get_logger, register_secret, set_town_id
+from supervisor.agent import AgentRecord
+from supervisor.config import RuntimeConfig
+from supervisor.heartbeat import CONTAINER_INSTANCE_ID, Heartbeats
+from supervisor.registry import RegistrySync
+from supervisor.supervisor import Supervisor
+from supervisor.tasks import TaskOwner, every
+from supervisor.telemetry import log_memory
+from supervisor.worker_client import WorkerClient
+
+log = get_logger("container")
+
+
+class ContainerRuntime:
+    def __init__(self, cfg: RuntimeConfig) -> None:
+        self.cfg = cfg
+        register_secret(cfg.control_token)
+        register_secret(cfg.container_token)
+        register_secret(cfg.kilocode_token)
+        set_town_id(cfg.town_id)
+        self.started_at = time.time()
+        self.worker = WorkerClient(cfg.api_url, cfg.container_token, cfg.town_id)
+        self.supervisor = Supervisor(cfg, self.worker)
+        self.heartbeats = Heartbeats(self.supervisor)
+        self.registry = RegistrySync(self.supervisor)
+        self.tasks = TaskOwner("runtime")
+        self.hydrated = asyncio.Event()
+        self.draining = False
+        self.hydration_steps: list[Callable[[], Awaitable[None]]] = []
+        self.supervisor.change_hooks.append(self._on_change)
+
+    async def _on_change(self, rec: AgentRecord, what: str) -> None:
+        self.registry.mark_dirty()
+        if what == "started":
+            self.tasks.spawn(self.heartbeats.beat(rec), f"heartbeat:{rec.agent_id}")
+
+    async def start(self) -> None:
+        log.info("container.cold_start", instance_id=CONTAINER_INSTANCE_ID, data_dir=str(self.cfg.data_dir),
+                 kilo_bin=self.cfg.kilo_bin, worker_configured=self.worker.configured)
+        self.cfg.data_dir.mkdir(parents=True, exist_ok=True)
+        self.tasks.spawn(every(self.cfg.heartbeat_interval_s, self.heartbeats.beat_all, name="heartbeat"), "heartbeat")
+        self.tasks.spawn(every(self.cfg.memory_log_interval_s, lambda: log_memory(self.supervisor), name="memory"), "memory")
+        self.tasks.spawn(self.registry.run(), "registry")
+        self.tasks.spawn(self._hydrate(), "hydration")
+
+    async def _hydrate(self) -> None:
+        t0 = time.monotonic()
+        try:
+            for step in self.hydration_steps:
+                await step()
+        except Exception:
+            log.error("container.boot_hydration_failed", exc_info=True)
+        finally:
+            self.hydrated.set()
+            log.info("container.hydrated", duration_ms=int((time.monotonic() - t0) * 1000))
+
+    async def wait_hydrated(self, timeout: float | None = None) -> None:
+        await asyncio.wait_for(self.hydrated.wait(), timeout)
+
+    def health(self) -> dict[str, Any]:
+        sup = self.supervisor
+        return {
+            "status": "draining" if self.draining else "ok",
+            "agents": len(sup.active_agents()),
+            "servers": sum(1 for a in sup.agents.values() if a.process is not None and a.process.running),
+            "uptime_ms": int((time.time() - self.started_at) * 1000),
+            "started_at": self.started_at,
+            "hydrated": self.hydrated.is_set(),
+            "draining": self.draining,
+            "mayor_ready_at": sup.mayor_ready_at,
+        }
+
+    async def shutdown(self, reason: str = "container shutdown") -> None:
+        self.draining = True
+        await self.supervisor.stop_all(reason)
+        await self.registry.sync_now()
+        await self.tasks.close()
+        await self.worker.close()
+        log.info("container.stopped", reason=reason)

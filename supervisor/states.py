@@ -1,0 +1,37 @@
+"""The agent state machine: named states, named state sets and the one place transitions are checked.
+
+Modelled on supervisord's ``states.py``: an illegal transition is a bug, so it raises instead of
+silently corrupting the record.
+"""
+from __future__ import annotations
+
+from enum import Enum
+
+
+class AgentState(str, Enum):
+    starting = "starting"
+    running = "running"
+    stopping = "stopping"
+    exited = "exited"
+    failed = "failed"
+
+
+ACTIVE_STATES = frozenset({AgentState.starting, AgentState.running})
+STOPPED_STATES = frozenset({AgentState.exited, AgentState.failed})
+
+_ALLOWED: dict[AgentState, frozenset[AgentState]] = {
+    AgentState.starting: frozenset({AgentState.running, AgentState.stopping, AgentState.failed, AgentState.exited}),
+    AgentState.running: frozenset({AgentState.stopping, AgentState.failed, AgentState.exited}),
+    AgentState.stopping: frozenset({AgentState.exited, AgentState.failed}),
+    AgentState.exited: frozenset({AgentState.starting}),
+    AgentState.failed: frozenset({AgentState.starting}),
+}
+
+
+class IllegalTransition(RuntimeError):
+    pass
+
+
+def check_transition(old: AgentState, new: AgentState) -> None:
+    if new not in _ALLOWED[old]:
+        raise IllegalTransition(f"{old.value} -> {new.value}")

@@ -1,0 +1,281 @@
+"""The agent supervisor: one real ``kilo serve`` per agent, started, watched and stopped here.
+
+Every start/stop of one agent runs under that agent's lock, so concurrent duplicates serialise and
+the second sees the first's result (a same-millisecond double start once left two sessions). There is
+no global spawn lock: each child gets its own env and cwd, so different agents start in parallel.
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import time
+from typing import Any, Awaitable, Callable
+
+import psutil
+
+from gastown.jsonlog import get_logger, register_secret, set_town_id
+from supervisor.agent import AgentRecord
+from supervisor.config import RuntimeConfig
+from supervisor.errors import AgentNotFound, AgentNotRunning, InsufficientMemory, StartFailed, TownMismatch
+from supervisor.kilo_client import KiloApiError, KiloClient
+from supervisor.kilo_env import AgentPaths, build_child_env, build_kilo_config, config_content, git_identity, split_model
+from supervisor.kilo_process import KiloProcess, KiloStartError, allocate_port
+from supervisor.models import Role, StartAgentRequest
+from supervisor.states import AgentState
+from supervisor.worker_client import WorkerClient
+from supervisor.workspace import WorkspaceError, prepare_workspace
+
+log = get_logger("supervisor")
+
+ChangeHook = Callable[[AgentRecord, str], Awaitable[None] | None]
+EventHook = Callable[[AgentRecord, dict[str, Any]], Awaitable[None] | None]
+
+
+class Supervisor:
+    def __init__(self, cfg: RuntimeConfig, worker: WorkerClient) -> None:
+        self.cfg = cfg
+        self.worker = worker
+        self.agents: dict[str, AgentRecord] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self.mayor_ready_at: float | None = None
+        self.change_hooks: list[ChangeHook] = []
+        self.event_hooks: list[EventHook] = []
+
+    # -- plumbing -------------------------------------------------------------------------------
+    def lock(self, agent_id: str) -> asyncio.Lock:
+        return self._locks.setdefault(agent_id, asyncio.Lock())
+
+    def get(self, agent_id: str) -> AgentRecord:
+        rec = self.agents.get(agent_id)
+        if rec is None:
+            raise AgentNotFound(f"agent {agent_id} is not known to this container")
+        return rec
+
+    def active_agents(self) -> list[AgentRecord]:
+        return [a for a in self.agents.values() if a.active]
+
+    async def _notify(self, rec: AgentRecord, what: str) -> None:
+        for hook in self.change_hooks:
+            try:
+                result = hook(rec, what)
+                if asyncio.iscoroutine(result):
+                    await result
+            except Exception:
+                log.error("supervisor.hook_failed", exc_info=True, agent_id=rec.agent_id, what=what)
+
+    def _check_town(self, req: StartAgentRequest) -> None:
+        if self.cfg.town_id and req.town_id != self.cfg.town_id:
+            raise TownMismatch(f"this container serves town {self.cfg.town_id}, not {req.town_id}")
+        if not self.cfg.town_id:
+            self.cfg.town_id = req.town_id
+            set_town_id(req.town_id)
+        env = req.env_vars
+        self.worker.update(api_url=env.get("GASTOWN_API_URL"), token=env.get("GASTOWN_CONTAINER_TOKEN"), town_id=req.town_id)
+
+    def _check_memory(self) -> None:
+        floor = self.cfg.min_free_memory_mb
+        if floor > 0:
+            available_mb = psutil.virtual_memory().available / 2**20
+            if available_mb < floor:
+                raise InsufficientMemory(f"only {available_mb:.0f} MB free, below the {floor:.0f} MB floor for a new agent")
+
+    # -- start ----------------------------------------------------------------------------------
+    async def start(self, req: StartAgentRequest) -> tuple[AgentRecord, bool]:
+        """Start ``req``; returns ``(record, created)``. The same request on a live agent is a no-op."""
+        self._check_town(req)
+        async with self.lock(req.agent_id):
+            existing = self.agents.get(req.agent_id)
+            if existing is not None and existing.active:
+                if existing.request == req:
+                    return existing, False
+                log.info("agent.restart_for_new_request", agent_id=req.agent_id)
+                await self._stop_locked(existing, "restarted")
+            self._check_memory()
+            rec = AgentRecord(request=req, paths=AgentPaths.for_agent(self.cfg.data_dir, req.agent_id))
+            if existing is not None:
+                rec.last_exit = existing.last_exit
+            self.agents[req.agent_id] = rec
+            t0 = time.monotonic()
+            try:
+                await self._launch(rec)
+            except Exception as e:
+                await self._abort_start(rec, e)
+                raise self._start_error(e) from e
+            log.info("agent.started", agent_id=rec.agent_id, role=req.role.value, pid=rec.process.pid if rec.process else None,
+                     port=rec.process.port if rec.process else None, session_id=rec.session_id, resumed=rec.resumed,
+                     duration_ms=int((time.monotonic() - t0) * 1000))
+        await self._notify(rec, "started")
+        return rec, True
+
+    def kilocode_token(self, req: StartAgentRequest) -> str | None:
+        return req.env_vars.get("KILOCODE_TOKEN") or self.cfg.kilocode_token
+
+    def build_launch(self, rec: AgentRecord, password: str) -> dict[str, str]:
+        """The child env for ``rec`` (prewarm builds the same one to decide reuse)."""
+        req = rec.request
+        config = build_kilo_config(
+            req.model_copy(update={"model": rec.model, "small_model": rec.small_model}),
+            providers=self.cfg.kilo_providers, kilocode_token=self.kilocode_token(req),
+            plugin_command=self.cfg.plugin_command, api_url=self.worker.api_url,
+        )
+        rec.config_json = config_content(config)
+        return build_child_env(
+            req, paths=rec.paths, kilo_bin=self.cfg.kilo_bin, config_json=rec.config_json, password=password,
+            parent_pid=os.getpid(), api_url=self.worker.api_url, container_token=self.worker.token,
+            kilocode_token=self.kilocode_token(req),
+        )
+
+    async def _launch(self, rec: AgentRecord) -> None:
+        req = rec.request
+        rec.paths.make_dirs()
+        git_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(rec.paths.home), "GIT_TERMINAL_PROMPT": "0", **git_identity(req)}
+        await asyncio.to_thread(prepare_workspace, req, rec.paths.workdir, git_env)
+        await self.spawn_server(rec)
+        await self._open_session(rec)
+        connected = asyncio.Event()
+        rec.spawn_task(self._stream_events(rec, connected), "events")
+        try:
+            await asyncio.wait_for(connected.wait(), timeout=10.0)
+        except asyncio.TimeoutError:
+            raise KiloStartError("kilo event stream did not connect within 10s", phase="events") from None
+        rec.transition(AgentState.running)
+        if req.role == Role.mayor and self.mayor_ready_at is None:
+            self.mayor_ready_at = time.time()
+            log.info("mayor.ready", agent_id=rec.agent_id)
+        if not rec.resumed:
+            await rec.client.prompt_async(rec.session_id, req.prompt, model=self.model_ref(rec.model), system=req.system_prompt)
+            rec.message_count = 1
+
+    async def spawn_server(self, rec: AgentRecord) -> None:
+        """Spawn kilo for ``rec`` and wait until it answers ``/global/health``."""
+        password = secrets.token_urlsafe(24)
+        register_secret(password)
+        env = self.build_launch(rec, password)
+        rec.child_env = env
+        proc = await KiloProcess.spawn(self.cfg.kilo_bin, env=env, cwd=str(rec.paths.workdir), port=allocate_port())
+        rec.process = proc
+        url = await proc.wait_listening(self.cfg.kilo_start_timeout_s)
+        rec.client = KiloClient(url, password, timeout_s=self.cfg.kilo_request_timeout_s)
+        deadline = time.monotonic() + self.cfg.kilo_start_timeout_s
+        while not await rec.client.health():
+            if not proc.running or time.monotonic() > deadline:
+                raise KiloStartError("kilo never answered /global/health", phase="health", stderr_tail="\n".join(proc.stderr_tail))
+            await asyncio.sleep(0.1)
+        rec.spawn_task(self._watch_exit(rec, proc), "watch")
+
+    async def _open_session(self, rec: AgentRecord) -> None:
+        """Only the mayor resumes its latest session; every other role gets a fresh one per start."""
+        assert rec.client is not None
+        rec.resumed = False
+        if rec.request.role == Role.mayor:
+            latest = await rec.client.latest_session()
+            if latest is not None:
+                rec.session_id, rec.resumed = latest["id"], True
+                return
+        session = await rec.client.create_session(f"{rec.request.role.value} {rec.request.name}")
+        rec.session_id = session["id"]
+
+    def model_ref(self, model: str) -> tuple[str, str]:
+        return split_model(model, self.cfg.kilo_providers)
+
+    async def _abort_start(self, rec: AgentRecord, error: BaseException) -> None:
+        await rec.cancel_tasks()
+        if rec.process is not None:
+            info = await rec.process.stop(timeout=3.0)
+            rec.last_exit = info.as_dict()
+        if rec.client is not None:
+            await rec.client.close()
+        if rec.state != AgentState.failed:
+            rec.transition(AgentState.failed, f"start failed: {error}")
+        log.warning("agent.start_failed", agent_id=rec.agent_id, error=str(error), phase=getattr(error, "phase", None))
+        await self._notify(rec, "failed")
+
+    @staticmethod
+    def _start_error(e: BaseException) -> StartFailed:
+        if isinstance(e, KiloStartError):
+            return StartFailed(str(e), phase=e.phase, exit_code=e.exit_code, stderr_tail=e.stderr_tail[-2000:])
+        if isinstance(e, WorkspaceError):
+            return StartFailed(str(e), phase="workspace")
+        if isinstance(e, KiloApiError):
+            return StartFailed(str(e), phase="session", upstream_status=e.status)
+        return StartFailed(f"unexpected start failure: {e!r}", phase="unknown")
+
+    # -- running --------------------------------------------------------------------------------
+    async def _stream_events(self, rec: AgentRecord, connected: asyncio.Event) -> None:
+        """Follow kilo's ``/event`` stream for this agent's life; reconnect while kilo lives."""
+        delay = 0.2
+        while rec.process is not None and rec.process.running:
+            client = rec.client
+            assert client is not None
+            try:
+                async for event in client.events():
+                    delay = 0.2
+                    if event.get("type") == "server.connected":
+                        connected.set()
+                    if rec.handle_event(event):
+                        for hook in self.event_hooks:
+                            result = hook(rec, event)
+                            if asyncio.iscoroutine(result):
+                                await result
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                if rec.process is None or not rec.process.running or not rec.active:
+                    return
+                log.warning("agent.stream_error", agent_id=rec.agent_id, error=repr(e))
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+    async def _watch_exit(self, rec: AgentRecord, proc: KiloProcess) -> None:
+        info = await proc.wait_exit()
+        if rec.process is not proc or not rec.active or info.requested:
+            return
+        rec.last_exit = info.as_dict()
+        cause = f"signal {info.signal}" if info.signal else f"exit code {info.code}"
+        rec.transition(AgentState.failed, f"kilo exited unexpectedly ({cause})")
+        log.error("agent.crashed", agent_id=rec.agent_id, run_id=rec.run_id, exit_code=info.code, signal=info.signal,
+                  oom_suspected=info.oom_suspected, stderr_tail=info.stderr_tail[-1000:])
+        await rec.cancel_tasks()
+        if rec.client is not None:
+            await rec.client.close()
+        await self.worker.completed(rec.agent_id, "failed", rec.exit_reason)
+        await self._notify(rec, "crashed")
+
+    async def send_message(self, agent_id: str, prompt: str) -> AgentRecord:
+        rec = self.get(agent_id)
+        if rec.state != AgentState.running or rec.client is None or rec.session_id is None:
+            raise AgentNotRunning(f"agent {agent_id} is {rec.state.value}, not running")
+        await rec.client.prompt_async(rec.session_id, prompt, model=self.model_ref(rec.model))
+        rec.message_count += 1
+        rec.last_activity_at = time.time()
+        await self._notify(rec, "message")
+        return rec
+
+    # -- stop -----------------------------------------------------------------------------------
+    async def stop(self, agent_id: str, reason: str = "stopped") -> bool:
+        """Stop a live agent; ``False`` when it was not running (stop is idempotent)."""
+        rec = self.get(agent_id)
+        async with self.lock(agent_id):
+            if not rec.active or self.agents.get(agent_id) is not rec:
+                return False
+            await self._stop_locked(rec, reason)
+        await self._notify(rec, "stopped")
+        return True
+
+    async def _stop_locked(self, rec: AgentRecord, reason: str) -> None:
+        rec.transition(AgentState.stopping, reason)
+        if rec.client is not None and rec.session_id and rec.process is not None and rec.process.running:
+            await rec.client.abort(rec.session_id)
+        await rec.cancel_tasks()
+        if rec.process is not None:
+            info = await rec.process.stop(timeout=5.0)
+            rec.last_exit = info.as_dict()
+        if rec.client is not None:
+            await rec.client.close()
+        rec.active_tools.clear()
+        rec.transition(AgentState.exited, reason)
+        log.info("agent.stopped", agent_id=rec.agent_id, run_id=rec.run_id, reason=reason)
+
+    async def stop_all(self, reason: str = "container shutdown") -> None:
+        await asyncio.gather(*(self.stop(a.agent_id, reason) for a in self.active_agents()), return_exceptions=True)

@@ -1,0 +1,131 @@
+"""Calls from the container to the worker API (SPEC §6).
+
+Holds the town's credentials (api url, container token), which may arrive late: in the boot env, in
+a start request or via ``/refresh-token``. Every call has a timeout; a 401 triggers one token refresh
+and one retry. With no credentials yet, calls are skipped (logged once per kind), never raised.
+"""
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import aiohttp
+
+from gastown.jsonlog import get_logger, register_secret
+
+log = get_logger("supervisor.worker_client")
+
+DEFAULT_TIMEOUT_S = 10.0
+
+
+class WorkerError(RuntimeError):
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class WorkerClient:
+    def __init__(self, api_url: str | None, token: str | None, town_id: str | None, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+        self.api_url = api_url.rstrip("/") if api_url else None
+        self.token = token
+        self.town_id = town_id
+        self.token_issued_at: float | None = None
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s, connect=min(5.0, timeout_s))
+        self._session: aiohttp.ClientSession | None = None
+        self._refresh_lock = asyncio.Lock()
+        self._skipped: set[str] = set()
+        register_secret(token)
+
+    @property
+    def configured(self) -> bool:
+        return bool(self.api_url and self.token and self.town_id)
+
+    def update(self, *, api_url: str | None = None, token: str | None = None, town_id: str | None = None,
+               issued_at: float | None = None) -> None:
+        if api_url:
+            self.api_url = api_url.rstrip("/")
+        if town_id:
+            self.town_id = town_id
+        if token:
+            register_secret(token)
+            self.token = token
+            if issued_at is not None:
+                self.token_issued_at = issued_at
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(timeout=self._timeout)
+        return self._session
+
+    async def _send(self, method: str, path: str, body: Any, timeout: float | None) -> tuple[int, Any]:
+        url = f"{self.api_url}/api/towns/{self.town_id}{path}"
+        headers = {"Authorization": f"Bearer {self.token}"}
+        to = aiohttp.ClientTimeout(total=timeout) if timeout else None
+        async with self._http().request(method, url, json=body, headers=headers, timeout=to) as resp:
+            try:
+                data = await resp.json(content_type=None)
+            except ValueError:
+                data = None
+            return resp.status, data
+
+    async def call(self, method: str, path: str, body: Any = None, *, timeout: float | None = None,
+                   refresh_on_401: bool = True) -> Any:
+        if not self.configured:
+            if path not in self._skipped:
+                self._skipped.add(path)
+                log.info("worker.call_skipped_unconfigured", path=path)
+            return None
+        try:
+            status, data = await self._send(method, path, body, timeout)
+            if status == 401 and refresh_on_401 and await self.refresh_token():
+                status, data = await self._send(method, path, body, timeout)
+        except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+            raise WorkerError(f"{method} {path}: {e!r}") from e
+        if status >= 400:
+            err = (data or {}).get("error") if isinstance(data, dict) else None
+            raise WorkerError(f"{method} {path} -> {status}: {err}", status=status)
+        return data
+
+    async def try_call(self, method: str, path: str, body: Any = None, **kw: Any) -> Any:
+        """Best effort: log and swallow failures (telemetry, reports that the heartbeat repeats)."""
+        try:
+            return await self.call(method, path, body, **kw)
+        except WorkerError as e:
+            log.warning("worker.call_failed", method=method, path=path, status=e.status, error=str(e))
+            return None
+
+    async def refresh_token(self) -> bool:
+        """Exchange the current (possibly expired) token for a fresh one; one refresh at a time."""
+        async with self._refresh_lock:
+            old = self.token
+            try:
+                status, data = await self._send("POST", "/refresh-container-token", {}, None)
+            except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+                log.warning("token_refresh.network_error", error=repr(e))
+                return False
+            token = data.get("token") if isinstance(data, dict) else None
+            if status != 200 or not isinstance(token, str) or not token:
+                log.warning("token_refresh.failed", status=status)
+                return False
+            if self.token == old:
+                self.update(token=token)
+            log.info("token_refresh.succeeded")
+            return True
+
+    # Typed helpers for the routes the container uses.
+    async def heartbeat(self, agent_id: str, body: dict[str, Any]) -> Any:
+        return await self.call("POST", f"/agents/{agent_id}/heartbeat", body)
+
+    async def completed(self, agent_id: str, status: str, reason: str | None) -> Any:
+        return await self.try_call("POST", f"/agents/{agent_id}/completed", {"status": status, "reason": reason})
+
+    async def waiting(self, agent_id: str, fired_at_ms: int) -> Any:
+        return await self.try_call("POST", f"/agents/{agent_id}/waiting", {"fired_at": fired_at_ms})
+
+    async def container_event(self, event: str, **fields: Any) -> Any:
+        return await self.try_call("POST", "/container-events", {"event": event, **fields})

@@ -1,0 +1,55 @@
+"""Per-agent git workspace. kilo wants a git repo: clone ``git_url`` when given, else ``git init``
+with one empty commit. Runs in a thread (git is blocking) with a timeout on every command."""
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import Mapping
+
+from supervisor.models import StartAgentRequest
+
+GIT_TIMEOUT_S = 120.0
+
+
+class WorkspaceError(RuntimeError):
+    pass
+
+
+def _git(args: list[str], cwd: Path, env: Mapping[str, str], timeout: float = GIT_TIMEOUT_S) -> str:
+    try:
+        out = subprocess.run(
+            ["git", *args], cwd=str(cwd), env=dict(env), capture_output=True, text=True,
+            timeout=timeout, stdin=subprocess.DEVNULL,
+        )
+    except subprocess.TimeoutExpired:
+        raise WorkspaceError(f"git {args[0]} timed out after {timeout:.0f}s") from None
+    if out.returncode != 0:
+        raise WorkspaceError(f"git {args[0]} failed ({out.returncode}): {out.stderr.strip()[-500:]}")
+    return out.stdout
+
+
+def prepare_workspace(req: StartAgentRequest, workdir: Path, env: Mapping[str, str]) -> Path:
+    """Idempotent: an existing repo (restart, resume) is left as it is."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    if (workdir / ".git").exists():
+        return workdir
+    if req.git_url and not req.lightweight:
+        _git(["clone", "--quiet", "--", req.git_url, str(workdir)], workdir.parent, env)
+        if req.branch:
+            base = req.start_point or (f"origin/{req.default_branch}" if req.default_branch else None)
+            checkout = ["checkout", "-q", "-B", req.branch] + ([base] if base else [])
+            try:
+                _git(checkout, workdir, env)
+            except WorkspaceError:
+                _git(["checkout", "-q", "-B", req.branch], workdir, env)
+        return workdir
+    _git(["init", "-q", "-b", req.default_branch or "main"], workdir, env)
+    _git(["commit", "-q", "--allow-empty", "-m", "gastown: empty workspace"], workdir, env)
+    return workdir
+
+
+def has_origin(workdir: Path, env: Mapping[str, str]) -> bool:
+    try:
+        return bool(_git(["remote", "get-url", "origin"], workdir, env, timeout=10).strip())
+    except WorkspaceError:
+        return False

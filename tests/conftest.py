@@ -1,0 +1,132 @@
+"""Shared fixtures: the fake LLM, an in-process container runtime serving on a real port, and
+helpers to inspect real kilo processes. Kilo-heavy tests are marked ``kilo``."""
+from __future__ import annotations
+
+import asyncio
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, AsyncIterator, Callable
+
+import aiohttp
+import psutil
+import pytest
+from aiohttp.test_utils import TestServer
+
+from control_server.app import create_app
+from supervisor.config import RuntimeConfig, default_kilo_bin
+from supervisor.runtime import ContainerRuntime
+from tests.fakes.fake_llm import FakeLLM
+
+CONTROL_TOKEN = "ctl-test-token-0123456789"
+KILO_BIN = default_kilo_bin()
+
+
+def pytest_collection_modifyitems(config, items):
+    if not Path(KILO_BIN).exists():
+        raise pytest.UsageError(f"kilo binary missing at {KILO_BIN}: run `make test` (it installs it)")
+
+
+@pytest.fixture
+async def fake_llm() -> AsyncIterator[FakeLLM]:
+    async with FakeLLM(slow_interval=0.5) as llm:
+        yield llm
+
+
+@dataclass
+class Container:
+    runtime: ContainerRuntime
+    server: TestServer
+    http: aiohttp.ClientSession
+
+    @property
+    def url(self) -> str:
+        return str(self.server.make_url("")).rstrip("/")
+
+    async def request(self, method: str, path: str, *, token: str | None = CONTROL_TOKEN, **kw: Any) -> tuple[int, Any]:
+        headers = dict(kw.pop("headers", {}) or {})
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token}"
+        async with self.http.request(method, self.url + path, headers=headers, **kw) as resp:
+            try:
+                body = await resp.json(content_type=None)
+            except ValueError:
+                body = await resp.text()
+            return resp.status, body
+
+    async def start_agent(self, **overrides: Any) -> tuple[int, Any]:
+        return await self.request("POST", "/agents/start", json=start_body(**overrides))
+
+    async def wait_status(self, agent_id: str, pred: Callable[[dict], bool], timeout: float = 30.0) -> dict:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            status, body = await self.request("GET", f"/agents/{agent_id}/status")
+            if status == 200 and pred(body):
+                return body
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError(f"status of {agent_id} never matched: {body}")
+            await asyncio.sleep(0.1)
+
+
+def start_body(**overrides: Any) -> dict[str, Any]:
+    body = {
+        "agent_id": "polecat-1",
+        "town_id": "town-test",
+        "rig_id": "rig-1",
+        "role": "polecat",
+        "name": "Toast",
+        "prompt": "Please say hello",
+        "model": "fake/m1",
+    }
+    body.update(overrides)
+    return body
+
+
+@pytest.fixture
+def runtime_config(tmp_path: Path, fake_llm: FakeLLM) -> RuntimeConfig:
+    return RuntimeConfig(
+        data_dir=tmp_path / "data",
+        control_token=CONTROL_TOKEN,
+        kilo_providers=fake_llm.provider_config(),
+        heartbeat_interval_s=30.0,
+        memory_log_interval_s=30.0,
+    )
+
+
+@pytest.fixture
+async def make_container() -> AsyncIterator[Callable[..., Any]]:
+    made: list[Container] = []
+
+    async def factory(cfg: RuntimeConfig) -> Container:
+        runtime = ContainerRuntime(cfg)
+        server = TestServer(create_app(runtime), host="127.0.0.1")
+        await server.start_server()
+        await runtime.start()
+        c = Container(runtime, server, aiohttp.ClientSession())
+        made.append(c)
+        return c
+
+    yield factory
+    for c in made:
+        await c.runtime.shutdown()
+        await c.server.close()
+        await c.http.close()
+
+
+@pytest.fixture
+async def container(make_container, runtime_config: RuntimeConfig) -> Container:
+    return await make_container(runtime_config)
+
+
+def kilo_processes() -> list[psutil.Process]:
+    """Every kilo serve process started from this checkout's binary by this test process."""
+    me = os.getpid()
+    out = []
+    for p in psutil.process_iter(["exe", "cmdline", "ppid"]):
+        try:
+            cmd = p.info["cmdline"] or []
+            if cmd and cmd[0] == KILO_BIN and "serve" in cmd and p.info["ppid"] == me:
+                out.append(p)
+        except psutil.Error:
+            continue
+    return out

@@ -14,6 +14,7 @@ from gastown.jsonlog import get_logger, register_secret, set_town_id
 from supervisor.agent import AgentRecord
 from supervisor.config import RuntimeConfig
 from supervisor.heartbeat import CONTAINER_INSTANCE_ID, Heartbeats
+from supervisor.idle import IdleManager
 from supervisor.registry import RegistrySync
 from supervisor.supervisor import Supervisor
 from supervisor.tasks import TaskOwner, every
@@ -39,6 +40,7 @@ class ContainerRuntime:
         self.hydrated = asyncio.Event()
         self.draining = False
         self.hydration_steps: list[Callable[[], Awaitable[None]]] = []
+        self.idle = IdleManager(self.supervisor, is_draining=lambda: self.draining)
         self.supervisor.change_hooks.append(self._on_change)
 
     async def _on_change(self, rec: AgentRecord, what: str) -> None:
@@ -86,6 +88,7 @@ class ContainerRuntime:
         self.draining = True
         await self.supervisor.stop_all(reason)
         await self.registry.sync_now()
+        await self.idle.owner.close()
         await self.tasks.close()
         await self.worker.close()
         log.info("container.stopped", reason=reason)

@@ -118,6 +118,63 @@ async def container(make_container, runtime_config: RuntimeConfig) -> Container:
     return await make_container(runtime_config)
 
 
+ADMIN_TOKEN = "admin-test-token-0123456789"
+JWT_SECRET = "jwt-test-secret-0123456789abcdef"
+
+
+@dataclass
+class Worker:
+    server: TestServer
+    http: aiohttp.ClientSession
+
+    @property
+    def url(self) -> str:
+        return str(self.server.make_url("")).rstrip("/")
+
+    async def request(self, method: str, path: str, *, token: str | None = ADMIN_TOKEN, **kw: Any) -> tuple[int, Any]:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        async with self.http.request(method, self.url + path, headers=headers, **kw) as resp:
+            return resp.status, await resp.json(content_type=None)
+
+    async def create_town(self, control_token: str = CONTROL_TOKEN, **extra: Any) -> tuple[str, str]:
+        body = {"name": "test town", "container_url": "http://127.0.0.1:9", "control_token": control_token, **extra}
+        status, data = await self.request("POST", "/api/towns", json=body)
+        assert status == 201, data
+        return data["town_id"], data["container_token"]
+
+    async def events(self, town_id: str) -> list[dict[str, Any]]:
+        from worker_api.appkeys import DB
+
+        db = self.server.app[DB]
+        rows = await db.run(lambda conn: [dict(r) for r in conn.execute(
+            "SELECT * FROM town_events WHERE town_id = ? ORDER BY id", (town_id,))])
+        return rows
+
+
+@pytest.fixture
+async def worker(tmp_path: Path) -> AsyncIterator[Worker]:
+    from worker_api.app import create_app as create_worker_app
+
+    app = create_worker_app(tmp_path / "worker.db", admin_token=ADMIN_TOKEN, jwt_secret=JWT_SECRET)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    w = Worker(server, aiohttp.ClientSession())
+    yield w
+    await w.http.close()
+    await server.close()
+
+
+@pytest.fixture
+async def town(worker: Worker, runtime_config: RuntimeConfig, make_container) -> tuple[Worker, Container, str]:
+    """A worker with one town and a container wired to it (api url, container token, town id)."""
+    town_id, container_token = await worker.create_town()
+    runtime_config.town_id = town_id
+    runtime_config.api_url = worker.url
+    runtime_config.container_token = container_token
+    container = await make_container(runtime_config)
+    return worker, container, town_id
+
+
 def kilo_processes() -> list[psutil.Process]:
     """Every kilo serve process started from this checkout's binary by this test process."""
     me = os.getpid()

@@ -1,0 +1,63 @@
+"""Assembly of the worker API application (routes, middlewares, store lifecycle).
+
+Logging note: worker log lines name the town ``town=...``. The ``town_id`` key of
+``gastown.jsonlog`` is the process-wide town of a container; the worker serves many towns and
+leaves it unset (a ``town_id`` field would be shadowed by that null).
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable
+
+from aiohttp import web
+
+from gastown.http import MAX_BODY_BYTES, error_middleware
+from gastown.jsonlog import get_logger, register_secret
+from worker_api import routes_container, routes_towns
+from worker_api.appkeys import ADMIN_TOKEN, CLOCK, DB, TOKENS
+from worker_api.auth import auth_middleware
+from worker_api.db import Database
+from worker_api.tokens import ContainerTokens
+
+log = get_logger("worker_api.app")
+
+
+def _control_tokens(conn) -> list[str]:  # type: ignore[no-untyped-def]
+    return [r[0] for r in conn.execute("SELECT control_token FROM towns")]
+
+
+async def _register_stored_secrets(app: web.Application) -> None:
+    """Control tokens already in the store must be scrubbed from logs after a restart too."""
+    for token in await app[DB].run(_control_tokens, write=False):
+        register_secret(token)
+
+
+async def _close_db(app: web.Application) -> None:
+    await app[DB].aclose()
+
+
+def create_app(
+    db_path: str | Path,
+    *,
+    admin_token: str,
+    jwt_secret: str,
+    now: Callable[[], float] = time.time,
+) -> web.Application:
+    """The worker API over the SQLite file ``db_path`` (created and migrated here).
+
+    ``now`` (epoch seconds) drives token expiry, drain timeouts and every stored timestamp, so
+    tests can move time. The store is ``app[worker_api.appkeys.DB]``; it closes on app cleanup.
+    """
+    if not admin_token:
+        raise ValueError("admin_token must not be empty")
+    app = web.Application(middlewares=[error_middleware, auth_middleware], client_max_size=MAX_BODY_BYTES)
+    app[DB] = Database(db_path)
+    app[TOKENS] = ContainerTokens(jwt_secret, now=now)
+    app[ADMIN_TOKEN] = admin_token
+    app[CLOCK] = now
+    routes_towns.add_routes(app)
+    routes_container.add_routes(app)
+    app.on_startup.append(_register_stored_secrets)
+    app.on_cleanup.append(_close_db)
+    return app

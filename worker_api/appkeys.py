@@ -1,0 +1,22 @@
+"""Typed keys for what the app and each request carry (aiohttp ``AppKey``/``RequestKey``)."""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from aiohttp import web
+
+from worker_api.db import Database
+from worker_api.tokens import ContainerTokens
+
+DB = web.AppKey("worker_db", Database)
+TOKENS = web.AppKey("worker_tokens", ContainerTokens)
+ADMIN_TOKEN = web.AppKey("worker_admin_token", str)
+CLOCK = web.AppKey("worker_clock", Callable[[], float])
+
+TOWN = web.RequestKey("worker_town", dict)  # the path town's row, set by the auth middleware
+PRINCIPAL = web.RequestKey("worker_principal", Any)  # auth.Principal
+
+
+def now_ms(request: web.Request) -> int:
+    """The app clock in epoch milliseconds (the unit of every ``*_at`` column)."""
+    return int(request.app[CLOCK]() * 1000)

@@ -1,0 +1,111 @@
+"""Who may call what: one middleware reading a policy the route handler declares.
+
+Fail closed: a handler without a policy decorator is admin-only. Order of checks, so the answer
+leaks as little as possible: missing/invalid token → 401; bad path id → 400; container token of
+another town (or on a non-town route) → 403; unknown town → 404 (only after the caller proved
+access, so existence of other towns is not revealed to a container).
+
+Policies: :func:`public` (no auth), :func:`admin_only`, :func:`town_access` (admin token or a
+valid container token of the path town), :func:`refresh_access` (admin, or a container token of the
+path town that may be expired, see ``ContainerTokens.verify_allow_expired``).
+"""
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable
+
+from aiohttp import web
+
+from gastown.http import ApiError, bearer_token, path_id
+from gastown.jsonlog import get_logger
+from worker_api import store
+from worker_api.appkeys import ADMIN_TOKEN, DB, PRINCIPAL, TOKENS, TOWN
+from worker_api.tokens import TokenClaims, TokenError
+
+log = get_logger("worker_api.auth")
+
+PUBLIC, ADMIN, TOWN_ACCESS, REFRESH = "public", "admin", "town", "refresh"
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass(frozen=True)
+class Principal:
+    kind: str  # "admin" | "container"
+    town_id: str | None = None
+    claims: TokenClaims | None = None
+
+
+def _policy(name: str) -> Callable[[Handler], Handler]:
+    def mark(handler: Handler) -> Handler:
+        handler.auth_policy = name  # type: ignore[attr-defined]
+        return handler
+
+    return mark
+
+
+public = _policy(PUBLIC)
+admin_only = _policy(ADMIN)
+town_access = _policy(TOWN_ACCESS)
+refresh_access = _policy(REFRESH)
+
+
+def is_admin_token(request: web.Request, token: str) -> bool:
+    expected = request.app[ADMIN_TOKEN]
+    return bool(expected) and hmac.compare_digest(token.encode(), expected.encode())
+
+
+def _unauthorized(message: str) -> ApiError:
+    return ApiError(401, "UNAUTHORIZED", message)
+
+
+def authenticate(request: web.Request, policy: str) -> Principal:
+    token = bearer_token(request)
+    if token is None:
+        raise _unauthorized("missing bearer token")
+    if is_admin_token(request, token):
+        return Principal("admin")
+    tokens = request.app[TOKENS]
+    try:
+        if policy == REFRESH:
+            claims = tokens.verify_allow_expired(token)
+        else:
+            claims = tokens.verify(token)
+    except TokenError as e:
+        event = "token.refresh_refused" if policy == REFRESH else "auth.token_rejected"
+        log.warning(event, reason=e.reason, path=request.path, path_town=request.match_info.get("t"))
+        raise _unauthorized(f"container token rejected: {e.reason}") from None
+    if policy == ADMIN:
+        raise ApiError(403, "FORBIDDEN", "admin token required")
+    return Principal("container", town_id=claims.town_id, claims=claims)
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    match_info = request.match_info
+    if match_info.http_exception is not None:  # unknown route / method: let error_middleware map it
+        return await handler(request)
+    policy = getattr(match_info.handler, "auth_policy", ADMIN)
+    if policy == PUBLIC:
+        return await handler(request)
+
+    principal = authenticate(request, policy)
+    for name in match_info:
+        path_id(request, name)  # 400 INVALID_ID
+    town_id = match_info.get("t")
+    if principal.kind == "container" and principal.town_id != town_id:
+        if policy == REFRESH:
+            log.warning("token.refresh_refused", reason="wrong_town", path_town=town_id)
+        raise ApiError(403, "FORBIDDEN", "token is not valid for this town")
+    if town_id is not None:
+        town = await request.app[DB].run(store.get_town, town_id, write=False)
+        if town is None:
+            raise ApiError(404, "TOWN_NOT_FOUND", f"town {town_id} not found")
+        request[TOWN] = town
+    request[PRINCIPAL] = principal
+    return await handler(request)
+
+
+def require_town(request: web.Request) -> dict[str, Any]:
+    """The path town loaded by the middleware (only on routes with ``{t}``)."""
+    return request[TOWN]

@@ -1,0 +1,179 @@
+"""SQLite store of the worker: connection setup, versioned migrations, and async access.
+
+Concurrency choice: **one dedicated thread owns the only connection** and every call
+(``await db.run(fn, ...)``) executes ``fn(conn, ...)`` there inside one transaction. Why:
+* SQLite has a single writer anyway; funnelling every access through one thread means our own
+  requests never fight for the write lock (no ``SQLITE_BUSY`` between our connections), and a
+  read-modify-write such as "is the town draining? then clear it" is atomic without extra locks;
+* the event loop never waits on disk I/O or fsync, only on a future;
+* the queries are small indexed lookups (heartbeats every 30 s per agent, a handful of agents per
+  town), so serialising reads costs nothing measurable at this scale.
+``busy_timeout`` still covers *other* processes (an operator's ``sqlite3`` shell, a backup tool).
+
+Migrations: ``PRAGMA user_version`` counts the scripts of ``worker_api.migrations.MIGRATIONS``
+already applied; opening a database applies the missing ones, each in its own transaction, and
+refuses a database written by newer code.
+"""
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import sqlite3
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable, Sequence, TypeVar
+
+from gastown.jsonlog import get_logger
+from worker_api.migrations import MIGRATIONS, Migration
+
+log = get_logger("worker_api.db")
+T = TypeVar("T")
+
+BUSY_TIMEOUT_MS = 5000
+
+
+class SchemaTooNewError(RuntimeError):
+    """The file was migrated by newer code: running old code on it could corrupt it."""
+
+
+class DatabaseClosedError(RuntimeError):
+    pass
+
+
+def to_json(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), sort_keys=True)
+
+
+def from_json(text: str | None, default: Any = None) -> Any:
+    if text is None:
+        return default
+    try:
+        return json.loads(text)
+    except ValueError:
+        return default
+
+
+def user_version(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("PRAGMA user_version").fetchone()[0])
+
+
+def migrate(conn: sqlite3.Connection, migrations: Sequence[Migration] = MIGRATIONS) -> int:
+    """Apply the missing migrations; return the resulting version. Safe to call repeatedly.
+
+    Each script runs as ``BEGIN IMMEDIATE; <script>; PRAGMA user_version = n; COMMIT`` so a failed
+    script leaves the previous version intact. If another process migrated concurrently our script
+    fails on an existing table; we then re-read the version and carry on from there.
+    """
+    target = len(migrations)
+    current = user_version(conn)
+    if current > target:
+        raise SchemaTooNewError(f"database schema version {current} is newer than this code ({target})")
+    while current < target:
+        m = migrations[current]
+        try:
+            conn.executescript(f"BEGIN IMMEDIATE;\n{m.sql}\n;PRAGMA user_version = {current + 1};\nCOMMIT;")
+        except sqlite3.Error:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            now = user_version(conn)
+            if now > current:  # someone else applied it meanwhile
+                current = now
+                continue
+            raise
+        log.info("db.migrated", version=current + 1, migration=m.name)
+        current += 1
+    return current
+
+
+def connect(path: str | Path, *, migrations: Sequence[Migration] = MIGRATIONS) -> sqlite3.Connection:
+    """Open ``path`` (created with its parent directory if needed), configured and migrated.
+
+    The connection is in autocommit mode (``isolation_level=None``): transactions are explicit.
+    """
+    path = str(path)
+    if path != ":memory:":
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
+    try:
+        conn.row_factory = sqlite3.Row
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute("PRAGMA foreign_keys = ON")
+        migrate(conn, migrations)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def transaction(conn: sqlite3.Connection, fn: Callable[..., T], *args: Any, write: bool = True, **kwargs: Any) -> T:
+    """Run ``fn(conn, *args, **kwargs)`` in one transaction; roll back if it raises."""
+    conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+    try:
+        result = fn(conn, *args, **kwargs)
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+    return result
+
+
+class Database:
+    """The worker's store: one file, one connection, one dedicated thread (see module doc).
+
+    ``await db.run(fn, *args)`` runs ``fn(conn, *args)`` in a write transaction;
+    ``write=False`` takes a deferred (read) transaction instead. ``fn`` may raise (for example
+    ``ApiError``): the transaction is rolled back and the exception reaches the caller.
+    """
+
+    def __init__(self, path: str | Path, *, migrations: Sequence[Migration] = MIGRATIONS) -> None:
+        self.path = str(path)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="worker-db")
+        self._conn: sqlite3.Connection | None = None
+        self._closed = False
+        try:
+            self._executor.submit(self._open, migrations).result()
+        except BaseException:
+            self._executor.shutdown(wait=False)
+            raise
+
+    def _open(self, migrations: Sequence[Migration]) -> None:
+        self._conn = connect(self.path, migrations=migrations)
+
+    def _call(self, fn: Callable[..., T], args: tuple, kwargs: dict, write: bool) -> T:
+        if self._conn is None:
+            raise DatabaseClosedError("database is closed")
+        return transaction(self._conn, fn, *args, write=write, **kwargs)
+
+    async def run(self, fn: Callable[..., T], *args: Any, write: bool = True, **kwargs: Any) -> T:
+        loop = asyncio.get_running_loop()
+        call = functools.partial(self._call, fn, args, kwargs, write)
+        return await loop.run_in_executor(self._executor, call)
+
+    def run_sync(self, fn: Callable[..., T], *args: Any, write: bool = True, **kwargs: Any) -> T:
+        """Blocking variant for code outside the event loop (scripts, tests)."""
+        return self._executor.submit(self._call, fn, args, kwargs, write).result()
+
+    def _close_conn(self) -> None:
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            conn.close()
+
+    async def aclose(self) -> None:
+        """Close the connection and stop the thread (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._executor, self._close_conn)
+        self._executor.shutdown(wait=True)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._executor.submit(self._close_conn).result()
+        self._executor.shutdown(wait=True)

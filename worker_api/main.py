@@ -1,0 +1,62 @@
+"""``gastown worker``: serve the worker API until SIGTERM/SIGINT, then clean up and exit 0."""
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sqlite3
+import sys
+from pathlib import Path
+
+from aiohttp import web
+
+from gastown import jsonlog
+from worker_api.app import create_app
+from worker_api.db import SchemaTooNewError
+
+log = jsonlog.get_logger("worker_api.main")
+
+DEFAULT_DB_PATH = ".gastown/worker.db"
+REQUIRED_ENV = ("GASTOWN_ADMIN_TOKEN", "GASTOWN_JWT_SECRET")
+
+
+async def _serve(host: str, port: int, db_path: str, admin_token: str, jwt_secret: str) -> None:
+    app = create_app(db_path, admin_token=admin_token, jwt_secret=jwt_secret)
+    runner = web.AppRunner(app, handle_signals=False)
+    await runner.setup()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        log.info("worker.started", host=host, port=port, db_path=db_path, addresses=[str(a) for a in runner.addresses])
+        await stop.wait()
+        log.info("worker.stopping")
+    finally:
+        await runner.cleanup()  # closes the store via on_cleanup
+    log.info("worker.stopped")
+
+
+def run_worker(host: str, port: int, db_path: str | None) -> int:
+    jsonlog.configure()
+    missing = [name for name in REQUIRED_ENV if not os.environ.get(name)]
+    if missing:
+        print(f"gastown worker: missing required environment variable(s): {', '.join(missing)}", file=sys.stderr)
+        return 2
+    admin_token = os.environ["GASTOWN_ADMIN_TOKEN"]
+    jwt_secret = os.environ["GASTOWN_JWT_SECRET"]
+    jsonlog.register_secret(admin_token)
+    jsonlog.register_secret(jwt_secret)
+    if len(jwt_secret.encode()) < 32:
+        log.warning("worker.weak_jwt_secret", hint="GASTOWN_JWT_SECRET should be at least 32 bytes")
+    path = db_path or DEFAULT_DB_PATH
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        asyncio.run(_serve(host, port, path, admin_token, jwt_secret))
+    except (OSError, sqlite3.Error, SchemaTooNewError) as e:
+        log.error("worker.failed", error=str(e))
+        print(f"gastown worker: {e}", file=sys.stderr)
+        return 1
+    return 0

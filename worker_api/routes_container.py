@@ -1,0 +1,252 @@
+"""Container-facing agent routes: heartbeat, lifecycle callbacks, nudges, drain handshake, telemetry.
+
+These routes record facts; they do not run the town. Callbacks become ``town_events`` rows for the
+reconciler (see ``worker_api.events``). The only direct writes are the heartbeat's activity
+watermark, the drain state, nudge delivery, and the mayor's guarded working → waiting flip.
+
+Unknown agents: a callback for an agent the worker never created is a 404 ``AGENT_NOT_FOUND``.
+A heartbeat may instead *register* the agent when its body carries ``role`` (and optionally
+``name``, ``rig_id``): a fresh container can run agents started before the worker knew them, and
+the role is the one fact that cannot be invented. Without ``role`` it is a 404 too.
+"""
+from __future__ import annotations
+
+import sqlite3
+from typing import Any
+
+from aiohttp import web
+
+from gastown.http import ApiError, path_id, read_model
+from gastown.jsonlog import get_logger
+from worker_api import drain, events, nudges, store
+from worker_api.appkeys import DB, TOWN, now_ms
+from worker_api.auth import admin_only, town_access
+from worker_api.models import (
+    Completed,
+    ContainerEvent,
+    ContainerReady,
+    Done,
+    EnqueueNudge,
+    EvictionContext,
+    Heartbeat,
+    NudgeDelivered,
+    Waiting,
+)
+
+log = get_logger("worker_api.container")
+
+
+def _ids(request: web.Request) -> tuple[str, str]:
+    return request[TOWN]["town_id"], path_id(request, "a")
+
+
+def _require_agent(conn: sqlite3.Connection, town_id: str, agent_id: str) -> dict[str, Any]:
+    agent = store.get_agent(conn, town_id, agent_id)
+    if agent is None:
+        raise ApiError(404, "AGENT_NOT_FOUND", f"agent {agent_id} not found")
+    return agent
+
+
+def _record_agent_event(
+    conn: sqlite3.Connection, town_id: str, agent_id: str, event_type: str, payload: dict[str, Any], now: int
+) -> int:
+    _require_agent(conn, town_id, agent_id)
+    return events.insert_event(conn, town_id, event_type, agent_id=agent_id, payload=payload, now_ms=now)
+
+
+# ---------------------------------------------------------------- heartbeat
+
+
+def _heartbeat_tx(conn: sqlite3.Connection, town_id: str, agent_id: str, hb: Heartbeat, now: int) -> str | None:
+    if store.get_agent(conn, town_id, agent_id) is None:
+        if hb.role is None:
+            raise ApiError(404, "AGENT_NOT_FOUND", f"agent {agent_id} not found (send role to register it)")
+        store.create_agent(
+            conn, town_id, agent_id=agent_id, role=hb.role, name=hb.name or agent_id, rig_id=hb.rig_id, now_ms=now
+        )
+        log.info("agent.registered_by_heartbeat", town=town_id, agent_id=agent_id, role=hb.role)
+    store.touch_agent_heartbeat(
+        conn,
+        town_id,
+        agent_id,
+        container_status=hb.status,
+        last_event_type=hb.last_event_type,
+        last_event_at=hb.last_event_at,
+        active_tools=hb.active_tools,
+        message_count=hb.message_count,
+        container_instance_id=hb.container_instance_id,
+        now_ms=now,
+    )
+    drain.observe_container_instance(conn, town_id, hb.container_instance_id, now)
+    state = drain.drain_state(conn, town_id, now)
+    return state["nonce"] if state else None
+
+
+@town_access
+async def heartbeat(request: web.Request) -> web.Response:
+    town_id, agent_id = _ids(request)
+    hb = await read_model(request, Heartbeat)
+    nonce = await request.app[DB].run(_heartbeat_tx, town_id, agent_id, hb, now_ms(request))
+    body: dict[str, Any] = {"heartbeat": True}
+    if nonce is not None:
+        body["drain_nonce"] = nonce
+    return web.json_response(body)
+
+
+# ---------------------------------------------------------------- lifecycle callbacks
+
+
+@town_access
+async def completed(request: web.Request) -> web.Response:
+    town_id, agent_id = _ids(request)
+    body = await read_model(request, Completed)
+    payload = {"status": body.status, "reason": body.reason}
+    await request.app[DB].run(
+        _record_agent_event, town_id, agent_id, events.AGENT_COMPLETED, payload, now_ms(request)
+    )
+    log.info("agent.completed", town=town_id, agent_id=agent_id, status=body.status, reason=body.reason)
+    return web.json_response({"completed": True})
+
+
+def _waiting_tx(conn: sqlite3.Connection, town_id: str, agent_id: str, fired_at: int, now: int) -> bool:
+    """Mayor working → waiting, unless the idle callback fired before the mayor was last marked
+    working: such a callback belongs to an earlier turn (reference §4.6, bug 31)."""
+    agent = _require_agent(conn, town_id, agent_id)
+    since = agent["working_since"]
+    applied = False
+    if agent["role"] == "mayor" and agent["status"] == "working":
+        if since is None or fired_at >= since:
+            store.set_agent_status(conn, town_id, agent_id, "waiting", now)
+            applied = True
+        else:
+            log.info("mayor.stale_waiting_ignored", town=town_id, agent_id=agent_id, fired_at=fired_at,
+                     working_since=since)
+    events.insert_event(
+        conn, town_id, events.AGENT_WAITING, agent_id=agent_id,
+        payload={"fired_at": fired_at, "applied": applied}, now_ms=now,
+    )
+    return applied
+
+
+@town_access
+async def waiting(request: web.Request) -> web.Response:
+    town_id, agent_id = _ids(request)
+    body = await read_model(request, Waiting)
+    await request.app[DB].run(_waiting_tx, town_id, agent_id, body.fired_at, now_ms(request))
+    return web.json_response({"acknowledged": True})
+
+
+@town_access
+async def done(request: web.Request) -> web.Response:
+    town_id, agent_id = _ids(request)
+    body = await read_model(request, Done)
+    payload = {"branch": body.branch, "pr_url": body.pr_url, "summary": body.summary}
+    await request.app[DB].run(_record_agent_event, town_id, agent_id, events.AGENT_DONE, payload, now_ms(request))
+    log.info("agent.done", town=town_id, agent_id=agent_id, branch=body.branch, pr_url=body.pr_url)
+    return web.json_response({"done": True})
+
+
+@town_access
+async def eviction_context(request: web.Request) -> web.Response:
+    town_id, agent_id = _ids(request)
+    body = await read_model(request, EvictionContext)
+    payload = {"branch": body.branch, "agent_name": body.agent_name, "saved_at": body.saved_at}
+    await request.app[DB].run(
+        _record_agent_event, town_id, agent_id, events.AGENT_EVICTION_CONTEXT, payload, now_ms(request)
+    )
+    return web.json_response({"recorded": True})
+
+
+# ---------------------------------------------------------------- nudges
+
+
+def _pending_tx(conn: sqlite3.Connection, town_id: str, agent_id: str, now: int) -> list[dict[str, Any]]:
+    _require_agent(conn, town_id, agent_id)
+    return nudges.pending_nudges(conn, town_id, agent_id, now)
+
+
+@town_access
+async def pending_nudges(request: web.Request) -> web.Response:
+    town_id, agent_id = _ids(request)
+    items = await request.app[DB].run(_pending_tx, town_id, agent_id, now_ms(request), write=False)
+    return web.json_response({"nudges": items})
+
+
+def _delivered_tx(conn: sqlite3.Connection, town_id: str, agent_id: str, nudge_id: str, now: int) -> None:
+    _require_agent(conn, town_id, agent_id)
+    if not nudges.mark_nudge_delivered(conn, town_id, agent_id, nudge_id, now):
+        raise ApiError(404, "NUDGE_NOT_FOUND", f"nudge {nudge_id} not found for agent {agent_id}")
+
+
+@town_access
+async def nudge_delivered(request: web.Request) -> web.Response:
+    town_id, agent_id = _ids(request)
+    body = await read_model(request, NudgeDelivered)
+    await request.app[DB].run(_delivered_tx, town_id, agent_id, body.nudge_id, now_ms(request))
+    return web.json_response({"marked": True})
+
+
+def _enqueue_tx(conn: sqlite3.Connection, town_id: str, agent_id: str, body: EnqueueNudge, now: int) -> dict:
+    _require_agent(conn, town_id, agent_id)
+    return nudges.enqueue_nudge(
+        conn, town_id, agent_id, message=body.message, mode=body.mode, priority=body.priority,
+        source=body.source, ttl_ms=body.ttl_s * 1000 if body.ttl_s else None, now_ms=now,
+    )
+
+
+@admin_only
+async def enqueue_nudge(request: web.Request) -> web.Response:
+    town_id, agent_id = _ids(request)
+    body = await read_model(request, EnqueueNudge)
+    nudge = await request.app[DB].run(_enqueue_tx, town_id, agent_id, body, now_ms(request))
+    return web.json_response(nudge, status=201)
+
+
+# ---------------------------------------------------------------- container-level
+
+
+@town_access
+async def container_events(request: web.Request) -> web.Response:
+    town_id = request[TOWN]["town_id"]
+    body = await read_model(request, ContainerEvent)
+    await request.app[DB].run(
+        events.insert_event, town_id, events.CONTAINER_TELEMETRY,
+        agent_id=body.agent_id, payload=body.model_dump(), now_ms=now_ms(request),
+    )
+    return web.json_response({"accepted": True}, status=202)
+
+
+def _eviction_tx(conn: sqlite3.Connection, town_id: str, now: int) -> str:
+    nonce = drain.start_drain(conn, town_id, now)
+    events.insert_event(conn, town_id, events.CONTAINER_EVICTION, payload={}, now_ms=now)
+    return nonce
+
+
+@town_access
+async def container_eviction(request: web.Request) -> web.Response:
+    town_id = request[TOWN]["town_id"]
+    nonce = await request.app[DB].run(_eviction_tx, town_id, now_ms(request))
+    return web.json_response({"drain_nonce": nonce})
+
+
+@town_access
+async def container_ready(request: web.Request) -> web.Response:
+    town_id = request[TOWN]["town_id"]
+    body = await read_model(request, ContainerReady)
+    cleared = await request.app[DB].run(drain.acknowledge_ready, town_id, body.nonce, now_ms(request))
+    return web.json_response({"cleared": cleared})
+
+
+def add_routes(app: web.Application) -> None:
+    agent = "/api/towns/{t}/agents/{a}"
+    app.router.add_post(f"{agent}/heartbeat", heartbeat)
+    app.router.add_post(f"{agent}/completed", completed)
+    app.router.add_post(f"{agent}/waiting", waiting)
+    app.router.add_post(f"{agent}/done", done)
+    app.router.add_post(f"{agent}/eviction-context", eviction_context)
+    app.router.add_get(f"{agent}/pending-nudges", pending_nudges)
+    app.router.add_post(f"{agent}/nudge-delivered", nudge_delivered)
+    app.router.add_post(f"{agent}/nudges", enqueue_nudge)
+    app.router.add_post("/api/towns/{t}/container-events", container_events)
+    app.router.add_post("/api/towns/{t}/container-eviction", container_eviction)
+    app.router.add_post("/api/towns/{t}/container-ready", container_ready)

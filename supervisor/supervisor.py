@@ -28,6 +28,8 @@ from supervisor.workspace import WorkspaceError, prepare_workspace
 
 log = get_logger("supervisor")
 
+SPAWN_ATTEMPTS = 2
+
 ChangeHook = Callable[[AgentRecord, str], Awaitable[None] | None]
 EventHook = Callable[[AgentRecord, dict[str, Any]], Awaitable[None] | None]
 
@@ -153,9 +155,18 @@ class Supervisor:
         register_secret(password)
         env = self.build_launch(rec, password)
         rec.child_env = env
-        proc = await KiloProcess.spawn(self.cfg.kilo_bin, env=env, cwd=str(rec.paths.workdir), port=allocate_port())
-        rec.process = proc
-        url = await proc.wait_listening(self.cfg.kilo_start_timeout_s)
+        for attempt in range(1, SPAWN_ATTEMPTS + 1):
+            proc = await KiloProcess.spawn(self.cfg.kilo_bin, env=env, cwd=str(rec.paths.workdir), port=allocate_port())
+            rec.process = proc
+            try:
+                url = await proc.wait_listening(self.cfg.kilo_start_timeout_s)
+                break
+            except KiloStartError as e:
+                # A child that dies before listening is usually a lost port race: retry on a new port.
+                if e.exit_code is None or attempt == SPAWN_ATTEMPTS:
+                    raise
+                log.warning("kilo.spawn_retry", agent_id=rec.agent_id, attempt=attempt, exit_code=e.exit_code,
+                            stderr_tail=e.stderr_tail[-500:])
         rec.client = KiloClient(url, password, timeout_s=self.cfg.kilo_request_timeout_s)
         deadline = time.monotonic() + self.cfg.kilo_start_timeout_s
         while not await rec.client.health():

@@ -73,7 +73,7 @@ class JsonFormatter(logging.Formatter):
         fields = getattr(record, "fields", None)
         if fields:
             for k, v in redact(fields).items():
-                if k not in line:
+                if k not in line or (k == "town_id" and v is not None):
                     line[k] = v
         if record.exc_info:
             line["error"] = repr(record.exc_info[1])

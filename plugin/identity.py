@@ -1,0 +1,69 @@
+"""Who this plugin acts for, read once from the environment kilo gave us at spawn.
+
+Kilo passes no session id to MCP tools (reference/kilo-serve.md §9), so the agent identity must come
+from env. A missing variable must never make the agent silently tool-less (reference bug: the
+prewarmed mayor lost all its tools): we record what is missing and every tool reports it instead.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Mapping
+
+ROLE = "GASTOWN_AGENT_ROLE"
+AGENT_ID = "GASTOWN_AGENT_ID"
+TOWN_ID = "GASTOWN_TOWN_ID"
+RIG_ID = "GASTOWN_RIG_ID"
+API_URL = "GASTOWN_API_URL"
+TOKEN = "GASTOWN_CONTAINER_TOKEN"
+
+MAYOR = "mayor"
+# The mayor works town-wide, so only rig agents need a rig id.
+_ALWAYS = (ROLE, AGENT_ID, TOWN_ID, API_URL, TOKEN)
+
+
+@dataclass(frozen=True)
+class Identity:
+    role: str
+    agent_id: str
+    town_id: str
+    rig_id: str
+    api_url: str
+    token: str = field(repr=False)
+    missing: tuple[str, ...] = ()
+
+    @property
+    def is_mayor(self) -> bool:
+        return self.role == MAYOR
+
+    @property
+    def ok(self) -> bool:
+        return not self.missing
+
+    def missing_message(self) -> str:
+        names = ", ".join(self.missing)
+        return (
+            f"the gastown plugin is not configured: missing environment variable(s) {names}. "
+            "The container must pass them to the gastown MCP server; tell a human or escalate."
+        )
+
+
+def load_identity(env: Mapping[str, str] | None = None) -> Identity:
+    """Read the identity; blank values count as missing. Never raises."""
+    src = os.environ if env is None else env
+
+    def get(name: str) -> str:
+        return (src.get(name) or "").strip()
+
+    role = get(ROLE)
+    required = _ALWAYS if role == MAYOR else (*_ALWAYS, RIG_ID)
+    missing = tuple(name for name in required if not get(name))
+    return Identity(
+        role=role,
+        agent_id=get(AGENT_ID),
+        town_id=get(TOWN_ID),
+        rig_id=get(RIG_ID),
+        api_url=get(API_URL).rstrip("/"),
+        token=get(TOKEN),
+        missing=missing,
+    )

@@ -8,7 +8,8 @@ from aiohttp import web
 from control_server.auth import auth_middleware
 from gastown.http import ApiError, error_middleware, path_id, read_model
 from supervisor.errors import Draining, SupervisorError
-from supervisor.models import MessageRequest, StartAgentRequest
+from supervisor.hotswap import hot_swap
+from supervisor.models import MessageRequest, ModelPatchRequest, RefreshTokenRequest, StartAgentRequest
 from supervisor.runtime import ContainerRuntime
 
 RUNTIME = web.AppKey("runtime", ContainerRuntime)
@@ -83,6 +84,24 @@ async def message_agent(request: web.Request) -> web.Response:
     return web.json_response({"sent": True}, status=202)
 
 
+async def patch_model(request: web.Request) -> web.Response:
+    rt = _rt(request)
+    agent_id = path_id(request, "agent_id")
+    rt.supervisor.get(agent_id)
+    body = await read_model(request, ModelPatchRequest)
+    await _await_hydration(rt)
+    await hot_swap(rt.supervisor, agent_id, reason="model change", timeout=rt.cfg.hot_swap_timeout_s,
+                   model=body.model, small_model=body.small_model, organization_id=body.organization_id)
+    return web.json_response({"updated": True})
+
+
+async def refresh_token(request: web.Request) -> web.Response:
+    rt = _rt(request)
+    body = await read_model(request, RefreshTokenRequest)
+    await _await_hydration(rt)
+    return web.json_response(await rt.refresh_token(body.token, body.issued_at))
+
+
 async def agent_events(request: web.Request) -> web.Response:
     rec = _rt(request).supervisor.get(path_id(request, "agent_id"))
     raw = request.query.get("after", "0")
@@ -106,4 +125,6 @@ def create_app(runtime: ContainerRuntime) -> web.Application:
     app.router.add_post("/agents/{agent_id}/stop", stop_agent)
     app.router.add_post("/agents/{agent_id}/message", message_agent)
     app.router.add_get("/agents/{agent_id}/events", agent_events)
+    app.router.add_patch("/agents/{agent_id}/model", patch_model)
+    app.router.add_post("/refresh-token", refresh_token)
     return app

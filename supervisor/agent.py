@@ -47,6 +47,7 @@ class AgentRecord:
     last_snapshot: dict[str, Any] | None = None
     events: EventBuffer = field(default_factory=EventBuffer)
     tasks: set[asyncio.Task] = field(default_factory=set)
+    event_task: asyncio.Task | None = None
     on_event: Callable[["AgentRecord", dict[str, Any]], None] | None = None
 
     def __post_init__(self) -> None:

@@ -72,6 +72,7 @@ class RuntimeConfig:
     memory_log_interval_s: float = 30.0
     kilo_start_timeout_s: float = 30.0
     kilo_request_timeout_s: float = 10.0
+    hot_swap_timeout_s: float = 20.0
     min_free_memory_mb: float = 0.0
 
     @classmethod
@@ -103,5 +104,6 @@ class RuntimeConfig:
             heartbeat_interval_s=_float(env, "GASTOWN_HEARTBEAT_INTERVAL_S", 30.0),
             memory_log_interval_s=_float(env, "GASTOWN_MEMORY_LOG_INTERVAL_S", 30.0),
             kilo_start_timeout_s=_float(env, "GASTOWN_KILO_START_TIMEOUT_S", 30.0),
+            hot_swap_timeout_s=_float(env, "GASTOWN_HOT_SWAP_TIMEOUT_S", 20.0),
             min_free_memory_mb=_float(env, "GASTOWN_MIN_FREE_MEMORY_MB", 0.0),
         )

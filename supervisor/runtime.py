@@ -14,6 +14,7 @@ from gastown.jsonlog import get_logger, register_secret, set_town_id
 from supervisor.agent import AgentRecord
 from supervisor.config import RuntimeConfig
 from supervisor.heartbeat import CONTAINER_INSTANCE_ID, Heartbeats
+from supervisor.hotswap import refresh_all
 from supervisor.idle import IdleManager
 from supervisor.registry import RegistrySync
 from supervisor.supervisor import Supervisor
@@ -83,6 +84,21 @@ class ContainerRuntime:
             "draining": self.draining,
             "mayor_ready_at": sup.mayor_ready_at,
         }
+
+    async def refresh_token(self, token: str, issued_at: float | None) -> dict[str, Any]:
+        """Adopt a new worker token and restart every running child with it (their env is frozen).
+        A token older than the one held is ignored, so a delayed refresh cannot roll back."""
+        held = self.worker.token_issued_at
+        if issued_at is not None and held is not None and issued_at < held:
+            log.info("refresh_token.stale_ignored", issued_at=issued_at, held_issued_at=held)
+            return {"refreshed": False, "agents_restarted": 0, "agents_failed": 0, "results": []}
+        self.worker.update(token=token, issued_at=issued_at)
+        t0 = time.monotonic()
+        results = await refresh_all(self.supervisor, timeout=self.cfg.hot_swap_timeout_s)
+        ok = sum(1 for r in results if r["success"])
+        log.info("refresh_token.completed", agents=len(results), succeeded=ok, failed=len(results) - ok,
+                 duration_ms=int((time.monotonic() - t0) * 1000))
+        return {"refreshed": True, "agents_restarted": ok, "agents_failed": len(results) - ok, "results": results}
 
     async def shutdown(self, reason: str = "container shutdown") -> None:
         self.draining = True

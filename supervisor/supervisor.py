@@ -23,6 +23,7 @@ from supervisor.kilo_env import AgentPaths, build_child_env, build_kilo_config, 
 from supervisor.kilo_process import KiloProcess, KiloStartError, allocate_port
 from supervisor.models import Role, StartAgentRequest
 from supervisor.states import AgentState
+from supervisor.tasks import TaskOwner
 from supervisor.worker_client import WorkerClient
 from supervisor.workspace import WorkspaceError, prepare_workspace
 
@@ -43,6 +44,9 @@ class Supervisor:
         self.mayor_ready_at: float | None = None
         self.change_hooks: list[ChangeHook] = []
         self.event_hooks: list[EventHook] = []
+        # Awaited before every kilo spawn (snapshot restore, admission; tests inject faults here).
+        self.spawn_hooks: list[Callable[[AgentRecord], Awaitable[None]]] = []
+        self.background = TaskOwner("supervisor")
 
     # -- plumbing -------------------------------------------------------------------------------
     def lock(self, agent_id: str) -> asyncio.Lock:
@@ -135,12 +139,7 @@ class Supervisor:
         await asyncio.to_thread(prepare_workspace, req, rec.paths.workdir, git_env)
         await self.spawn_server(rec)
         await self._open_session(rec)
-        connected = asyncio.Event()
-        rec.spawn_task(self._stream_events(rec, connected), "events")
-        try:
-            await asyncio.wait_for(connected.wait(), timeout=10.0)
-        except asyncio.TimeoutError:
-            raise KiloStartError("kilo event stream did not connect within 10s", phase="events") from None
+        await self.follow_events(rec)
         rec.transition(AgentState.running)
         if req.role == Role.mayor and self.mayor_ready_at is None:
             self.mayor_ready_at = time.time()
@@ -150,30 +149,45 @@ class Supervisor:
             rec.message_count = 1
 
     async def spawn_server(self, rec: AgentRecord) -> None:
-        """Spawn kilo for ``rec`` and wait until it answers ``/global/health``."""
+        """Spawn kilo for ``rec``, wait until it answers, and make it the agent's server."""
+        proc, client = await self.launch_server(rec)
+        self.adopt_server(rec, proc, client)
+
+    def adopt_server(self, rec: AgentRecord, proc: KiloProcess, client: KiloClient) -> None:
+        rec.process, rec.client = proc, client
+        rec.spawn_task(self._watch_exit(rec, proc), "watch")
+
+    async def launch_server(self, rec: AgentRecord) -> tuple[KiloProcess, KiloClient]:
+        """Start a kilo server with ``rec``'s current config without touching ``rec``'s live one
+        (hot swaps run the new server beside the old). On failure nothing is left running."""
+        for hook in self.spawn_hooks:
+            await hook(rec)
         password = secrets.token_urlsafe(24)
         register_secret(password)
         env = self.build_launch(rec, password)
-        rec.child_env = env
         for attempt in range(1, SPAWN_ATTEMPTS + 1):
             proc = await KiloProcess.spawn(self.cfg.kilo_bin, env=env, cwd=str(rec.paths.workdir), port=allocate_port())
-            rec.process = proc
             try:
                 url = await proc.wait_listening(self.cfg.kilo_start_timeout_s)
-                break
-            except KiloStartError as e:
+                client = KiloClient(url, password, timeout_s=self.cfg.kilo_request_timeout_s)
+                deadline = time.monotonic() + self.cfg.kilo_start_timeout_s
+                while not await client.health():
+                    if not proc.running or time.monotonic() > deadline:
+                        await client.close()
+                        raise KiloStartError("kilo never answered /global/health", phase="health",
+                                             stderr_tail="\n".join(proc.stderr_tail))
+                    await asyncio.sleep(0.1)
+                rec.child_env = env
+                return proc, client
+            except BaseException as e:
+                await proc.stop(timeout=3.0)
                 # A child that dies before listening is usually a lost port race: retry on a new port.
-                if e.exit_code is None or attempt == SPAWN_ATTEMPTS:
+                retry = isinstance(e, KiloStartError) and e.exit_code is not None and attempt < SPAWN_ATTEMPTS
+                if not retry:
                     raise
                 log.warning("kilo.spawn_retry", agent_id=rec.agent_id, attempt=attempt, exit_code=e.exit_code,
                             stderr_tail=e.stderr_tail[-500:])
-        rec.client = KiloClient(url, password, timeout_s=self.cfg.kilo_request_timeout_s)
-        deadline = time.monotonic() + self.cfg.kilo_start_timeout_s
-        while not await rec.client.health():
-            if not proc.running or time.monotonic() > deadline:
-                raise KiloStartError("kilo never answered /global/health", phase="health", stderr_tail="\n".join(proc.stderr_tail))
-            await asyncio.sleep(0.1)
-        rec.spawn_task(self._watch_exit(rec, proc), "watch")
+        raise AssertionError("unreachable")
 
     async def _open_session(self, rec: AgentRecord) -> None:
         """Only the mayor resumes its latest session; every other role gets a fresh one per start."""
@@ -213,12 +227,22 @@ class Supervisor:
         return StartFailed(f"unexpected start failure: {e!r}", phase="unknown")
 
     # -- running --------------------------------------------------------------------------------
-    async def _stream_events(self, rec: AgentRecord, connected: asyncio.Event) -> None:
-        """Follow kilo's ``/event`` stream for this agent's life; reconnect while kilo lives."""
+    async def follow_events(self, rec: AgentRecord) -> None:
+        """Subscribe to the agent's current server and wait until the stream is live, so no event
+        of the first prompt is missed. A previous subscription (hot swap) is cancelled."""
+        if rec.event_task is not None:
+            rec.event_task.cancel()
+        connected = asyncio.Event()
+        rec.event_task = rec.spawn_task(self._stream_events(rec, rec.process, rec.client, connected), "events")
+        try:
+            await asyncio.wait_for(connected.wait(), timeout=10.0)
+        except asyncio.TimeoutError:
+            raise KiloStartError("kilo event stream did not connect within 10s", phase="events") from None
+
+    async def _stream_events(self, rec: AgentRecord, proc: KiloProcess, client: KiloClient, connected: asyncio.Event) -> None:
+        """Follow one server's ``/event`` stream; reconnect while that server lives."""
         delay = 0.2
-        while rec.process is not None and rec.process.running:
-            client = rec.client
-            assert client is not None
+        while proc.running and rec.process is proc:
             try:
                 async for event in client.events():
                     delay = 0.2
@@ -232,7 +256,7 @@ class Supervisor:
             except asyncio.CancelledError:
                 raise
             except Exception as e:
-                if rec.process is None or not rec.process.running or not rec.active:
+                if not proc.running or rec.process is not proc or not rec.active:
                     return
                 log.warning("agent.stream_error", agent_id=rec.agent_id, error=repr(e))
             await asyncio.sleep(delay)
@@ -290,3 +314,4 @@ class Supervisor:
 
     async def stop_all(self, reason: str = "container shutdown") -> None:
         await asyncio.gather(*(self.stop(a.agent_id, reason) for a in self.active_agents()), return_exceptions=True)
+        await self.background.close()

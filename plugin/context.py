@@ -28,12 +28,13 @@ def fail(code: str, message: str) -> ToolFailure:
     return ToolFailure(f"error: {code}: {message}")
 
 
-def _as_tool(fn: Callable[..., Awaitable[str]]) -> Callable[..., Awaitable[Any]]:
+def _as_tool(ctx: "ToolContext", fn: Callable[..., Awaitable[str]]) -> Callable[..., Awaitable[Any]]:
     # functools.wraps keeps the signature and annotations the SDK builds the input schema from.
     @functools.wraps(fn)
     async def run(**kwargs: Any) -> Any:
         started = time.monotonic()
         try:
+            ctx.require_identity(fn.__name__)
             text = await fn(**kwargs)
         except ToolFailure as e:
             return CallToolResult(content=[TextContent(type="text", text=str(e))], is_error=True)
@@ -43,10 +44,11 @@ def _as_tool(fn: Callable[..., Awaitable[str]]) -> Callable[..., Awaitable[Any]]
     return run
 
 
-def add_tools(server: MCPServer, *fns: Callable[..., Awaitable[str]]) -> None:
-    """Register tools under their function names; the docstring is the description the model reads."""
+def add_tools(server: MCPServer, ctx: "ToolContext", *fns: Callable[..., Awaitable[str]]) -> None:
+    """Register tools under their function names; the docstring is the description the model reads.
+    A missing identity variable is checked first: it is the answer to every call."""
     for fn in fns:
-        server.add_tool(_as_tool(fn), structured_output=False)
+        server.add_tool(_as_tool(ctx, fn), structured_output=False)
 
 
 class ToolContext:
@@ -67,13 +69,14 @@ class ToolContext:
     def convoy_path(self, convoy_id: str) -> str:
         return f"{self.town}/convoys/{seg(convoy_id)}"
 
-    async def call(
-        self, tool: str, method: str, path: str, body: Any = None, *, params: Mapping[str, str] | None = None
-    ) -> Any:
-        """Check the identity first (a missing variable is the answer to every tool), then call."""
+    def require_identity(self, tool: str) -> None:
         if not self.ident.ok:
             log.warning("tool.unconfigured", tool=tool, missing=list(self.ident.missing))
             raise fail("MISSING_ENV", self.ident.missing_message())
+
+    async def call(
+        self, tool: str, method: str, path: str, body: Any = None, *, params: Mapping[str, str] | None = None
+    ) -> Any:
         try:
             return await self.client.call(method, path, body, params=params)
         except WorkerError as e:

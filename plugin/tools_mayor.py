@@ -145,7 +145,7 @@ def register(server: MCPServer, ctx: ToolContext) -> None:
         await ctx.call("gt_agent_reset", "POST", f"{ctx.agent_path(agent_id)}/reset", {})
         return f"agent {agent_id} reset"
 
-    add_tools(server, gt_sling, gt_sling_batch, gt_list_rigs, gt_list_beads, gt_list_agents, gt_list_convoys,
+    add_tools(server, ctx, gt_sling, gt_sling_batch, gt_list_rigs, gt_list_beads, gt_list_agents, gt_list_convoys,
               gt_convoy_status, gt_convoy_start, gt_convoy_close, gt_bead_update, gt_bead_reassign,
               gt_agent_reset)
     tools_shared.register(server, ctx)

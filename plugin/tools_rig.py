@@ -100,6 +100,6 @@ def register(server: MCPServer, ctx: ToolContext) -> None:
         await ctx.call("gt_checkpoint", "POST", f"{ctx.agent_path()}/checkpoint", {"data": parsed})
         return f"checkpoint saved ({len(data)} chars)"
 
-    add_tools(server, gt_prime, gt_bead_status, gt_bead_close, gt_done, gt_request_changes,
+    add_tools(server, ctx, gt_prime, gt_bead_status, gt_bead_close, gt_done, gt_request_changes,
               gt_mail_check, gt_escalate, gt_checkpoint)
     tools_shared.register(server, ctx)

@@ -45,4 +45,4 @@ def register(server: MCPServer, ctx: ToolContext) -> None:
         nudge_id = pick(data, "nudge_id", "id")
         return f"nudge queued for {target_agent_id} ({mode})" + (f", nudge {nudge_id}" if nudge_id else "")
 
-    add_tools(server, gt_mail_send, gt_nudge)
+    add_tools(server, ctx, gt_mail_send, gt_nudge)

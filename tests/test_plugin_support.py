@@ -80,6 +80,7 @@ class FakeWorker:
     valid: set[str] = field(default_factory=lambda: {TOKEN})
     issued: set[str] = field(default_factory=lambda: {TOKEN})
     refresh_grants_valid: bool = True
+    reject_delay: float = 0.0  # hold 401 answers, so concurrent calls all see one
     requests: list[Recorded] = field(default_factory=list)
     scripted: dict[tuple[str, str], deque[Reply]] = field(default_factory=lambda: defaultdict(deque))
     defaults: dict[tuple[str, str], Any] = field(default_factory=dict)
@@ -100,6 +101,7 @@ class FakeWorker:
         self.valid = {TOKEN}
         self.issued = {TOKEN}
         self.refresh_grants_valid = True
+        self.reject_delay = 0.0
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         raw = await request.read()
@@ -121,6 +123,7 @@ class FakeWorker:
                 self.valid.add(new)
             return web.json_response({"token": new})
         if token not in self.valid:
+            await asyncio.sleep(self.reject_delay)
             return _error(401, "UNAUTHORIZED", "container token rejected: expired")
         if self.scripted.get(key):
             reply = self.scripted[key].popleft()

@@ -1,0 +1,101 @@
+"""The plugin against the real worker app (not a stand-in): a container token minted by the worker,
+gt_done recorded as an ``agent_done`` town event, token expiry healed by refresh-container-token,
+and gt_nudge queued for the target agent."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+import aiohttp
+import pytest
+from aiohttp.test_utils import TestServer
+
+from tests.test_plugin_support import Plugin
+from tests.test_worker_api_support import ADMIN_TOKEN, CONTROL_TOKEN, JWT_SECRET, FakeClock
+from worker_api import events, nudges, routes_container
+from worker_api.app import create_app
+from worker_api.appkeys import DB
+
+
+class RealWorker:
+    def __init__(self, server: TestServer, clock: FakeClock) -> None:
+        self.server = server
+        self.clock = clock
+
+    @property
+    def url(self) -> str:
+        return str(self.server.make_url("")).rstrip("/")
+
+    async def admin(self, method: str, path: str, body: Any) -> Any:
+        async with aiohttp.ClientSession() as http:
+            async with http.request(method, self.url + path, json=body,
+                                    headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as resp:
+                assert resp.status in (200, 201), await resp.text()
+                return await resp.json()
+
+    async def db(self, fn: Any, *args: Any, **kw: Any) -> Any:
+        return await self.server.app[DB].run(fn, *args, write=False, **kw)
+
+
+@pytest.fixture
+async def real_worker(tmp_path: Path) -> AsyncIterator[RealWorker]:
+    clock = FakeClock()
+    app = create_app(tmp_path / "worker.db", admin_token=ADMIN_TOKEN, jwt_secret=JWT_SECRET, now=clock)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    try:
+        yield RealWorker(server, clock)
+    finally:
+        await server.close()
+
+
+async def _town(w: RealWorker) -> tuple[str, str]:
+    town = await w.admin("POST", "/api/towns", {"name": "Plugin town", "container_url": "http://127.0.0.1:9",
+                                                "control_token": CONTROL_TOKEN})
+    t = town["town_id"]
+    for agent_id, role in (("polecat-1", "polecat"), ("refinery-1", "refinery")):
+        await w.admin("POST", f"/api/towns/{t}/agents", {"agent_id": agent_id, "role": role, "name": agent_id,
+                                                         "rig_id": "rig-1"})
+    return t, town["container_token"]
+
+
+def _env(w: RealWorker, town_id: str, token: str) -> dict[str, str]:
+    return {"GASTOWN_AGENT_ROLE": "polecat", "GASTOWN_AGENT_ID": "polecat-1", "GASTOWN_TOWN_ID": town_id,
+            "GASTOWN_RIG_ID": "rig-1", "GASTOWN_API_URL": w.url, "GASTOWN_CONTAINER_TOKEN": token}
+
+
+async def test_gt_done_reaches_the_worker_and_survives_token_expiry(real_worker: RealWorker, tmp_path: Path) -> None:
+    town_id, token = await _town(real_worker)
+    async with Plugin(_env(real_worker, town_id, token), tmp_path / "err.log") as p:
+        is_error, text = await p.call("gt_done", {"branch": "gt/polecat-1/bd-1", "pr_url": "https://git.example/pull/7",
+                                                  "summary": "fixed login"})
+        assert not is_error, text
+        real_worker.clock.advance(9 * 3600)  # past the 8 h token lifetime: next call gets a 401
+        is_error, text = await p.call("gt_done", {"branch": "gt/polecat-1/bd-1-again"})
+        assert not is_error, text
+        stderr = p.stderr()
+    done = await real_worker.db(events.list_events, town_id, event_type=events.AGENT_DONE)
+    assert [(e["agent_id"], e["payload"]["branch"]) for e in done] == [
+        ("polecat-1", "gt/polecat-1/bd-1"), ("polecat-1", "gt/polecat-1/bd-1-again"),
+    ]
+    assert done[0]["payload"]["pr_url"] == "https://git.example/pull/7"
+    assert '"token.refreshed"' in stderr and token not in stderr
+
+
+async def test_gt_done_for_an_unknown_agent_is_a_short_error(real_worker: RealWorker, tmp_path: Path) -> None:
+    town_id, token = await _town(real_worker)
+    env = {**_env(real_worker, town_id, token), "GASTOWN_AGENT_ID": "polecat-ghost"}
+    async with Plugin(env, tmp_path / "err.log") as p:
+        is_error, text = await p.call("gt_done", {"branch": "b"})
+    assert is_error and text == "error: AGENT_NOT_FOUND: agent polecat-ghost not found", text
+
+
+async def test_gt_nudge_queues_for_the_target(real_worker: RealWorker, tmp_path: Path) -> None:
+    if getattr(routes_container.enqueue_nudge, "auth_policy", None) == "admin":
+        pytest.xfail("worker route POST /agents/{a}/nudges is still admin-only; the plugin calls it with the container token")
+    town_id, token = await _town(real_worker)
+    async with Plugin(_env(real_worker, town_id, token), tmp_path / "err.log") as p:
+        is_error, text = await p.call("gt_nudge", {"target_agent_id": "refinery-1", "message": "ready for review"})
+    assert not is_error, text
+    pending = await real_worker.db(nudges.pending_nudges, town_id, "refinery-1", real_worker.clock.ms)
+    assert [(n["message"], n["mode"], n["source"]) for n in pending] == [("ready for review", "wait-idle", "polecat-1")]

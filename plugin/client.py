@@ -104,7 +104,7 @@ class WorkerClient:
             if self._token != used_token:
                 return
             status, raw = await self._send("POST", f"{self.town_path}/refresh-container-token", used_token, {}, None)
-            if status != 200:
+            if not 200 <= status < 300:
                 err = _error_from_body(status, raw)
                 log.warning("token.refresh_failed", status=status, code=err.code)
                 raise WorkerError("UNAUTHORIZED", f"container token rejected and refresh failed ({err.code})", status)
@@ -130,7 +130,7 @@ class WorkerClient:
             log.info("token.rejected", path=path)
             await self._refresh(token)
             status, raw = await self._send(method, path, self._token, body, params)
-        log.info("worker.call", method=method, path=path, status=status,
+        log.debug("worker.call", method=method, path=path, status=status,
                  ms=int((time.monotonic() - started) * 1000))
         if status >= 400:
             raise _error_from_body(status, raw)

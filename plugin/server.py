@@ -70,18 +70,26 @@ def build_server(env: Mapping[str, str] | None = None) -> MCPServer:
     return server
 
 
-def _exit_on_sigterm(signum: int, frame: object) -> None:
-    raise SystemExit(0)
+class _Terminated(Exception):
+    pass
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise _Terminated()
 
 
 def run_plugin() -> int:
-    """Serve MCP over stdio until kilo closes stdin or sends SIGTERM."""
+    """Serve MCP over stdio until kilo closes stdin (normal end) or sends SIGTERM."""
     jsonlog.configure(os.environ.get("GASTOWN_LOG_LEVEL", "INFO"), stream=sys.stderr)
     logging.getLogger("mcp").setLevel(logging.WARNING)  # per-request chatter; our own lines suffice
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         build_server().run("stdio")
-    except (KeyboardInterrupt, SystemExit):
-        pass
-    log.info("plugin.stopped")
+    except (_Terminated, KeyboardInterrupt):
+        # The SDK reads stdin in a worker thread that stays blocked while the pipe is open, and
+        # interpreter exit would wait for it: leave at once (nothing of ours is left to flush).
+        log.info("plugin.stopped", reason="signal")
+        sys.stderr.flush()
+        os._exit(0)
+    log.info("plugin.stopped", reason="stdin closed")
     return 0

@@ -2,13 +2,16 @@
 an agent silently tool-less (reference §3.12 / bug 5: the prewarmed mayor had no tools at all)."""
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from plugin.identity import load_identity
-from tests.test_plugin_support import MAYOR_TOOLS, RIG_TOOLS, TOKEN, FakeWorker, Plugin, identity_env
+from tests.test_plugin_support import GASTOWN_BIN, MAYOR_TOOLS, RIG_TOOLS, TOKEN, FakeWorker, Plugin, identity_env
 
 
 @pytest.fixture
@@ -122,3 +125,27 @@ def _minimal_args(schema: dict[str, Any]) -> dict[str, Any]:
     if "data" in args:
         args["data"] = "{}"
     return args
+
+
+async def test_process_lifecycle_sigterm_and_stdin_eof(tmp_path: Path) -> None:
+    """kilo stops its MCP children with SIGTERM or by closing stdin: both end the plugin with exit 0,
+    and nothing but MCP messages ever reaches stdout."""
+    env = {"PATH": os.environ.get("PATH", ""), "GASTOWN_AGENT_ROLE": "polecat"}
+    proc = await asyncio.create_subprocess_exec(
+        str(GASTOWN_BIN), "plugin", env=env, stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    assert proc.stderr is not None
+    line = await asyncio.wait_for(proc.stderr.readline(), 30)
+    assert b"plugin.missing_env" in line
+    proc.send_signal(signal.SIGTERM)
+    assert await asyncio.wait_for(proc.wait(), 10) == 0
+    assert await proc.stdout.read() == b""  # type: ignore[union-attr]
+
+    proc = await asyncio.create_subprocess_exec(
+        str(GASTOWN_BIN), "plugin", env=env, stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 0 and out == b""
+    assert b'"stdin closed"' in err

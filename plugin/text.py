@@ -51,6 +51,9 @@ def bead_line(b: Any) -> str:
     assignee = pick(b, "assignee_agent_id", "assignee")
     if assignee:
         extra.append(f"assignee {assignee}")
+    blocked = pick(b, "blocked_by")
+    if isinstance(blocked, list) and blocked:
+        extra.append(f"blocked by {join_ids(blocked)}")
     if pick(b, "priority"):
         extra.append(f"priority {pick(b, 'priority')}")
     return " ".join(parts) + (f" ({', '.join(extra)})" if extra else "")
@@ -95,9 +98,16 @@ def rig_line(r: Any) -> str:
 
 def convoy_line(c: Any) -> str:
     line = f"{pick(c, 'convoy_id', 'bead_id', 'id') or '?'} [{pick(c, 'status') or '?'}] {one_line(pick(c, 'title'))}"
-    total, closed = pick(c, "total_beads"), c.get("closed_beads") if isinstance(c, dict) else None
+    progress = pick(c, "progress")
+    if isinstance(progress, dict):
+        total, closed, failed = progress.get("total"), progress.get("closed"), progress.get("failed")
+    else:
+        total, closed, failed = pick(c, "total_beads"), pick(c, "closed_beads"), None
     if total is not None:
-        line += f" ({closed or 0}/{total} closed)"
+        line += f" ({closed or 0}/{total} closed" + (f", {failed} failed" if failed else "") + ")"
+    for key in ("merge_mode", "feature_branch"):
+        if pick(c, key):
+            line += f" {key} {pick(c, key)}"
     if isinstance(c, dict) and c.get("staged"):
         line += " staged"
     return line

@@ -19,6 +19,9 @@ RigId = Annotated[str, Field(min_length=1, description="Rig id (see gt_list_rigs
 BeadId = Annotated[str, Field(min_length=1, description="Bead id, e.g. 'bd-1a2b'.")]
 ConvoyId = Annotated[str, Field(min_length=1, description="Convoy id (see gt_list_convoys).")]
 BeadStatus = Literal["open", "in_progress", "in_review", "closed", "failed"]
+BeadType = Literal["issue", "message", "escalation", "merge_request", "convoy", "agent"]
+# Only these are set by hand; in_progress/in_review belong to dispatch and review.
+SettableStatus = Literal["open", "closed", "failed"]
 Priority = Literal["low", "medium", "high", "critical"]
 MergeMode = Literal["review-then-land", "review-and-merge"]
 
@@ -47,9 +50,11 @@ def register(server: MCPServer, ctx: ToolContext) -> None:
         rig_id: RigId,
         title: Annotated[str, Field(min_length=1, description="One-line task title.")],
         body: Annotated[Optional[str], Field(description="Full task description for the polecat.")] = None,
+        priority: Annotated[Optional[Priority], Field(description="Default medium.")] = None,
     ) -> str:
         """Create one task bead in a rig; the town dispatches a polecat to it."""
-        data = await ctx.call("gt_sling", "POST", f"{ctx.town}/sling", drop_none(rig_id=rig_id, title=title, body=body))
+        data = await ctx.call("gt_sling", "POST", f"{ctx.town}/sling",
+                              drop_none(rig_id=rig_id, title=title, body=body, priority=priority))
         return f"slung bead {pick(data, 'bead_id') or '?'} to rig {rig_id} [{pick(data, 'status') or '?'}]"
 
     async def gt_sling_batch(
@@ -83,10 +88,11 @@ def register(server: MCPServer, ctx: ToolContext) -> None:
     async def gt_list_beads(
         status: Annotated[Optional[BeadStatus], Field(description="Only beads with this status.")] = None,
         rig_id: Annotated[Optional[str], Field(description="Only beads of this rig.")] = None,
+        type: Annotated[Optional[BeadType], Field(description="Only beads of this type (issue = a task).")] = None,
     ) -> str:
         """List beads (tasks, merge requests, escalations…), optionally filtered."""
         data = await ctx.call("gt_list_beads", "GET", f"{ctx.town}/beads",
-                              params=drop_none(status=status, rig_id=rig_id))
+                              params=drop_none(status=status, rig_id=rig_id, type=type))
         return listing("bead", items(data, "beads"), bead_line)
 
     async def gt_list_agents() -> str:
@@ -118,7 +124,9 @@ def register(server: MCPServer, ctx: ToolContext) -> None:
         bead_id: BeadId,
         title: Annotated[Optional[str], Field(description="New title.")] = None,
         body: Annotated[Optional[str], Field(description="New body (replaces the old one).")] = None,
-        status: Annotated[Optional[BeadStatus], Field(description="New status.")] = None,
+        status: Annotated[
+            Optional[SettableStatus], Field(description="open (reopen), closed (done) or failed (give up).")
+        ] = None,
         priority: Annotated[Optional[Priority], Field(description="New priority.")] = None,
     ) -> str:
         """Edit a bead's title, body, status or priority (only the fields you pass change)."""

@@ -3,6 +3,7 @@ gt_done recorded as an ``agent_done`` town event, token expiry healed by refresh
 and gt_nudge queued for the target agent."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, AsyncIterator
 
@@ -99,3 +100,50 @@ async def test_gt_nudge_queues_for_the_target(real_worker: RealWorker, tmp_path:
     assert not is_error, text
     pending = await real_worker.db(nudges.pending_nudges, town_id, "refinery-1", real_worker.clock.ms)
     assert [(n["message"], n["mode"], n["source"]) for n in pending] == [("ready for review", "wait-idle", "polecat-1")]
+
+
+async def test_mayor_tools_against_the_real_user_routes(tmp_path: Path) -> None:
+    """The mayor's contract routes (worker_api.routes_user): sling, convoy with depends_on, listings,
+    updates. Wired here if the app does not register them yet, so the shapes are checked early."""
+    routes_user = pytest.importorskip("worker_api.routes_user")
+    clock = FakeClock()
+    app = create_app(tmp_path / "worker.db", admin_token=ADMIN_TOKEN, jwt_secret=JWT_SECRET, now=clock)
+    if not any(getattr(r.resource, "canonical", "") == "/api/towns/{t}/sling" for r in app.router.routes()):
+        routes_user.add_routes(app)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    try:
+        w = RealWorker(server, clock)
+        town_id, token = await _town(w)
+        rig = await w.admin("POST", f"/api/towns/{town_id}/rigs", {"rig_id": "rig-web", "name": "web",
+                                                                   "git_url": "https://git.example/o/web"})
+        await w.admin("POST", f"/api/towns/{town_id}/agents", {"agent_id": "mayor-1", "role": "mayor", "name": "Mayor"})
+        env = {**_env(w, town_id, token), "GASTOWN_AGENT_ROLE": "mayor", "GASTOWN_AGENT_ID": "mayor-1"}
+        async with Plugin(env, tmp_path / "err.log") as p:
+            async def ok(tool: str, args: dict[str, Any] | None = None) -> str:
+                is_error, text = await p.call(tool, args)
+                assert not is_error, (tool, text)
+                return text
+
+            assert f"- {rig['rig_id']} web https://git.example/o/web" in await ok("gt_list_rigs")
+            slung = await ok("gt_sling", {"rig_id": "rig-web", "title": "Add search", "body": "details"})
+            bead_id = re.match(r"slung bead (\S+) to rig rig-web \[open\]", slung).group(1)  # type: ignore[union-attr]
+            assert f"{bead_id} [open] Add search" in await ok("gt_list_beads", {"status": "open", "rig_id": "rig-web"})
+            text = await ok("gt_sling_batch", {"rig_id": "rig-web", "title": "Feature", "staged": True,
+                                               "merge_mode": "review-then-land",
+                                               "beads": [{"title": "schema"}, {"title": "api", "depends_on": [0]}]})
+            m = re.match(r"convoy (\S+) \(staged\): 2 beads: (\S+), (\S+)$", text)
+            assert m, text
+            convoy_id, first, second = m.groups()
+            status = await ok("gt_convoy_status", {"convoy_id": convoy_id})
+            assert "(0/2 closed)" in status and "merge_mode review-then-land" in status, status
+            assert re.search(rf"{second} \[open\] api \(.*blocked by {first}\)", status), status
+            assert "convoy" in await ok("gt_list_convoys")
+            await ok("gt_convoy_start", {"convoy_id": convoy_id})
+            updated = await ok("gt_bead_update", {"bead_id": bead_id, "status": "closed", "priority": "high"})
+            assert f"{bead_id} [closed]" in updated, updated
+            await ok("gt_convoy_close", {"convoy_id": convoy_id})
+            is_error, text = await p.call("gt_convoy_status", {"convoy_id": "no-such-convoy"})
+            assert is_error and text.startswith("error: ") and "no-such-convoy" in text, text
+    finally:
+        await server.close()

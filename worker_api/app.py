@@ -6,18 +6,20 @@ leaves it unset (a ``town_id`` field would be shadowed by that null).
 """
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 
 from gastown.http import MAX_BODY_BYTES, error_middleware
 from gastown.jsonlog import get_logger, register_secret
-from worker_api import routes_container, routes_towns
+from worker_api import routes_container, routes_tools, routes_towns, routes_user
 from worker_api.appkeys import ADMIN_TOKEN, CLOCK, DB, TOKENS
 from worker_api.auth import auth_middleware
 from worker_api.db import Database
+from worker_api.reconciler import service as reconciler_service
 from worker_api.tokens import ContainerTokens
 
 log = get_logger("worker_api.app")
@@ -43,21 +45,37 @@ def create_app(
     admin_token: str,
     jwt_secret: str,
     now: Callable[[], float] = time.time,
+    run_reconciler: bool | None = None,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    container_client: Any = None,
+    container_provider: Any = None,
 ) -> web.Application:
     """The worker API over the SQLite file ``db_path`` (created and migrated here).
 
     ``now`` (epoch seconds) drives token expiry, drain timeouts and every stored timestamp, so
     tests can move time. The store is ``app[worker_api.appkeys.DB]``; it closes on app cleanup.
+
+    The per-town reconciler loops start with the app and are cancelled on cleanup. By default
+    (``run_reconciler=None``) they run only on the real clock: under a fake ``now`` a loop's
+    deadlines would never arrive, and such tests drive ticks themselves. Pass ``True`` with a fake
+    ``sleep`` to run the loops in virtual time.
     """
     if not admin_token:
         raise ValueError("admin_token must not be empty")
-    app = web.Application(middlewares=[error_middleware, auth_middleware], client_max_size=MAX_BODY_BYTES)
+    app = web.Application(middlewares=[error_middleware, auth_middleware, reconciler_service.arm_middleware],
+                          client_max_size=MAX_BODY_BYTES)
     app[DB] = Database(db_path)
     app[TOKENS] = ContainerTokens(jwt_secret, now=now)
     app[ADMIN_TOKEN] = admin_token
     app[CLOCK] = now
     routes_towns.add_routes(app)
     routes_container.add_routes(app)
+    routes_user.add_routes(app)
+    routes_tools.add_routes(app)
+    reconciler_service.install(
+        app, run=run_reconciler if run_reconciler is not None else now is time.time, clock=now, sleep=sleep,
+        container=container_client, provider=container_provider,
+    )
     app.on_startup.append(_register_stored_secrets)
     app.on_cleanup.append(_close_db)
     return app

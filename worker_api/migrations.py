@@ -102,3 +102,117 @@ CREATE TABLE kv (
 """,
     ),
 ]
+
+MIGRATIONS.append(
+    Migration(
+        name="reconciler: rigs, beads, review/convoy metadata, dependencies, bead events, mail, agent hooks",
+        sql="""
+CREATE TABLE rigs (
+    town_id         TEXT NOT NULL REFERENCES towns(town_id) ON DELETE CASCADE,
+    rig_id          TEXT NOT NULL,
+    name            TEXT NOT NULL,
+    git_url         TEXT NOT NULL,
+    default_branch  TEXT NOT NULL DEFAULT 'main',
+    config          TEXT NOT NULL DEFAULT '{}',      -- JSON: max_dispatch_attempts, ...
+    created_at      INTEGER NOT NULL,
+    PRIMARY KEY (town_id, rig_id)
+);
+
+CREATE TABLE town_beads (
+    town_id                   TEXT NOT NULL REFERENCES towns(town_id) ON DELETE CASCADE,
+    bead_id                   TEXT NOT NULL,
+    type                      TEXT NOT NULL,     -- issue|message|escalation|merge_request|convoy|agent
+    status                    TEXT NOT NULL DEFAULT 'open', -- open|in_progress|in_review|closed|failed
+    title                     TEXT NOT NULL,
+    body                      TEXT NOT NULL DEFAULT '',
+    rig_id                    TEXT,
+    parent_bead_id            TEXT,
+    assignee_agent_id         TEXT,
+    priority                  TEXT NOT NULL DEFAULT 'medium', -- low|medium|high|critical
+    labels                    TEXT NOT NULL DEFAULT '[]',
+    metadata                  TEXT NOT NULL DEFAULT '{}',
+    dispatch_attempts         INTEGER NOT NULL DEFAULT 0,
+    last_dispatch_attempt_at  INTEGER,
+    created_by                TEXT,
+    created_at                INTEGER NOT NULL,
+    updated_at                INTEGER NOT NULL,
+    closed_at                 INTEGER,
+    PRIMARY KEY (town_id, bead_id)
+);
+CREATE INDEX beads_by_status ON town_beads(town_id, status, type);
+
+CREATE TABLE review_metadata (
+    town_id        TEXT NOT NULL,
+    bead_id        TEXT NOT NULL,
+    branch         TEXT,
+    target_branch  TEXT NOT NULL DEFAULT 'main',
+    pr_url         TEXT,
+    merge_commit   TEXT,
+    retry_count    INTEGER NOT NULL DEFAULT 0,
+    last_poll_at   INTEGER,
+    PRIMARY KEY (town_id, bead_id)
+);
+
+CREATE TABLE convoy_metadata (
+    town_id                  TEXT NOT NULL,
+    bead_id                  TEXT NOT NULL,
+    total_beads              INTEGER NOT NULL DEFAULT 0,
+    closed_beads             INTEGER NOT NULL DEFAULT 0,
+    failed_beads             INTEGER NOT NULL DEFAULT 0,
+    feature_branch           TEXT,
+    merge_mode               TEXT NOT NULL DEFAULT 'review-and-merge',
+    staged                   INTEGER NOT NULL DEFAULT 0,
+    ready_to_land            INTEGER NOT NULL DEFAULT 0,
+    landing_attempts         INTEGER NOT NULL DEFAULT 0,
+    last_landing_attempt_at  INTEGER,
+    landed_at                INTEGER,
+    PRIMARY KEY (town_id, bead_id)
+);
+
+CREATE TABLE bead_dependencies (
+    town_id             TEXT NOT NULL,
+    bead_id             TEXT NOT NULL,       -- the dependent (waits / tracks)
+    depends_on_bead_id  TEXT NOT NULL,       -- the blocker / tracked parent
+    dep_type            TEXT NOT NULL,       -- blocks | tracks
+    PRIMARY KEY (town_id, bead_id, depends_on_bead_id, dep_type)
+) WITHOUT ROWID;
+CREATE INDEX bead_deps_reverse ON bead_dependencies(town_id, depends_on_bead_id, dep_type);
+
+CREATE TABLE bead_events (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    town_id     TEXT NOT NULL,
+    bead_id     TEXT NOT NULL,
+    event_type  TEXT NOT NULL,
+    agent_id    TEXT,
+    payload     TEXT NOT NULL DEFAULT '{}',
+    created_at  INTEGER NOT NULL
+);
+CREATE INDEX bead_events_by_bead ON bead_events(town_id, bead_id, id);
+
+CREATE TABLE mail (
+    id             INTEGER PRIMARY KEY AUTOINCREMENT,
+    mail_id        TEXT NOT NULL,
+    town_id        TEXT NOT NULL REFERENCES towns(town_id) ON DELETE CASCADE,
+    from_agent_id  TEXT NOT NULL,
+    to_agent_id    TEXT NOT NULL,
+    subject        TEXT NOT NULL,
+    body           TEXT NOT NULL,
+    created_at     INTEGER NOT NULL,
+    delivered_at   INTEGER,
+    UNIQUE (town_id, mail_id)
+);
+CREATE INDEX mail_pending ON mail(town_id, to_agent_id, id) WHERE delivered_at IS NULL;
+
+ALTER TABLE agents ADD COLUMN current_hook_bead_id TEXT;
+ALTER TABLE agents ADD COLUMN dispatch_attempts INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE agents ADD COLUMN stalled_at INTEGER;
+ALTER TABLE agents ADD COLUMN checkpoint TEXT;
+ALTER TABLE agents ADD COLUMN gupp_fired TEXT NOT NULL DEFAULT '{}';
+CREATE INDEX agents_by_hook ON agents(town_id, current_hook_bead_id) WHERE current_hook_bead_id IS NOT NULL;
+
+ALTER TABLE town_events ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE town_events ADD COLUMN last_error TEXT;
+CREATE INDEX town_events_by_bead ON town_events(town_id, bead_id) WHERE bead_id IS NOT NULL;
+""",
+    )
+)

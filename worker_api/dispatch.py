@@ -1,0 +1,173 @@
+"""Calls from the worker to a town's container, and the ContainerProvider interface.
+
+``ContainerClient`` speaks the control-server API (SPEC §4) with ``Authorization: Bearer <control
+token>``; every call has a timeout. Results are classified, never raised, because the reconciler
+must decide from them, and one rule matters above all (#1358): a *timeout* or transport error on
+``/agents/start`` does not mean the agent did not start. The caller leaves the agent ``working`` and
+lets heartbeats decide.
+
+``ContainerProvider`` owns the container's lifecycle (state, stop) for the idle stop. Only a local
+process provider exists now; Docker/Kubernetes providers implement the same two methods.
+"""
+from __future__ import annotations
+
+import asyncio
+import signal
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import aiohttp
+
+from gastown.jsonlog import get_logger
+from worker_api.reconciler.constants import (
+    DISPATCH_TIMEOUT_S,
+    MESSAGE_TIMEOUT_S,
+    STATUS_TIMEOUT_S,
+    STOP_TIMEOUT_S,
+)
+
+log = get_logger("worker_api.dispatch")
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a town's container listens. ``token`` is the control token: header use only."""
+
+    town_id: str
+    url: str
+    token: str
+
+    def __repr__(self) -> str:  # never print the token
+        return f"Target(town_id={self.town_id!r}, url={self.url!r})"
+
+
+@dataclass(frozen=True)
+class StartResult:
+    outcome: str          # started | rejected | timeout | error
+    status: int | None = None
+    detail: str = ""
+
+    @property
+    def started(self) -> bool:
+        return self.outcome == "started"
+
+
+class ContainerClient(Protocol):
+    async def start_agent(self, target: Target, request: dict[str, Any]) -> StartResult: ...
+    async def agent_status(self, target: Target, agent_id: str) -> str: ...
+    async def stop_agent(self, target: Target, agent_id: str) -> bool: ...
+    async def send_message(self, target: Target, agent_id: str, prompt: str) -> bool: ...
+
+
+class HttpContainerClient:
+    """The real client over one shared ``aiohttp.ClientSession`` (created lazily, closed by ``aclose``)."""
+
+    def __init__(self, *, start_timeout_s: float = DISPATCH_TIMEOUT_S, status_timeout_s: float = STATUS_TIMEOUT_S) -> None:
+        self.start_timeout_s = start_timeout_s
+        self.status_timeout_s = status_timeout_s
+        self._session: aiohttp.ClientSession | None = None
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession()
+        return self._session
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def _call(self, target: Target, method: str, path: str, timeout_s: float,
+                    json: Any = None) -> tuple[int, str]:
+        headers = {"Authorization": f"Bearer {target.token}"}
+        timeout = aiohttp.ClientTimeout(total=timeout_s)
+        async with self._http().request(method, target.url.rstrip("/") + path, json=json, headers=headers,
+                                        timeout=timeout) as resp:
+            return resp.status, (await resp.text())[:2000]
+
+    async def start_agent(self, target: Target, request: dict[str, Any]) -> StartResult:
+        try:
+            status, text = await self._call(target, "POST", "/agents/start", self.start_timeout_s, request)
+        except asyncio.TimeoutError:
+            return StartResult("timeout", detail=f"no answer in {self.start_timeout_s:.0f}s")
+        except aiohttp.ClientError as e:
+            return StartResult("error", detail=type(e).__name__)
+        if status in (200, 201) or (status == 500 and "already running" in text):
+            return StartResult("started", status)
+        return StartResult("rejected", status, text[:300])
+
+    async def agent_status(self, target: Target, agent_id: str) -> str:
+        """The container's status of the agent, ``not_found`` on 404, ``unknown`` on anything else
+        (an unreachable container is not evidence that the agent is dead)."""
+        try:
+            status, text = await self._call(target, "GET", f"/agents/{agent_id}/status", self.status_timeout_s)
+        except (asyncio.TimeoutError, aiohttp.ClientError):
+            return "unknown"
+        if status == 404:
+            return "not_found"
+        if status != 200:
+            return "unknown"
+        try:
+            import json
+
+            return str(json.loads(text).get("status") or "unknown")
+        except (ValueError, AttributeError):
+            return "unknown"
+
+    async def stop_agent(self, target: Target, agent_id: str) -> bool:
+        try:
+            status, _ = await self._call(target, "POST", f"/agents/{agent_id}/stop", STOP_TIMEOUT_S, {})
+        except (asyncio.TimeoutError, aiohttp.ClientError):
+            return False
+        return status == 200
+
+    async def send_message(self, target: Target, agent_id: str, prompt: str) -> bool:
+        try:
+            status, _ = await self._call(target, "POST", f"/agents/{agent_id}/message", MESSAGE_TIMEOUT_S,
+                                         {"prompt": prompt})
+        except (asyncio.TimeoutError, aiohttp.ClientError):
+            return False
+        return status == 202
+
+
+class ContainerProvider(Protocol):
+    """Lifecycle of a town's container, for the idle stop (reference §5.6)."""
+
+    async def state(self, town_id: str) -> str: ...   # running | healthy | stopped | unknown
+    async def stop(self, town_id: str) -> None: ...     # raises on failure
+
+
+class LocalProcessProvider:
+    """Containers run as local processes (``gastown up``); whoever starts one registers its pid.
+
+    Unregistered towns report ``unknown`` and are never stopped: we do not guess at processes.
+    """
+
+    def __init__(self) -> None:
+        self._pids: dict[str, int] = {}
+
+    def register(self, town_id: str, pid: int) -> None:
+        self._pids[town_id] = pid
+
+    async def state(self, town_id: str) -> str:
+        pid = self._pids.get(town_id)
+        if pid is None:
+            return "unknown"
+        try:
+            import os
+
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return "stopped"
+        except PermissionError:
+            return "unknown"
+        return "running"
+
+    async def stop(self, town_id: str) -> None:
+        import os
+
+        pid = self._pids.get(town_id)
+        if pid is None:
+            raise RuntimeError("no container process registered for this town")
+        os.kill(pid, signal.SIGTERM)  # the container drains on SIGTERM (SPEC §1)
+        log.info("container.stop_requested", town=town_id, pid=pid)

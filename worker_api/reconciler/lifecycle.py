@@ -1,0 +1,121 @@
+"""Status changes and their consequences, shared by routes, events and actions.
+
+Why one place: a bead reaching a terminal status has knock-on effects (agents unhooked, the MR's
+source closed or reopened, sibling MRs failed, a landing MR closing its convoy). If routes and the
+reconciler each did part of it, invariants #4/#6 would break whenever one path forgot a step.
+All functions run inside the caller's transaction.
+"""
+from __future__ import annotations
+
+import sqlite3
+from typing import Any
+
+from gastown.jsonlog import get_logger
+from worker_api import beads as bx
+from worker_api import store
+
+log = get_logger("worker_api.reconciler")
+
+
+def transition_bead(conn: sqlite3.Connection, town_id: str, bead_id: str, to: str, now: int, *, reason: str,
+                    actor: str | None = None, clear_assignee: bool = False, from_status: str | None = None) -> bool:
+    """Move a bead to ``to`` (only from ``from_status`` when given) and apply the consequences."""
+    bead = bx.get_bead(conn, town_id, bead_id)
+    if bead is None or (from_status is not None and bead["status"] != from_status):
+        return False
+    prev = bx.set_status(conn, town_id, bead_id, to, now, reason=reason, actor=actor)
+    if clear_assignee:
+        _unhook_all(conn, town_id, bead_id, now)
+        bx.update_fields(conn, town_id, bead_id, now, assignee_agent_id=None)
+    if to in bx.TERMINAL and prev not in bx.TERMINAL:
+        _on_terminal(conn, town_id, bead, to, now, reason)
+    return True
+
+
+def _unhook_all(conn: sqlite3.Connection, town_id: str, bead_id: str, now: int) -> None:
+    """Unhook every agent on the bead; a working one goes idle with it (invariant #7: a working agent
+    has a hook). Its container process ends at its own idle timeout; a late gt_done finds no hook."""
+    for agent_id in bx.hooked_agents(conn, town_id, bead_id):
+        bx.set_hook(conn, town_id, agent_id, None, now)
+        conn.execute("UPDATE agents SET status = 'idle', stalled_at = NULL WHERE town_id = ? AND agent_id = ?"
+                     " AND status IN ('working', 'stalled')", (town_id, agent_id))
+
+
+def _on_terminal(conn: sqlite3.Connection, town_id: str, bead: dict[str, Any], to: str, now: int, reason: str) -> None:
+    bead_id = bead["bead_id"]
+    _unhook_all(conn, town_id, bead_id, now)
+    if bead["type"] == "merge_request":
+        _on_mr_terminal(conn, town_id, bead, to, now)
+    elif bead["type"] == "issue":
+        # The source ended (merged via one MR, or cancelled): any other live MR for it is moot.
+        for mr_id in bx.dependents(conn, town_id, bead_id, "tracks"):
+            mr = bx.get_bead(conn, town_id, mr_id)
+            if mr and mr["type"] == "merge_request" and mr["status"] not in bx.TERMINAL:
+                transition_bead(conn, town_id, mr_id, "failed", now, reason="source_terminal")
+
+
+def _on_mr_terminal(conn: sqlite3.Connection, town_id: str, mr: dict[str, Any], to: str, now: int) -> None:
+    meta = mr["metadata"]
+    if meta.get("landing"):
+        convoy_id = meta.get("convoy_id")
+        if to == "closed" and convoy_id:
+            bx.update_convoy_meta(conn, town_id, convoy_id, landed_at=now)
+            finish_convoy(conn, town_id, convoy_id, "closed", now, reason="landed")
+        return
+    source_id = meta.get("source_bead_id")
+    source = bx.get_bead(conn, town_id, source_id) if source_id else None
+    if source is None or source["status"] != "in_review":
+        return
+    if to == "closed":
+        transition_bead(conn, town_id, source_id, "closed", now, reason="mr_merged")
+        return
+    others = [m for m in bx.dependents(conn, town_id, source_id, "tracks") if m != mr["bead_id"]]
+    if not any((bx.get_bead(conn, town_id, m) or {}).get("status") in ("open", "in_progress") for m in others):
+        transition_bead(conn, town_id, source_id, "open", now, reason="mr_failed", clear_assignee=True)
+
+
+def finish_convoy(conn: sqlite3.Connection, town_id: str, convoy_id: str, to: str, now: int, *, reason: str) -> bool:
+    """Close or fail a convoy; its still-live beads are cancelled (failed) with it."""
+    convoy = bx.get_bead(conn, town_id, convoy_id)
+    if convoy is None or convoy["type"] != "convoy" or convoy["status"] in bx.TERMINAL:
+        return False
+    for bead_id in bx.dependents(conn, town_id, convoy_id, "tracks"):
+        b = bx.get_bead(conn, town_id, bead_id)
+        if b and b["status"] not in bx.TERMINAL:
+            transition_bead(conn, town_id, bead_id, "failed", now, reason=f"convoy_{to}")
+    bx.set_status(conn, town_id, convoy_id, to, now, reason=reason)
+    log.info("convoy.finished", town=town_id, convoy_id=convoy_id, status=to, reason=reason)
+    return True
+
+
+def unhook_agent(conn: sqlite3.Connection, town_id: str, agent_id: str, now: int, *,
+                 clear_checkpoint: bool = False) -> None:
+    bx.set_hook(conn, town_id, agent_id, None, now, clear_checkpoint=clear_checkpoint)
+
+
+def set_agent_idle(conn: sqlite3.Connection, town_id: str, agent_id: str, now: int) -> None:
+    conn.execute("UPDATE agents SET status = 'idle', stalled_at = NULL WHERE town_id = ? AND agent_id = ?",
+                 (town_id, agent_id))
+
+
+def create_escalation(conn: sqlite3.Connection, town_id: str, *, title: str, body: str, now: int,
+                      agent_id: str | None = None, bead_id: str | None = None, severity: str = "medium",
+                      ids: bx.IdFactory = bx.new_id) -> str:
+    """An escalation bead for the mayor, plus a nudge so the mayor hears of it at its next idle."""
+    priority = {"low": "low", "medium": "medium", "high": "high", "critical": "critical"}.get(severity, "medium")
+    esc = bx.create_bead(conn, town_id, type="escalation", title=title, body=body, now_ms=now, priority=priority,
+                         labels=["gt:escalation", f"severity:{severity}"], created_by=agent_id,
+                         metadata={"agent_id": agent_id, "bead_id": bead_id, "severity": severity}, ids=ids)
+    notify_mayor(conn, town_id, f"Escalation ({severity}): {title} [{esc['bead_id']}]", now)
+    return str(esc["bead_id"])
+
+
+def notify_mayor(conn: sqlite3.Connection, town_id: str, message: str, now: int) -> bool:
+    from worker_api import nudges
+
+    mayor = store.get_mayor(conn, town_id)
+    if mayor is None:
+        return False
+    nudges.enqueue_nudge(conn, town_id, mayor["agent_id"], message=message[:16000], now_ms=now,
+                         mode="wait-idle", source="reconciler")
+    return True

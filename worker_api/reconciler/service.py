@@ -1,0 +1,58 @@
+"""Wiring of the reconciler into the aiohttp app: the service key, arming, startup and cleanup.
+
+Arming rules: routes that create work (sling, convoy, bead create, reassign) tick the town at
+once; any other successful write to a town route (container callbacks: done, completed, heartbeat,
+eviction) arms it within one active interval, so container routes only record events and the loop
+picks them up promptly without the routes knowing about the loop.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Awaitable, Callable
+
+from aiohttp import web
+
+from worker_api.appkeys import DB
+from worker_api.dispatch import ContainerClient, ContainerProvider, HttpContainerClient
+from worker_api.reconciler.loop import CALLBACK_DELAY_S, NEW_WORK_DELAY_S, ReconcilerService
+from worker_api.reconciler.tick import PrProvider, TickDeps
+
+RECONCILER = web.AppKey("worker_reconciler", ReconcilerService)
+
+
+def arm_new_work(app: web.Application, town_id: str) -> None:
+    service = app.get(RECONCILER)
+    if service is not None:
+        service.arm(town_id, NEW_WORK_DELAY_S)
+
+
+@web.middleware
+async def arm_middleware(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                         ) -> web.StreamResponse:
+    response = await handler(request)
+    town_id = request.match_info.get("t")
+    if town_id and request.method != "GET" and response.status < 400:
+        service = request.app.get(RECONCILER)
+        if service is not None:
+            service.arm(town_id, CALLBACK_DELAY_S)
+    return response
+
+
+def install(app: web.Application, *, run: bool, clock: Callable[[], float] = time.time,
+            sleep: Callable[[float], Awaitable[None]] = asyncio.sleep, container: ContainerClient | None = None,
+            provider: ContainerProvider | None = None, pr: PrProvider | None = None) -> ReconcilerService:
+    """Create the service (always: routes use it) and, when ``run``, start/stop it with the app."""
+    deps = TickDeps(container=container or HttpContainerClient(), provider=provider, pr=pr)
+    service = ReconcilerService(app[DB], deps, clock=clock, sleep=sleep)
+    app[RECONCILER] = service
+    if run:
+        async def _start(app: web.Application) -> None:
+            await service.start()
+
+        async def _stop(app: web.Application) -> None:
+            await service.stop()
+
+        app.on_startup.append(_start)
+        app.on_cleanup.insert(0, _stop)  # before the store closes
+    return service

@@ -1,0 +1,203 @@
+"""One reconciler tick for one town (reference §5.7), network outside transactions.
+
+1. pre-phase: ask the container about every working/stalled agent; a dead one becomes a
+   ``container_status`` event (so its handling goes through the same queue as everything else);
+2. one write transaction: drain events → load state → ``reconcile`` → ``apply_action`` each;
+3. run the collected side effects concurrently (each with its own timeout), then record results;
+4. check invariants; housekeeping (prune old events); idle container stop.
+"""
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
+
+from gastown.jsonlog import get_logger
+from worker_api import beads as bx
+from worker_api import events as ev
+from worker_api import nudges, store
+from worker_api.db import Database, to_json
+from worker_api.dispatch import ContainerClient, ContainerProvider, StartResult, Target
+from worker_api.reconciler.apply import ApplyContext, Effect, apply_actions
+from worker_api.reconciler.constants import (
+    CONTAINER_IDLE_STOP_MS,
+    CONTAINER_IDLE_STOP_THROTTLE_MS,
+    EVENT_RETENTION_MS,
+    EVENTS_PER_TICK,
+    HOUR,
+)
+from worker_api.reconciler.events_apply import DEAD_STATUSES, drain_events
+from worker_api.reconciler.invariants import check_invariants
+from worker_api.reconciler.reconcile import has_active_work, reconcile
+from worker_api.reconciler.state import load_state
+
+log = get_logger("worker_api.reconciler")
+
+K_LAST_IDLE_STOP = "container:last_idle_stop_at"
+K_LAST_PRUNE = "reconciler:last_prune_at"
+
+
+class PrProvider(Protocol):
+    """Code-host access for PR-based reviews; returns the PR state (open | merged | closed)."""
+
+    async def poll(self, pr_url: str) -> str: ...
+    async def merge(self, pr_url: str) -> bool: ...
+
+
+@dataclass
+class TickDeps:
+    container: ContainerClient
+    provider: ContainerProvider | None = None
+    pr: PrProvider | None = None
+    ids: bx.IdFactory = bx.new_id
+    status_concurrency: int = 16
+
+
+@dataclass
+class TickResult:
+    active: bool
+    events: int = 0
+    actions: int = 0
+    effects: int = 0
+    violations: list[dict[str, Any]] = field(default_factory=list)
+    duration_ms: float = 0.0
+    kinds: dict[str, int] = field(default_factory=dict)
+
+
+def _prepare_tx(conn: sqlite3.Connection, town_id: str) -> tuple[Target, list[str]] | None:
+    row = conn.execute("SELECT container_url, control_token FROM towns WHERE town_id = ?", (town_id,)).fetchone()
+    if row is None:
+        return None
+    agents = [r[0] for r in conn.execute("SELECT agent_id FROM agents WHERE town_id = ? AND role != 'mayor' AND"
+                                         " status IN ('working', 'stalled') ORDER BY agent_id", (town_id,))]
+    return Target(town_id, row[0], row[1]), agents
+
+
+def _record_statuses_tx(conn: sqlite3.Connection, town_id: str, statuses: dict[str, str], now: int) -> None:
+    """One pending ``container_status`` event per agent: a repeat only bumps its time (no flood)."""
+    for agent_id, status in statuses.items():
+        cur = conn.execute("UPDATE town_events SET created_at = ?, payload = ? WHERE town_id = ? AND agent_id = ?"
+                           " AND event_type = 'container_status' AND processed_at IS NULL",
+                           (now, to_json({"status": status}), town_id, agent_id))
+        if cur.rowcount == 0:
+            ev.insert_event(conn, town_id, "container_status", agent_id=agent_id, payload={"status": status},
+                            now_ms=now)
+
+
+def _main_tx(conn: sqlite3.Connection, town_id: str, now: int, ids: bx.IdFactory) -> tuple[TickResult, list[Effect], Any]:
+    ctx = ApplyContext(town_id, now, ids)
+    applied, bad = drain_events(conn, ctx)
+    state = load_state(conn, town_id, now)
+    actions = reconcile(state)
+    apply_actions(conn, ctx, actions)
+    kinds: dict[str, int] = {}
+    for a in actions:
+        kinds[a.kind] = kinds.get(a.kind, 0) + 1
+    active = has_active_work(state) or bool(actions) or applied + bad >= EVENTS_PER_TICK
+    mayor = next((a for a in state.agents.values() if a.role == "mayor"), None)
+    return TickResult(active, applied + bad, len(actions), len(ctx.effects), kinds=kinds), ctx.effects, (state.draining, mayor)
+
+
+def _start_result_tx(conn: sqlite3.Connection, town_id: str, eff: Effect, res: StartResult, now: int) -> None:
+    if res.started:
+        if eff.data.get("role") != "refinery":  # a refinery keeps its counter (#1342)
+            conn.execute("UPDATE agents SET dispatch_attempts = 0 WHERE town_id = ? AND agent_id = ?",
+                         (town_id, eff.agent_id))
+        bx.record(conn, town_id, eff.bead_id or "-", "agent_spawned", now, eff.agent_id)
+    else:
+        # Leave the agent working (#1358): the container may have started it; heartbeats decide.
+        bx.record(conn, town_id, eff.bead_id or "-", "dispatch_failed", now, eff.agent_id, outcome=res.outcome,
+                  status=res.status, detail=res.detail)
+
+
+async def run_tick(db: Database, town_id: str, deps: TickDeps, clock_ms: Callable[[], int]) -> TickResult | None:
+    """Run one tick; None when the town no longer exists (its loop should stop)."""
+    t0 = time.perf_counter()
+    prep = await db.run(_prepare_tx, town_id, write=False)
+    if prep is None:
+        return None
+    target, working = prep
+    if working:
+        sem = asyncio.Semaphore(deps.status_concurrency)
+
+        async def one(agent_id: str) -> tuple[str, str]:
+            async with sem:
+                return agent_id, await deps.container.agent_status(target, agent_id)
+
+        results = await asyncio.gather(*(one(a) for a in working))
+        dead = {a: s for a, s in results if s in DEAD_STATUSES}
+        if dead:
+            await db.run(_record_statuses_tx, town_id, dead, clock_ms())
+    result, effects, (draining, mayor) = await db.run(_main_tx, town_id, clock_ms(), deps.ids)
+    if effects:
+        await asyncio.gather(*(_run_effect(db, town_id, target, deps, e, clock_ms) for e in effects))
+    result.violations = await db.run(check_invariants, town_id, write=False)
+    if result.violations:
+        log.warning("invariants.violated", town=town_id, violations=result.violations[:20])
+    await _housekeeping(db, town_id, clock_ms())
+    if not result.active and deps.provider is not None:
+        await _maybe_stop_container(db, town_id, deps.provider, draining, mayor, clock_ms())
+    result.duration_ms = (time.perf_counter() - t0) * 1000
+    log.debug("reconciler.tick", town=town_id, events=result.events, actions=result.actions,
+              effects=result.effects, ms=round(result.duration_ms, 2))
+    return result
+
+
+async def _run_effect(db: Database, town_id: str, target: Target, deps: TickDeps, e: Effect,
+                      clock_ms: Callable[[], int]) -> None:
+    """Never raises: one failed call must not stop the others nor the loop."""
+    try:
+        if e.kind == "start":
+            res = await deps.container.start_agent(target, e.data["request"])
+            log.info("dispatch.result", town=town_id, agent_id=e.agent_id, bead_id=e.bead_id, outcome=res.outcome,
+                     status=res.status)
+            await db.run(_start_result_tx, town_id, e, res, clock_ms())
+        elif e.kind == "stop":
+            await deps.container.stop_agent(target, e.agent_id or "")
+        elif e.kind == "message":
+            if await deps.container.send_message(target, e.agent_id or "", e.data["prompt"]):
+                await db.run(nudges.mark_nudge_delivered, town_id, e.agent_id, e.data["nudge_id"], clock_ms())
+        elif e.kind in ("poll_pr", "merge_pr") and deps.pr is not None:
+            state = await deps.pr.poll(e.data["pr_url"]) if e.kind == "poll_pr" else \
+                ("merged" if await deps.pr.merge(e.data["pr_url"]) else "open")
+            if state in ("merged", "closed"):
+                await db.run(ev.insert_event, town_id, "pr_status_changed", bead_id=e.bead_id,
+                             payload={"state": state}, now_ms=clock_ms())
+    except Exception as exc:  # noqa: BLE001
+        log.error("effect.failed", town=town_id, kind=e.kind, agent_id=e.agent_id, error=repr(exc))
+
+
+def _prune_tx(conn: sqlite3.Connection, town_id: str, now: int) -> None:
+    last = store.kv_get(conn, town_id, K_LAST_PRUNE, 0)
+    if now - int(last or 0) >= HOUR:
+        ev.prune_processed_events(conn, town_id, now - EVENT_RETENTION_MS)
+        store.kv_set(conn, town_id, K_LAST_PRUNE, now)
+
+
+async def _housekeeping(db: Database, town_id: str, now: int) -> None:
+    await db.run(_prune_tx, town_id, now)
+
+
+async def _maybe_stop_container(db: Database, town_id: str, provider: ContainerProvider, draining: bool,
+                                mayor: Any, now: int) -> None:
+    """Stop an idle town's container (reference §5.6); the throttle is recorded only on success."""
+    if draining or (mayor is not None and mayor.status in ("working", "stalled")):
+        return
+    if mayor is not None and mayor.last_activity_at is not None and now - mayor.last_activity_at < CONTAINER_IDLE_STOP_MS:
+        return
+    last = await db.run(store.kv_get, town_id, K_LAST_IDLE_STOP, 0, write=False)
+    if now - int(last or 0) < CONTAINER_IDLE_STOP_THROTTLE_MS:
+        return
+    try:
+        if await provider.state(town_id) not in ("running", "healthy"):
+            return
+        await provider.stop(town_id)
+    except Exception as e:  # noqa: BLE001
+        log.warning("container.idle_stop", town=town_id, error=repr(e)[:300])
+        return
+    await db.run(store.kv_set, town_id, K_LAST_IDLE_STOP, now)
+    reason = f"mayor_idle_{(now - mayor.last_activity_at) // 60000}m" if mayor and mayor.last_activity_at \
+        else "no_active_work"
+    log.info("container.idle_stop", town=town_id, reason=reason)

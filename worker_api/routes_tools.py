@@ -1,0 +1,273 @@
+"""Agent tool routes (the plugin's gt_* tools) and bead/agent interventions.
+
+The container token is town-scoped and the container is trusted within its town, so the path agent
+is not re-authenticated; role rules that protect the merge flow are enforced here, e.g. only a
+refinery hooked to an MR may request changes (reference bug 23: a refinery that lost its hook fell
+back to ``gt_done`` and merged what it meant to reject).
+"""
+from __future__ import annotations
+
+import sqlite3
+from typing import Annotated, Any, Literal, Optional
+
+from aiohttp import web
+from pydantic import Field
+
+from gastown.http import ApiError, path_id, read_model
+from gastown.jsonlog import get_logger
+from worker_api import beads as bx
+from worker_api import nudges, store
+from worker_api.appkeys import DB, TOWN, now_ms
+from worker_api.auth import town_access
+from worker_api.db import from_json, to_json
+from worker_api.models import Body, Id, ShortText
+from worker_api.reconciler.constants import MAX_REWORK_ROUNDS
+from worker_api.reconciler.lifecycle import create_escalation, set_agent_idle, transition_bead, unhook_agent
+from worker_api.reconciler.service import arm_new_work
+from worker_api.routes_user import bead_view
+
+log = get_logger("worker_api.tools")
+
+Text = Annotated[str, Field(max_length=60000)]
+MAX_CHECKPOINT_BYTES = 64 * 1024
+
+
+class CloseBead(Body):
+    agent_id: Optional[Id] = None
+
+
+class Reassign(Body):
+    agent_id: Optional[Id] = None
+
+
+class RequestChanges(Body):
+    feedback: Annotated[str, Field(min_length=1, max_length=60000)]
+    files: Annotated[list[Annotated[str, Field(min_length=1, max_length=1000)]], Field(max_length=500)] = []
+
+
+class Mail(Body):
+    from_agent_id: Id
+    to_agent_id: Id
+    subject: ShortText
+    body: Text
+
+
+class Escalation(Body):
+    agent_id: Id
+    title: ShortText
+    body: Text = ""
+    priority: Literal["low", "medium", "high", "critical"] = "medium"
+
+
+class Checkpoint(Body):
+    data: Any
+
+
+def _town(request: web.Request) -> str:
+    return str(request[TOWN]["town_id"])
+
+
+def _agent(conn: sqlite3.Connection, town_id: str, agent_id: str) -> dict[str, Any]:
+    agent = store.get_agent(conn, town_id, agent_id)
+    if agent is None:
+        raise ApiError(404, "AGENT_NOT_FOUND", f"agent {agent_id} not found")
+    agent["checkpoint"] = from_json(agent.get("checkpoint"))
+    agent["gupp_fired"] = from_json(agent.get("gupp_fired"), {})
+    return agent
+
+
+# ---------------------------------------------------------------- bead interventions
+
+
+def _close_tx(conn: sqlite3.Connection, town_id: str, bead_id: str, agent_id: str | None, now: int) -> dict:
+    bead = bx.require_bead(conn, town_id, bead_id)
+    if agent_id is not None:
+        agent = _agent(conn, town_id, agent_id)
+        if agent["current_hook_bead_id"] == bead_id:
+            unhook_agent(conn, town_id, agent_id, now)
+            set_agent_idle(conn, town_id, agent_id, now)
+    if bead["status"] != "closed":
+        transition_bead(conn, town_id, bead_id, "closed", now, reason="closed", actor=agent_id or "user",
+                        clear_assignee=False)
+    return bead_view(conn, town_id, bead_id)
+
+
+@town_access
+async def close_bead(request: web.Request) -> web.Response:
+    body = await read_model(request, CloseBead, allow_empty=True)
+    bead = await request.app[DB].run(_close_tx, _town(request), path_id(request, "b"), body.agent_id, now_ms(request))
+    return web.json_response(bead)
+
+
+def _reassign_tx(conn: sqlite3.Connection, town_id: str, bead_id: str, agent_id: str | None, now: int) -> dict:
+    bead = bx.require_bead(conn, town_id, bead_id)
+    if bead["type"] != "issue" or bead["status"] in bx.TERMINAL:
+        raise ApiError(409, "INVALID_TRANSITION", f"only a live issue bead can be reassigned ({bead['status']})")
+    if agent_id is not None:
+        agent = _agent(conn, town_id, agent_id)
+        if agent["role"] not in ("polecat", "triage"):
+            raise ApiError(409, "AGENT_BUSY", f"a {agent['role']} cannot take issue beads")
+        if agent["status"] not in ("idle", "dead") or agent["current_hook_bead_id"] not in (None, bead_id):
+            raise ApiError(409, "AGENT_BUSY", f"agent {agent_id} is {agent['status']} and hooked to "
+                                              f"{agent['current_hook_bead_id']}")
+    transition_bead(conn, town_id, bead_id, "open", now, reason="reassigned", actor="user", clear_assignee=True)
+    if agent_id is not None:
+        bx.set_hook(conn, town_id, agent_id, bead_id, now)
+        bx.update_fields(conn, town_id, bead_id, now, assignee_agent_id=agent_id)
+        conn.execute("UPDATE agents SET status = 'idle' WHERE town_id = ? AND agent_id = ?", (town_id, agent_id))
+    return bead_view(conn, town_id, bead_id)
+
+
+@town_access
+async def reassign_bead(request: web.Request) -> web.Response:
+    body = await read_model(request, Reassign, allow_empty=True)
+    bead = await request.app[DB].run(_reassign_tx, _town(request), path_id(request, "b"), body.agent_id,
+                                     now_ms(request))
+    arm_new_work(request.app, _town(request))
+    return web.json_response(bead)
+
+
+def _reset_tx(conn: sqlite3.Connection, town_id: str, agent_id: str, now: int) -> dict:
+    agent = _agent(conn, town_id, agent_id)
+    hook = agent["current_hook_bead_id"]
+    unhook_agent(conn, town_id, agent_id, now)
+    conn.execute("UPDATE agents SET status = 'idle', dispatch_attempts = 0, stalled_at = NULL, gupp_fired = '{}'"
+                 " WHERE town_id = ? AND agent_id = ?", (town_id, agent_id))
+    if hook:
+        # Give the bead back; the reconciler decides what happens next (redispatch, or R2/R3 for MRs).
+        transition_bead(conn, town_id, hook, "open", now, reason="agent_reset", from_status="in_progress",
+                        clear_assignee=True)
+    return _agent(conn, town_id, agent_id)
+
+
+@town_access
+async def reset_agent(request: web.Request) -> web.Response:
+    agent = await request.app[DB].run(_reset_tx, _town(request), path_id(request, "a"), now_ms(request))
+    arm_new_work(request.app, _town(request))
+    return web.json_response(agent)
+
+
+# ---------------------------------------------------------------- agent tools
+
+
+def _prime_tx(conn: sqlite3.Connection, town_id: str, agent_id: str) -> dict:
+    agent = _agent(conn, town_id, agent_id)
+    hook = agent["current_hook_bead_id"]
+    hooked = bead_view(conn, town_id, hook) if hook and bx.get_bead(conn, town_id, hook) else None
+    rig = agent["rig_id"] if agent["role"] != "mayor" else None
+    open_beads = [b for b in bx.list_beads(conn, town_id, status="open", rig_id=rig, limit=50)
+                  if b["type"] in ("issue", "escalation")]
+    return {"agent": agent, "hooked_bead": hooked, "mail": bx.peek_mail(conn, town_id, agent_id),
+            "open_beads": open_beads}
+
+
+@town_access
+async def prime(request: web.Request) -> web.Response:
+    out = await request.app[DB].run(_prime_tx, _town(request), path_id(request, "a"), write=False)
+    return web.json_response(out)
+
+
+def _request_changes_tx(conn: sqlite3.Connection, town_id: str, agent_id: str, body: RequestChanges,
+                        now: int) -> dict:
+    agent = _agent(conn, town_id, agent_id)
+    mr = bx.get_bead(conn, town_id, agent["current_hook_bead_id"]) if agent["current_hook_bead_id"] else None
+    if agent["role"] != "refinery" or mr is None or mr["type"] != "merge_request" or mr["status"] != "in_progress":
+        raise ApiError(403, "ROLE_FORBIDDEN", "only a refinery hooked to an in-progress merge request may request changes")
+    review = bx.get_review(conn, town_id, mr["bead_id"]) or {}
+    retries = int(review.get("retry_count") or 0) + 1
+    bx.update_review(conn, town_id, mr["bead_id"], retry_count=retries)
+    bx.record(conn, town_id, mr["bead_id"], "rework_requested", now, agent_id, round=retries)
+    unhook_agent(conn, town_id, agent_id, now)
+    set_agent_idle(conn, town_id, agent_id, now)
+    if retries > MAX_REWORK_ROUNDS:
+        transition_bead(conn, town_id, mr["bead_id"], "failed", now, reason="too_many_rework_rounds", actor=agent_id)
+        return {"rework_bead_id": None, "mr_status": "failed"}
+    files = "\n".join(f"- {f}" for f in body.files)
+    text = body.feedback + (f"\n\nFiles:\n{files}" if files else "")
+    source_id = mr["metadata"].get("source_bead_id")
+    rework = bx.create_bead(conn, town_id, type="issue", title=f"Rework: {mr['title'].removeprefix('Review: ')}"[:200],
+                            body=text, rig_id=mr["rig_id"], labels=["gt:rework"], created_by=agent_id, now_ms=now,
+                            metadata={"mr_bead_id": mr["bead_id"], "source_bead_id": source_id,
+                                      "branch": review.get("branch")})
+    bx.add_dependency(conn, town_id, mr["bead_id"], rework["bead_id"], "blocks")
+    transition_bead(conn, town_id, mr["bead_id"], "open", now, reason="changes_requested", actor=agent_id,
+                    clear_assignee=True)
+    return {"rework_bead_id": rework["bead_id"], "mr_status": "open"}
+
+
+@town_access
+async def request_changes(request: web.Request) -> web.Response:
+    body = await read_model(request, RequestChanges)
+    out = await request.app[DB].run(_request_changes_tx, _town(request), path_id(request, "a"), body, now_ms(request))
+    arm_new_work(request.app, _town(request))
+    return web.json_response(out)
+
+
+def _mail_tx(conn: sqlite3.Connection, town_id: str, body: Mail, now: int) -> dict:
+    _agent(conn, town_id, body.to_agent_id)
+    mail = bx.send_mail(conn, town_id, from_agent_id=body.from_agent_id, to_agent_id=body.to_agent_id,
+                        subject=body.subject, body=body.body, now_ms=now)
+    nudges.enqueue_nudge(conn, town_id, body.to_agent_id, now_ms=now, source="mail",
+                         message=f"New mail from {body.from_agent_id}: {body.subject}. Read it with gt_mail_check.")
+    return mail
+
+
+@town_access
+async def send_mail(request: web.Request) -> web.Response:
+    body = await read_model(request, Mail)
+    mail = await request.app[DB].run(_mail_tx, _town(request), body, now_ms(request))
+    return web.json_response(mail, status=201)
+
+
+def _take_mail_tx(conn: sqlite3.Connection, town_id: str, agent_id: str, now: int) -> list[dict]:
+    _agent(conn, town_id, agent_id)
+    return bx.take_mail(conn, town_id, agent_id, now)
+
+
+@town_access
+async def check_mail(request: web.Request) -> web.Response:
+    mail = await request.app[DB].run(_take_mail_tx, _town(request), path_id(request, "a"), now_ms(request))
+    return web.json_response({"mail": mail})
+
+
+def _escalation_tx(conn: sqlite3.Connection, town_id: str, body: Escalation, now: int) -> str:
+    agent = store.get_agent(conn, town_id, body.agent_id)
+    return create_escalation(conn, town_id, title=body.title, body=body.body, now=now, agent_id=body.agent_id,
+                             bead_id=agent["current_hook_bead_id"] if agent else None, severity=body.priority)
+
+
+@town_access
+async def escalate(request: web.Request) -> web.Response:
+    body = await read_model(request, Escalation)
+    bead_id = await request.app[DB].run(_escalation_tx, _town(request), body, now_ms(request))
+    log.info("escalation.created", town=_town(request), bead_id=bead_id, agent_id=body.agent_id)
+    return web.json_response({"bead_id": bead_id}, status=201)
+
+
+def _checkpoint_tx(conn: sqlite3.Connection, town_id: str, agent_id: str, data: Any) -> None:
+    _agent(conn, town_id, agent_id)
+    text = to_json(data)
+    if len(text.encode()) > MAX_CHECKPOINT_BYTES:
+        raise ApiError(413, "PAYLOAD_TOO_LARGE", f"checkpoint exceeds {MAX_CHECKPOINT_BYTES} bytes")
+    conn.execute("UPDATE agents SET checkpoint = ? WHERE town_id = ? AND agent_id = ?", (text, town_id, agent_id))
+
+
+@town_access
+async def checkpoint(request: web.Request) -> web.Response:
+    body = await read_model(request, Checkpoint)
+    await request.app[DB].run(_checkpoint_tx, _town(request), path_id(request, "a"), body.data)
+    return web.json_response({"saved": True})
+
+
+def add_routes(app: web.Application) -> None:
+    t, a = "/api/towns/{t}", "/api/towns/{t}/agents/{a}"
+    app.router.add_post(f"{t}/beads/{{b}}/close", close_bead)
+    app.router.add_post(f"{t}/beads/{{b}}/reassign", reassign_bead)
+    app.router.add_post(f"{a}/reset", reset_agent)
+    app.router.add_get(f"{a}/prime", prime)
+    app.router.add_post(f"{a}/request-changes", request_changes)
+    app.router.add_post(f"{t}/mail", send_mail)
+    app.router.add_get(f"{a}/mail", check_mail)
+    app.router.add_post(f"{t}/escalations", escalate)
+    app.router.add_post(f"{a}/checkpoint", checkpoint)
+

@@ -12,6 +12,7 @@ ACTIVE_INTERVAL_MS = 5 * SECOND          # tick cadence while the town has work
 IDLE_INTERVAL_MS = 5 * MINUTE            # cadence of an idle town
 
 HEARTBEAT_STALE_MS = 90 * SECOND         # 3 missed 30 s heartbeats: the agent is gone
+COMPLETION_RACE_MS = 10 * SECOND        # a completion this close to a dispatch may be the previous run's
 NOT_FOUND_GRACE_MS = 180 * SECOND        # container "not_found" right after a dispatch is a cold start (#1358)
 STALE_IN_PROGRESS_MS = 5 * MINUTE        # Rule 3: must exceed the container's 2 min idle timer + one tick
 STALLED_RELEASE_MS = 150 * MINUTE        # a stalled agent is released 2 h 30 min after stalled_at

@@ -6,8 +6,9 @@ Routes only record facts; this is where a fact changes state. Rules that keep th
   every tick for ever);
 * any other error rolls back that event alone (a SAVEPOINT) and is retried on the next ticks, up to
   ``EVENT_MAX_ATTEMPTS``, then it is marked processed with its error: no event is stuck;
-* a completion recorded *before* the agent's current dispatch belongs to an earlier run and must
-  not clobber the new one.
+* a completion recorded before, or within ``COMPLETION_RACE_MS`` after, the agent's latest dispatch
+  may belong to the previous run (the container posts it while we dispatch) and must not clobber
+  the new one; it is ignored, and if the agent really ended the heartbeat rules settle it.
 """
 from __future__ import annotations
 
@@ -20,7 +21,13 @@ from worker_api import events as ev
 from worker_api import store
 from worker_api.reconciler import lifecycle as lc
 from worker_api.reconciler.apply import ApplyContext
-from worker_api.reconciler.constants import EVENT_MAX_ATTEMPTS, EVENTS_PER_TICK, HEARTBEAT_STALE_MS, NOT_FOUND_GRACE_MS
+from worker_api.reconciler.constants import (
+    COMPLETION_RACE_MS,
+    EVENT_MAX_ATTEMPTS,
+    EVENTS_PER_TICK,
+    HEARTBEAT_STALE_MS,
+    NOT_FOUND_GRACE_MS,
+)
 
 log = get_logger("worker_api.reconciler")
 
@@ -153,7 +160,7 @@ def on_agent_completed(conn: sqlite3.Connection, ctx: ApplyContext, event: dict[
     agent = _agent(conn, ctx, event)
     t, now, p = ctx.town_id, ctx.now, event["payload"]
     since = agent.get("working_since")
-    if agent["role"] == "mayor" or (since is not None and event["created_at"] < since):
+    if agent["role"] == "mayor" or (since is not None and event["created_at"] < since + COMPLETION_RACE_MS):
         if agent["role"] != "mayor":
             log.info("completion.stale_ignored", town=t, agent_id=agent["agent_id"], event_id=event["id"])
         return

@@ -28,9 +28,12 @@ async def supervisor_errors(request: web.Request, handler):
         raise ApiError(e.status, e.code, e.message, **{k: v for k, v in e.detail.items() if v is not None}) from None
 
 
-async def _await_hydration(rt: ContainerRuntime) -> None:
+async def _await_hydration(rt: ContainerRuntime, agent_id: str | None = None) -> None:
     try:
-        await rt.wait_hydrated(HYDRATION_WAIT_S)
+        if agent_id is None:
+            await rt.wait_hydrated(HYDRATION_WAIT_S)
+        else:
+            await rt.wait_agent_hydrated(agent_id, HYDRATION_WAIT_S)
     except asyncio.TimeoutError:
         raise ApiError(503, "HYDRATING", "boot hydration has not finished") from None
 
@@ -57,7 +60,7 @@ async def start_agent(request: web.Request) -> web.Response:
     if rt.draining:
         raise Draining("container is draining; start refused")
     req = await read_model(request, StartAgentRequest)
-    await _await_hydration(rt)
+    await _await_hydration(rt, req.agent_id)
     if rt.draining:
         raise Draining("container is draining; start refused")
     rec, created = await rt.supervisor.start(req)
@@ -89,7 +92,7 @@ async def patch_model(request: web.Request) -> web.Response:
     agent_id = path_id(request, "agent_id")
     rt.supervisor.get(agent_id)
     body = await read_model(request, ModelPatchRequest)
-    await _await_hydration(rt)
+    await _await_hydration(rt, agent_id)
     await hot_swap(rt.supervisor, agent_id, reason="model change", timeout=rt.cfg.hot_swap_timeout_s,
                    model=body.model, small_model=body.small_model, organization_id=body.organization_id)
     return web.json_response({"updated": True})

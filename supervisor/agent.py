@@ -35,6 +35,8 @@ class AgentRecord:
     client: KiloClient | None = None
     session_id: str | None = None
     resumed: bool = False
+    restored: bool = False
+    prewarmed: bool = False
     config_json: str = ""
     child_env: dict[str, str] = field(default_factory=dict)
     last_activity_at: float | None = None

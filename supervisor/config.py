@@ -74,6 +74,7 @@ class RuntimeConfig:
     kilo_request_timeout_s: float = 10.0
     hot_swap_timeout_s: float = 20.0
     min_free_memory_mb: float = 0.0
+    store_env: dict[str, str] | None = None  # AWS_* for the snapshot store (None: the process env)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "RuntimeConfig":
@@ -106,4 +107,5 @@ class RuntimeConfig:
             kilo_start_timeout_s=_float(env, "GASTOWN_KILO_START_TIMEOUT_S", 30.0),
             hot_swap_timeout_s=_float(env, "GASTOWN_HOT_SWAP_TIMEOUT_S", 20.0),
             min_free_memory_mb=_float(env, "GASTOWN_MIN_FREE_MEMORY_MB", 0.0),
+            store_env={k: v for k, v in env.items() if k.startswith("AWS_")},
         )

@@ -1,6 +1,7 @@
 """Request models of the container API (SPEC §4): one pydantic model per request body."""
 from __future__ import annotations
 
+import re
 from enum import Enum
 from typing import Annotated, Optional
 
@@ -68,6 +69,18 @@ class StartAgentRequest(BaseModel):
         if v is not None and (v.startswith("-") or ".." in v or any(c in v for c in " ~^:?*[\\")):
             raise ValueError("not a valid git ref name")
         return v
+
+
+_SECRET_KEY = re.compile(r"(token|secret|password|passwd|credential|api_?key|private)", re.I)
+_CREDENTIAL_KEYS = frozenset({"GASTOWN_API_URL"})
+
+
+def public_request(req: StartAgentRequest) -> dict:
+    """The request minus every secret-looking env var (and the worker credentials): what the
+    registry may store, and what decides whether two starts ask for the same work."""
+    out = req.model_dump(mode="json")
+    out["env_vars"] = {k: v for k, v in req.env_vars.items() if not _SECRET_KEY.search(k) and k not in _CREDENTIAL_KEYS}
+    return out
 
 
 class MessageRequest(BaseModel):

@@ -7,24 +7,13 @@ state always wins.
 from __future__ import annotations
 
 import asyncio
-import re
 from typing import Any
 
 from gastown.jsonlog import get_logger
+from supervisor.models import public_request
 from supervisor.supervisor import Supervisor
 
 log = get_logger("supervisor.registry")
-
-_SECRET_KEY = re.compile(r"(token|secret|password|passwd|credential|api_?key|private)", re.I)
-_CREDENTIAL_KEYS = frozenset({"GASTOWN_API_URL"})
-
-
-def public_request(request: dict[str, Any]) -> dict[str, Any]:
-    """The request minus every secret-looking env var (and the worker credentials)."""
-    out = dict(request)
-    env = out.get("env_vars") or {}
-    out["env_vars"] = {k: v for k, v in env.items() if not _SECRET_KEY.search(k) and k not in _CREDENTIAL_KEYS}
-    return out
 
 
 class RegistrySync:
@@ -38,7 +27,7 @@ class RegistrySync:
         return [
             {
                 "agent_id": a.agent_id,
-                "request": public_request(a.request.model_dump(mode="json")),
+                "request": public_request(a.request),
                 "workdir": str(a.paths.workdir),
             }
             for a in self.supervisor.active_agents()

@@ -15,6 +15,8 @@ from supervisor.agent import AgentRecord
 from supervisor.config import RuntimeConfig
 from supervisor.heartbeat import CONTAINER_INSTANCE_ID, Heartbeats
 from supervisor.hotswap import refresh_all
+from supervisor.hydration import Hydrator
+from supervisor.persistence import Persistence
 from supervisor.idle import IdleManager
 from supervisor.registry import RegistrySync
 from supervisor.supervisor import Supervisor
@@ -42,6 +44,11 @@ class ContainerRuntime:
         self.draining = False
         self.hydration_steps: list[Callable[[], Awaitable[None]]] = []
         self.idle = IdleManager(self.supervisor, is_draining=lambda: self.draining)
+        self.persistence = Persistence.from_url(self.supervisor, cfg.snapshot_url, CONTAINER_INSTANCE_ID, cfg.store_env)
+        if self.persistence is not None:
+            self.supervisor.stale_db_hooks.append(self.persistence.discard)
+        self.hydrator = Hydrator(self.supervisor)
+        self.hydration_steps.append(self.hydrator.run)
         self.supervisor.change_hooks.append(self._on_change)
 
     async def _on_change(self, rec: AgentRecord, what: str) -> None:
@@ -72,12 +79,17 @@ class ContainerRuntime:
     async def wait_hydrated(self, timeout: float | None = None) -> None:
         await asyncio.wait_for(self.hydrated.wait(), timeout)
 
+    async def wait_agent_hydrated(self, agent_id: str, timeout: float | None = None) -> None:
+        """Per-agent gate: wait only while *this* agent is being resumed from the registry."""
+        await asyncio.wait_for(self.hydrator.wait_for_agent(agent_id), timeout)
+
     def health(self) -> dict[str, Any]:
         sup = self.supervisor
         return {
             "status": "draining" if self.draining else "ok",
             "agents": len(sup.active_agents()),
-            "servers": sum(1 for a in sup.agents.values() if a.process is not None and a.process.running),
+            "servers": sum(1 for a in sup.agents.values() if a.process is not None and a.process.running)
+            + len(sup.prewarmed),
             "uptime_ms": int((time.time() - self.started_at) * 1000),
             "started_at": self.started_at,
             "hydrated": self.hydrated.is_set(),
@@ -105,6 +117,9 @@ class ContainerRuntime:
         await self.supervisor.stop_all(reason)
         await self.registry.sync_now()
         await self.idle.owner.close()
+        if self.persistence is not None:
+            await self.persistence.flush(timeout=30.0)
+            await self.persistence.close()
         await self.tasks.close()
         await self.worker.close()
         log.info("container.stopped", reason=reason)

@@ -21,7 +21,7 @@ from supervisor.errors import AgentNotFound, AgentNotRunning, InsufficientMemory
 from supervisor.kilo_client import KiloApiError, KiloClient
 from supervisor.kilo_env import AgentPaths, build_child_env, build_kilo_config, config_content, git_identity, split_model
 from supervisor.kilo_process import KiloProcess, KiloStartError, allocate_port
-from supervisor.models import Role, StartAgentRequest
+from supervisor.models import Role, StartAgentRequest, public_request
 from supervisor.states import AgentState
 from supervisor.tasks import TaskOwner
 from supervisor.worker_client import WorkerClient
@@ -47,6 +47,9 @@ class Supervisor:
         # Awaited before every kilo spawn (snapshot restore, admission; tests inject faults here).
         self.spawn_hooks: list[Callable[[AgentRecord], Awaitable[None]]] = []
         self.background = TaskOwner("supervisor")
+        self.prewarmed: dict[str, tuple[AgentRecord, KiloProcess, KiloClient]] = {}
+        # Awaited when kilo refuses a restored DB (older CLI schema): persistence discards it.
+        self.stale_db_hooks: list[Callable[[AgentRecord], Awaitable[None]]] = []
 
     # -- plumbing -------------------------------------------------------------------------------
     def lock(self, agent_id: str) -> asyncio.Lock:
@@ -93,7 +96,7 @@ class Supervisor:
         async with self.lock(req.agent_id):
             existing = self.agents.get(req.agent_id)
             if existing is not None and existing.active:
-                if existing.request == req:
+                if public_request(existing.request) == public_request(req):
                     return existing, False
                 log.info("agent.restart_for_new_request", agent_id=req.agent_id)
                 await self._stop_locked(existing, "restarted")
@@ -137,8 +140,15 @@ class Supervisor:
         rec.paths.make_dirs()
         git_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(rec.paths.home), "GIT_TERMINAL_PROMPT": "0", **git_identity(req)}
         await asyncio.to_thread(prepare_workspace, req, rec.paths.workdir, git_env)
-        await self.spawn_server(rec)
-        await self._open_session(rec)
+        await self._adopt_prewarmed(rec)
+        if rec.process is None:
+            await self.spawn_server(rec)
+        try:
+            await self._open_session(rec)
+        except KiloApiError as e:
+            if not rec.restored:
+                raise
+            await self._retry_without_restored_db(rec, e)
         await self.follow_events(rec)
         rec.transition(AgentState.running)
         if req.role == Role.mayor and self.mayor_ready_at is None:
@@ -188,6 +198,53 @@ class Supervisor:
                 log.warning("kilo.spawn_retry", agent_id=rec.agent_id, attempt=attempt, exit_code=e.exit_code,
                             stderr_tail=e.stderr_tail[-500:])
         raise AssertionError("unreachable")
+
+    async def _retry_without_restored_db(self, rec: AgentRecord, error: Exception) -> None:
+        """A restored DB kilo cannot use (written by another CLI version): drop it and start once more
+        on a fresh DB rather than failing the agent for ever."""
+        log.warning("agent.restored_db_refused", agent_id=rec.agent_id, error=str(error))
+        await rec.cancel_tasks()
+        if rec.client is not None:
+            await rec.client.close()
+        if rec.process is not None:
+            await rec.process.stop(timeout=3.0)
+        rec.process, rec.client, rec.restored = None, None, False
+        for hook in self.stale_db_hooks:
+            await hook(rec)
+        await self.spawn_server(rec)
+        await self._open_session(rec)
+
+    async def prewarm(self, req: StartAgentRequest) -> None:
+        """Start ``req``'s kilo server without a session, for a later start to adopt."""
+        async with self.lock(req.agent_id):
+            current = self.agents.get(req.agent_id)
+            if req.agent_id in self.prewarmed or (current is not None and current.active):
+                return
+            rec = AgentRecord(request=req, paths=AgentPaths.for_agent(self.cfg.data_dir, req.agent_id))
+            rec.paths.make_dirs()
+            git_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(rec.paths.home), **git_identity(req)}
+            await asyncio.to_thread(prepare_workspace, req, rec.paths.workdir, git_env)
+            proc, client = await self.launch_server(rec)
+            self.prewarmed[req.agent_id] = (rec, proc, client)
+
+    async def _adopt_prewarmed(self, rec: AgentRecord) -> None:
+        """Reuse a prewarmed server only when the env this start builds is byte-identical to the one
+        it was spawned with (same config, identity, tokens); otherwise replace it."""
+        entry = self.prewarmed.pop(rec.agent_id, None)
+        if entry is None:
+            return
+        pre, proc, client = entry
+        env = self.build_launch(rec, pre.child_env.get("KILO_SERVER_PASSWORD", ""))
+        if proc.running and env == pre.child_env:
+            rec.child_env, rec.prewarmed, rec.restored = env, True, pre.restored
+            rec.last_snapshot = pre.last_snapshot
+            self.adopt_server(rec, proc, client)
+            log.info("mayor.prewarm_reused", agent_id=rec.agent_id, pid=proc.pid)
+            return
+        diff = sorted(k for k in set(env) | set(pre.child_env) if env.get(k) != pre.child_env.get(k))
+        log.info("mayor.prewarm_replaced", agent_id=rec.agent_id, differing_keys=diff)
+        await client.close()
+        await proc.stop(timeout=3.0)
 
     async def _open_session(self, rec: AgentRecord) -> None:
         """Only the mayor resumes its latest session; every other role gets a fresh one per start."""
@@ -314,4 +371,8 @@ class Supervisor:
 
     async def stop_all(self, reason: str = "container shutdown") -> None:
         await asyncio.gather(*(self.stop(a.agent_id, reason) for a in self.active_agents()), return_exceptions=True)
+        for agent_id, (_, proc, client) in list(self.prewarmed.items()):
+            self.prewarmed.pop(agent_id, None)
+            await client.close()
+            await proc.stop(timeout=3.0)
         await self.background.close()

@@ -28,6 +28,9 @@ class TaskOwner:
         if not task.cancelled() and task.exception() is not None:
             log.error("task.crashed", task=task.get_name(), exc_info=task.exception())
 
+    def pending(self) -> list[asyncio.Task]:
+        return [t for t in self._tasks if not t.done()]
+
     async def close(self) -> None:
         tasks = list(self._tasks)
         for t in tasks:

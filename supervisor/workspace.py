@@ -10,6 +10,14 @@ from supervisor.models import StartAgentRequest
 
 GIT_TIMEOUT_S = 120.0
 
+# kilo keys sessions by project, and a repo's project id is its root-commit sha: a fixed identity
+# and date make an agent's empty workspace the same project in every container, so a restored
+# kilo.db's sessions are found again.
+_ROOT_COMMIT_ENV = {
+    "GIT_AUTHOR_NAME": "gastown", "GIT_AUTHOR_EMAIL": "gastown@gastown.local", "GIT_AUTHOR_DATE": "2025-01-01T00:00:00+0000",
+    "GIT_COMMITTER_NAME": "gastown", "GIT_COMMITTER_EMAIL": "gastown@gastown.local", "GIT_COMMITTER_DATE": "2025-01-01T00:00:00+0000",
+}
+
 
 class WorkspaceError(RuntimeError):
     pass
@@ -44,7 +52,7 @@ def prepare_workspace(req: StartAgentRequest, workdir: Path, env: Mapping[str, s
                 _git(["checkout", "-q", "-B", req.branch], workdir, env)
         return workdir
     _git(["init", "-q", "-b", req.default_branch or "main"], workdir, env)
-    _git(["commit", "-q", "--allow-empty", "-m", "gastown: empty workspace"], workdir, env)
+    _git(["commit", "-q", "--allow-empty", "-m", f"gastown: workspace of {req.agent_id}"], workdir, {**env, **_ROOT_COMMIT_ENV})
     return workdir
 
 

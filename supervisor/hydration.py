@@ -1,0 +1,140 @@
+"""Boot hydration: resume every agent the worker's registry lists, in parallel with a bound, then
+prewarm the mayor when the registry has none.
+
+The gate is per agent: a start for an agent being resumed waits for that agent only; a start for
+any other agent proceeds at once instead of queueing behind unrelated spawns (the 60 s timeouts of
+the system we re-imagine). ``/ready`` and ``/refresh-token`` still wait for the whole hydration.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import jwt
+
+from gastown.jsonlog import get_logger
+from supervisor.models import Role, StartAgentRequest
+from supervisor.supervisor import Supervisor
+from supervisor.worker_client import WorkerError
+
+log = get_logger("supervisor.hydration")
+
+REFRESH_IF_EXPIRES_WITHIN_S = 30 * 60
+HYDRATION_CONCURRENCY = 4
+
+
+def mayor_rig_id(town_id: str) -> str:
+    return f"mayor-{town_id}"[:64]
+
+
+def token_expires_at(token: str) -> float | None:
+    """``exp`` of a JWT, read without verifying (only the worker can verify; we only plan)."""
+    try:
+        exp = jwt.decode(token, options={"verify_signature": False}).get("exp")
+    except jwt.PyJWTError:
+        return None
+    return float(exp) if isinstance(exp, (int, float)) else None
+
+
+class Hydrator:
+    def __init__(self, supervisor: Supervisor, *, concurrency: int = HYDRATION_CONCURRENCY) -> None:
+        self.supervisor = supervisor
+        self.worker = supervisor.worker
+        self.concurrency = concurrency
+        self.registry_loaded = asyncio.Event()
+        self.pending: dict[str, asyncio.Event] = {}
+        self.results: dict[str, str] = {}
+
+    async def wait_for_agent(self, agent_id: str) -> None:
+        await self.registry_loaded.wait()
+        event = self.pending.get(agent_id)
+        if event is not None:
+            await event.wait()
+
+    async def run(self) -> None:
+        try:
+            entries = await self._load()
+        finally:
+            self.registry_loaded.set()
+        if entries is None:
+            return
+        await self._resume_all(entries)
+        if not any(r.role == Role.mayor for r in entries):
+            await self.prewarm_mayor()
+
+    async def _load(self) -> list[StartAgentRequest] | None:
+        if not self.worker.configured:
+            log.info("hydration.skipped", reason="no worker credentials")
+            return None
+        await self._refresh_if_near_expiry()
+        try:
+            data = await self.worker.call("GET", "/container-registry")
+        except WorkerError as e:
+            log.error("hydration.registry_fetch_failed", error=str(e))
+            return None
+        requests = []
+        for entry in data if isinstance(data, list) else []:
+            try:
+                req = StartAgentRequest.model_validate(entry.get("request") or {})
+            except (ValueError, AttributeError) as e:
+                log.warning("hydration.entry_skipped", error=str(e)[:300])
+                continue
+            if req.town_id == self.worker.town_id:
+                requests.append(req)
+                self.pending[req.agent_id] = asyncio.Event()
+        log.info("hydration.registry_loaded", agents=len(requests))
+        return requests
+
+    async def _refresh_if_near_expiry(self) -> None:
+        exp = token_expires_at(self.worker.token or "")
+        if exp is not None and exp - time.time() < REFRESH_IF_EXPIRES_WITHIN_S:
+            log.info("token_refresh.boot_near_expiry", expires_in_s=int(exp - time.time()))
+            await self.worker.refresh_token()
+
+    async def _resume_all(self, requests: list[StartAgentRequest]) -> None:
+        sem = asyncio.Semaphore(self.concurrency)
+
+        async def one(req: StartAgentRequest) -> None:
+            async with sem:
+                t0 = time.monotonic()
+                try:
+                    await self.supervisor.start(req)
+                    self.results[req.agent_id] = "resumed"
+                    log.info("hydration.agent_resumed", agent_id=req.agent_id, duration_ms=int((time.monotonic() - t0) * 1000))
+                except Exception as e:
+                    self.results[req.agent_id] = f"failed: {e}"
+                    log.error("hydration.agent_failed", agent_id=req.agent_id, error=str(e))
+                finally:
+                    self.pending[req.agent_id].set()
+
+        await asyncio.gather(*(one(r) for r in requests))
+
+    async def prewarm_mayor(self) -> None:
+        """Start the mayor's kilo ahead of its real start, with exactly the config that start builds."""
+        try:
+            ctx: Any = await self.worker.call("GET", "/prewarm-context")
+        except WorkerError as e:
+            log.warning("mayor.prewarm_skipped", reason=f"context fetch failed: {e}")
+            return
+        if not isinstance(ctx, dict) or not ctx.get("agent_id") or not ctx.get("model"):
+            log.info("mayor.prewarm_skipped", reason="no mayor or no model")
+            return
+        town_id = self.worker.town_id or ""
+        try:
+            req = StartAgentRequest(
+                agent_id=ctx["agent_id"], town_id=town_id, rig_id=mayor_rig_id(town_id), role=Role.mayor, name="Mayor",
+                prompt="", model=ctx["model"], small_model=ctx.get("small_model"), organization_id=ctx.get("organization_id"),
+            )
+        except ValueError as e:
+            log.warning("mayor.prewarm_skipped", reason=f"invalid context: {str(e)[:200]}")
+            return
+        t0 = time.monotonic()
+        try:
+            await self.supervisor.prewarm(req)
+        except Exception as e:
+            log.error("mayor.prewarm_failed", agent_id=req.agent_id, error=str(e))
+            return
+        duration_ms = int((time.monotonic() - t0) * 1000)
+        log.info("mayor.prewarm_complete", agent_id=req.agent_id, duration_ms=duration_ms)
+        await self.worker.container_event("mayor.prewarm_complete", agent_id=req.agent_id, duration_ms=duration_ms)

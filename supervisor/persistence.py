@@ -1,0 +1,157 @@
+"""kilo.db persistence in the agent lifecycle: restore before kilo starts, snapshot after.
+
+Restore runs as a spawn hook, only when the agent has no live kilo (a hot swap's new server shares
+the live DB and must not touch it). Which copy wins: no local DB → the remote; a local DB this
+process already snapshotted → the local one (it is the source of every upload); a local DB of
+unknown age (reused volume) → whichever is newer. Snapshots run in owned background tasks,
+serialised per agent, off the event loop (threads), so control routes never wait on an upload.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from gastown.jsonlog import get_logger
+from supervisor.agent import AgentRecord
+from supervisor.objstore import ObjectStore, ObjectStoreError, open_store
+from supervisor.snapshots import AgentSnapshots, SnapshotError
+from supervisor.supervisor import Supervisor
+from supervisor.tasks import TaskOwner
+
+log = get_logger("supervisor.persistence")
+
+DB_SUFFIXES = ("", "-wal", "-shm", "-journal")
+
+
+def remove_local_db(db: Path) -> None:
+    for suffix in DB_SUFFIXES:
+        try:
+            os.unlink(f"{db}{suffix}")
+        except FileNotFoundError:
+            pass
+
+
+def status_snapshot(info: dict[str, Any]) -> dict[str, Any]:
+    """AgentStatus.last_snapshot with ``at`` in epoch seconds, like every other status time."""
+    at = info.get("at")
+    if isinstance(at, str):
+        try:
+            at = datetime.fromisoformat(at.replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            at = None
+    return {"at": at, "bytes": info.get("bytes"), "sha256": info.get("sha256"), "generation": info.get("generation")}
+
+
+class Persistence:
+    def __init__(self, supervisor: Supervisor, store: ObjectStore, instance_id: str) -> None:
+        self.supervisor = supervisor
+        self.store = store
+        self.instance_id = instance_id
+        self._snaps: dict[str, AgentSnapshots] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._known_local: set[str] = set()
+        self.tasks = TaskOwner("persistence")
+        self.saved = 0
+        self.failed = 0
+        supervisor.spawn_hooks.append(self.before_spawn)
+        supervisor.change_hooks.append(self._on_change)
+        supervisor.event_hooks.append(self._on_event)
+
+    @classmethod
+    def from_url(cls, supervisor: Supervisor, url: str | None, instance_id: str,
+                 env: dict[str, str] | None = None) -> "Persistence | None":
+        if not url:
+            log.warning("persistence.disabled", reason="GASTOWN_SNAPSHOT_URL not set")
+            return None
+        return cls(supervisor, open_store(url, env=env), instance_id)
+
+    def snaps(self, rec: AgentRecord) -> AgentSnapshots:
+        key = rec.agent_id
+        if key not in self._snaps:
+            self._snaps[key] = AgentSnapshots(self.store, rec.request.town_id, rec.agent_id, self.instance_id)
+        return self._snaps[key]
+
+    def _lock(self, agent_id: str) -> asyncio.Lock:
+        return self._locks.setdefault(agent_id, asyncio.Lock())
+
+    # -- restore ------------------------------------------------------------------------------
+    async def before_spawn(self, rec: AgentRecord) -> None:
+        if rec.process is not None and rec.process.running:
+            return
+        async with self._lock(rec.agent_id):
+            await self._restore(rec)
+
+    async def _restore(self, rec: AgentRecord) -> None:
+        snaps, db = self.snaps(rec), rec.paths.kilo_db
+        if db.exists() and rec.agent_id in self._known_local:
+            return
+        if db.exists() and not await asyncio.to_thread(self._remote_is_newer, snaps, db):
+            await snaps.adopt_remote_async()
+            self._known_local.add(rec.agent_id)
+            log.info("snapshot.local_kept", agent_id=rec.agent_id)
+            return
+        result = await snaps.restore_async(str(db))
+        rec.restored = result.restored
+        if result.restored:
+            rec.last_snapshot = {"at": None, "bytes": None, "sha256": None, "generation": result.generation}
+        self._known_local.add(rec.agent_id)
+
+    def _remote_is_newer(self, snaps: AgentSnapshots, db: Path) -> bool:
+        try:
+            body, _ = self.store.get_bytes(snaps.manifest_key)
+            created = datetime.fromisoformat(json.loads(body)["created_at"].replace("Z", "+00:00")).timestamp()
+        except (ObjectStoreError, ValueError, KeyError, TypeError):
+            return False
+        local = max(os.path.getmtime(p) for p in (str(db), f"{db}-wal") if os.path.exists(p))
+        return created > local
+
+    async def discard(self, rec: AgentRecord) -> None:
+        """kilo refused the restored DB (older CLI schema): drop it here and in the store."""
+        remove_local_db(rec.paths.kilo_db)
+        try:
+            await self.snaps(rec).discard_remote_async()
+        except SnapshotError as e:
+            log.error("snapshot.discard_failed", agent_id=rec.agent_id, error=str(e))
+        log.warning("snapshot.stale_db_discarded", agent_id=rec.agent_id)
+
+    # -- snapshot -----------------------------------------------------------------------------
+    def _on_change(self, rec: AgentRecord, what: str) -> None:
+        if what in ("stopped", "crashed") or (what == "message" and rec.request.role.value == "mayor"):
+            self.schedule(rec, what)
+
+    def _on_event(self, rec: AgentRecord, event: dict[str, Any]) -> None:
+        """The mayor's turn ended: persist its reply too, not only the user's message."""
+        if event.get("type") == "session.idle" and rec.request.role.value == "mayor":
+            self.schedule(rec, "turn_end")
+
+    def schedule(self, rec: AgentRecord, reason: str) -> asyncio.Task:
+        return self.tasks.spawn(self.snapshot(rec, reason), f"snapshot:{rec.agent_id}")
+
+    async def snapshot(self, rec: AgentRecord, reason: str) -> dict[str, Any] | None:
+        """Take one snapshot now; failures are logged and counted, never raised."""
+        async with self._lock(rec.agent_id):
+            try:
+                info = await self.snaps(rec).snapshot_async(str(rec.paths.kilo_db))
+            except SnapshotError as e:
+                self.failed += 1
+                log.error("snapshot.failed_for_agent", agent_id=rec.agent_id, reason=reason, error=str(e))
+                return None
+            if info is None:
+                return None
+            self._known_local.add(rec.agent_id)
+            self.saved += 1
+            rec.last_snapshot = status_snapshot(info.as_dict())
+            return rec.last_snapshot
+
+    async def flush(self, timeout: float) -> None:
+        """Wait (bounded) for scheduled snapshots: drain and shutdown call this before exiting."""
+        pending = self.tasks.pending()
+        if pending:
+            await asyncio.wait(pending, timeout=timeout)
+
+    async def close(self) -> None:
+        await self.tasks.close()

@@ -1,0 +1,199 @@
+"""kilo.db survives containers (issue 3), with real kilo, real SeaweedFS and real processes."""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+import psutil
+import pytest
+
+from tests.conftest import CONTROL_TOKEN, kilo_processes
+from tests.s3servers import free_port, new_bucket, s3_env, seaweedfs  # noqa: F401 - fixture
+
+pytestmark = pytest.mark.kilo
+REPO = Path(__file__).resolve().parent.parent
+
+
+class ContainerProc:
+    """``gastown container`` as a real process, driven over HTTP."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = open(Path(env["GASTOWN_DATA_DIR"]).parent / f"container-{self.port}.log", "wb")
+        self.proc = subprocess.Popen([sys.executable, "-m", "gastown.cli", "container", "--host", "127.0.0.1", "--port", str(self.port)],
+                                     cwd=REPO, env=env, stdout=self.log, stderr=subprocess.STDOUT)
+
+    async def call(self, method: str, path: str, body=None) -> tuple[int, dict]:
+        async with aiohttp.ClientSession() as s:
+            async with s.request(method, self.url + path, json=body, headers={"Authorization": f"Bearer {CONTROL_TOKEN}"},
+                                 timeout=aiohttp.ClientTimeout(total=90)) as r:
+                return r.status, await r.json(content_type=None)
+
+    async def wait_ready(self, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, "container exited"
+            try:
+                if (await self.call("GET", "/ready"))[0] == 200:
+                    return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.2)
+        raise AssertionError("container never became ready")
+
+    async def wait_status(self, agent_id: str, pred, timeout: float = 60) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            code, body = await self.call("GET", f"/agents/{agent_id}/status")
+            if code == 200 and pred(body):
+                return body
+            await asyncio.sleep(0.2)
+        raise AssertionError(f"status never matched: {body}")
+
+    def sigkill_everything(self) -> None:
+        tree = [psutil.Process(self.proc.pid), *psutil.Process(self.proc.pid).children(recursive=True)]
+        for p in tree:
+            p.kill()
+        psutil.wait_procs(tree, timeout=10)
+        self.proc.wait()
+
+    async def terminate(self, timeout: float = 120) -> int:
+        """SIGTERM and wait without blocking the loop (the in-process worker must keep answering)."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while self.proc.poll() is None:
+            if time.monotonic() > deadline:
+                self.proc.kill()
+                raise AssertionError("container did not exit on SIGTERM")
+            await asyncio.sleep(0.1)
+        return self.proc.returncode
+
+
+def _env(tmp: Path, name: str, worker, town_id: str, token: str, fake_llm, store: dict[str, str], url: str) -> dict[str, str]:
+    return {
+        "PATH": os.environ["PATH"], **store,
+        "GASTOWN_TOWN_ID": town_id, "GASTOWN_API_URL": worker.url, "GASTOWN_CONTAINER_TOKEN": token,
+        "GASTOWN_CONTROL_TOKEN": CONTROL_TOKEN, "GASTOWN_DATA_DIR": str(tmp / name / "data"),
+        "GASTOWN_SNAPSHOT_URL": url, "GASTOWN_KILO_PROVIDERS": json.dumps(fake_llm.provider_config()),
+    }
+
+
+async def _turn(c: ContainerProc, agent_id: str, n: int) -> dict:
+    return await c.wait_status(agent_id, lambda b: b["message_count"] >= n and b["last_event_type"] in ("session.idle", "session.turn.close"))
+
+
+async def test_mayor_survives_container_sigkill_on_fresh_data_dir(worker, fake_llm, seaweedfs, tmp_path):
+    town_id, token = await worker.create_town(default_model="fake/m1")
+    assert (await worker.request("POST", f"/api/towns/{town_id}/agents", json={"agent_id": "mayor", "role": "mayor", "name": "Mayor"}))[0] == 201
+    bucket = new_bucket(seaweedfs)
+    store = s3_env(seaweedfs, bucket)
+    url = f"s3://{bucket}/gastown"
+    (tmp_path / "a").mkdir()
+    a = ContainerProc(_env(tmp_path, "a", worker, town_id, token, fake_llm, store, url))
+    try:
+        await a.wait_ready()
+        start = {"agent_id": "mayor", "town_id": town_id, "rig_id": f"mayor-{town_id}", "role": "mayor", "name": "Mayor",
+                 "model": "fake/m1", "prompt": "MAYOR STARTUP PROMPT"}
+        code, body = await a.call("POST", "/agents/start", start)
+        assert code == 201, body
+        session_id = body["session_id"]
+        await _turn(a, "mayor", 1)
+        for i, q in enumerate(("first question", "second question"), start=2):
+            assert (await a.call("POST", "/agents/mayor/message", {"prompt": q}))[0] == 202
+            await fake_llm.wait_for(lambda r, q=q: q in r.last_user_text)
+            st = await _turn(a, "mayor", i)
+        turn_end = time.time()
+        await a.wait_status("mayor", lambda b: (b["last_snapshot"] or {}).get("at") or 0 >= turn_end - 0.5, timeout=30)
+    finally:
+        a.sigkill_everything()
+    # A new container gets an empty volume mounted at the same path (/workspace in Docker).
+    shutil.rmtree(tmp_path / "a" / "data")
+    assert not (tmp_path / "a" / "data").exists()
+    b = ContainerProc(_env(tmp_path, "a", worker, town_id, token, fake_llm, store, url))
+    try:
+        await b.wait_ready()
+        st = await b.wait_status("mayor", lambda s: s["status"] == "running")
+        assert st["session_id"] == session_id
+        assert (await b.call("POST", "/agents/mayor/message", {"prompt": "third question"}))[0] == 202
+        req = await fake_llm.wait_for(lambda r: "third question" in r.last_user_text)
+        history = json.dumps(req.messages)
+        assert "first question" in history and "second question" in history and "MAYOR STARTUP PROMPT" in history
+        assert "TOOL RESULT" not in history
+        startup_turns = [r for r in fake_llm.chat_requests() if r.last_user_text.startswith("MAYOR STARTUP PROMPT")]
+        assert len(startup_turns) == 1, "the startup prompt was replayed on resume"
+        await _turn(b, "mayor", 1)
+    finally:
+        assert await b.terminate() == 0
+
+
+async def test_corrupt_remote_snapshot_agent_starts_fresh(town, fake_llm, tmp_path):
+    worker, container, town_id = town
+    store_dir = tmp_path / "store"
+    from supervisor.persistence import Persistence
+
+    rt = container.runtime
+    rt.persistence = Persistence.from_url(rt.supervisor, f"file://{store_dir}", "inst-1")
+    assert (await container.start_agent(town_id=town_id))[0] == 201
+    assert (await container.request("POST", "/agents/polecat-1/stop"))[0] == 200
+    await rt.persistence.flush(30)
+    gens = list((store_dir / "towns" / town_id / "agents" / "polecat-1" / "generations").glob("*.db"))
+    assert gens, "stop must snapshot"
+    for g in gens:
+        data = bytearray(g.read_bytes())
+        data[100:200] = b"\x00" * 100
+        g.write_bytes(bytes(data))
+    db = rt.supervisor.get("polecat-1").paths.kilo_db
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{db}{suffix}").unlink(missing_ok=True)
+    rt.persistence = Persistence.from_url(rt.supervisor, f"file://{store_dir}", "inst-2")
+    rt.supervisor.spawn_hooks[:] = [rt.persistence.before_spawn]
+    status, body = await container.start_agent(town_id=town_id, prompt="fresh start")
+    assert status == 201, body
+    assert body["status"] == "running"
+    assert rt.supervisor.get("polecat-1").restored is False
+
+
+async def test_prewarmed_mayor_reused_without_new_process(worker, fake_llm, runtime_config, make_container):
+    town_id, token = await worker.create_town(default_model="fake/m1")
+    await worker.request("POST", f"/api/towns/{town_id}/agents", json={"agent_id": "mayor", "role": "mayor", "name": "Mayor"})
+    runtime_config.town_id, runtime_config.api_url, runtime_config.container_token = town_id, worker.url, token
+    container = await make_container(runtime_config)
+    await container.runtime.wait_hydrated(90)
+    sup = container.runtime.supervisor
+    assert "mayor" in sup.prewarmed
+    pre, proc, _ = sup.prewarmed["mayor"]
+    env = pre.child_env
+    assert env["GASTOWN_AGENT_ROLE"] == "mayor" and env["GASTOWN_AGENT_ID"] == "mayor" and env["GASTOWN_TOWN_ID"] == town_id
+    assert json.loads(env["KILO_CONFIG_CONTENT"])["mcp"]["gastown"]["environment"]["GASTOWN_AGENT_ROLE"] == "mayor"
+    assert [p.pid for p in kilo_processes()] == [proc.pid]
+    status, body = await container.start_agent(agent_id="mayor", town_id=town_id, rig_id=f"mayor-{town_id}", role="mayor",
+                                               name="Mayor", prompt="hello mayor")
+    assert status == 201, body
+    assert body["pid"] == proc.pid and [p.pid for p in kilo_processes()] == [proc.pid]
+    rec = sup.get("mayor")
+    assert rec.prewarmed and rec.child_env == env
+    await fake_llm.wait_for(lambda r: "hello mayor" in r.last_user_text)
+
+
+async def test_prewarm_with_different_model_is_replaced(worker, fake_llm, runtime_config, make_container):
+    town_id, token = await worker.create_town(default_model="fake/m1")
+    await worker.request("POST", f"/api/towns/{town_id}/agents", json={"agent_id": "mayor", "role": "mayor", "name": "Mayor"})
+    runtime_config.town_id, runtime_config.api_url, runtime_config.container_token = town_id, worker.url, token
+    container = await make_container(runtime_config)
+    await container.runtime.wait_hydrated(90)
+    _, proc, _ = container.runtime.supervisor.prewarmed["mayor"]
+    status, body = await container.start_agent(agent_id="mayor", town_id=town_id, rig_id=f"mayor-{town_id}", role="mayor",
+                                               name="Mayor", prompt="hello", model="fake/m2")
+    assert status == 201
+    assert body["pid"] != proc.pid and not proc.running
+    assert [p.pid for p in kilo_processes()] == [body["pid"]]

@@ -70,9 +70,10 @@ class RuntimeConfig:
     drain_timeout_s: float = 300.0
     heartbeat_interval_s: float = 30.0
     memory_log_interval_s: float = 30.0
-    kilo_start_timeout_s: float = 30.0
+    kilo_start_timeout_s: float = 60.0
     kilo_request_timeout_s: float = 10.0
     hot_swap_timeout_s: float = 20.0
+    hydration_concurrency: int = 8
     min_free_memory_mb: float = 0.0
     store_env: dict[str, str] | None = None  # AWS_* for the snapshot store (None: the process env)
 
@@ -104,8 +105,9 @@ class RuntimeConfig:
             drain_timeout_s=_float(env, "GASTOWN_DRAIN_TIMEOUT_S", 300.0),
             heartbeat_interval_s=_float(env, "GASTOWN_HEARTBEAT_INTERVAL_S", 30.0),
             memory_log_interval_s=_float(env, "GASTOWN_MEMORY_LOG_INTERVAL_S", 30.0),
-            kilo_start_timeout_s=_float(env, "GASTOWN_KILO_START_TIMEOUT_S", 30.0),
+            kilo_start_timeout_s=_float(env, "GASTOWN_KILO_START_TIMEOUT_S", 60.0),
             hot_swap_timeout_s=_float(env, "GASTOWN_HOT_SWAP_TIMEOUT_S", 20.0),
+            hydration_concurrency=max(1, int(_float(env, "GASTOWN_HYDRATION_CONCURRENCY", 8))),
             min_free_memory_mb=_float(env, "GASTOWN_MIN_FREE_MEMORY_MB", 0.0),
             store_env={k: v for k, v in env.items() if k.startswith("AWS_")},
         )

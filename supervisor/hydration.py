@@ -21,7 +21,7 @@ from supervisor.worker_client import WorkerError
 log = get_logger("supervisor.hydration")
 
 REFRESH_IF_EXPIRES_WITHIN_S = 30 * 60
-HYDRATION_CONCURRENCY = 4
+HYDRATION_CONCURRENCY = 8  # kilo start is CPU-bound; more in flight only adds memory
 
 
 def mayor_rig_id(town_id: str) -> str:

@@ -47,7 +47,7 @@ class ContainerRuntime:
         self.persistence = Persistence.from_url(self.supervisor, cfg.snapshot_url, CONTAINER_INSTANCE_ID, cfg.store_env)
         if self.persistence is not None:
             self.supervisor.stale_db_hooks.append(self.persistence.discard)
-        self.hydrator = Hydrator(self.supervisor)
+        self.hydrator = Hydrator(self.supervisor, concurrency=cfg.hydration_concurrency)
         self.hydration_steps.append(self.hydrator.run)
         self.supervisor.change_hooks.append(self._on_change)
 

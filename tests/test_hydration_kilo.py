@@ -1,0 +1,47 @@
+"""Boot hydration resumes registered agents in parallel; a new start is not stuck behind them."""
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from tests.conftest import kilo_processes, start_body
+
+pytestmark = pytest.mark.kilo
+
+
+async def test_hydration_of_10_agents_is_parallel_and_fresh_start_completes(worker, fake_llm, runtime_config, make_container):
+    town_id, token = await worker.create_town(default_model="fake/m1")
+    entries = [{"agent_id": f"polecat-{i}", "workdir": f"/w/{i}",
+                "request": start_body(agent_id=f"polecat-{i}", town_id=town_id, prompt=f"resume {i}")} for i in range(10)]
+    code, _ = await worker.request("POST", f"/api/towns/{town_id}/container-registry", json=entries)
+    assert code == 200
+    runtime_config.town_id, runtime_config.api_url, runtime_config.container_token = town_id, worker.url, token
+
+    # Baseline: one start on an idle container.
+    solo_cfg = runtime_config.__class__(**{**runtime_config.__dict__, "data_dir": runtime_config.data_dir.parent / "solo",
+                                           "api_url": None, "container_token": None})
+    solo = await make_container(solo_cfg)
+    t0 = time.monotonic()
+    assert (await solo.start_agent(agent_id="solo", town_id=town_id))[0] == 201
+    one_start = time.monotonic() - t0
+    await solo.runtime.shutdown()
+
+    t0 = time.monotonic()
+    container = await make_container(runtime_config)
+    fresh = asyncio.create_task(container.start_agent(agent_id="fresh-1", town_id=town_id, prompt="new work"))
+    await container.runtime.wait_hydrated(300)
+    hydration = time.monotonic() - t0
+    status, body = await fresh
+    assert status == 201, body
+    sup = container.runtime.supervisor
+    assert all(sup.get(f"polecat-{i}").state.value == "running" for i in range(10)), container.runtime.hydrator.results
+    assert len(kilo_processes()) == 11
+    print(f"one start {one_start:.1f}s, hydration of 10 {hydration:.1f}s, ratio {hydration / one_start:.1f}")
+    # Starts overlap (parallel, bounded) and the whole is faster than ten starts one after another.
+    spans = sorted((sup.get(f"polecat-{i}").started_at, sup.get(f"polecat-{i}").started_at + 0.001) for i in range(10))
+    first_running = min(sup.get(f"polecat-{i}").last_activity_at or 1e18 for i in range(10))
+    assert sum(1 for start, _ in spans if start < first_running) >= 4, "hydration did not start agents in parallel"
+    assert hydration < 10 * one_start, (hydration, one_start)
+    await fake_llm.wait_for(lambda r: "resume 9" in r.last_user_text, timeout=60)

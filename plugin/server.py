@@ -6,6 +6,7 @@ wrong, while a tool that answers "missing GASTOWN_X" can be escalated.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import signal
@@ -13,6 +14,7 @@ import sys
 from contextlib import asynccontextmanager
 from typing import AsyncIterator, Mapping
 
+import anyio
 from mcp.server.mcpserver import MCPServer
 
 from gastown import jsonlog
@@ -70,26 +72,35 @@ def build_server(env: Mapping[str, str] | None = None) -> MCPServer:
     return server
 
 
-class _Terminated(Exception):
-    pass
+def _on_sigterm(*_: object) -> None:
+    """Leave at once. Raising instead is unreliable: asyncio swallows an exception raised inside a
+    loop callback, and interpreter exit would wait for the SDK's stdin reader thread, which stays
+    blocked while kilo holds the pipe open. The last line goes straight to fd 2: the handler may
+    interrupt a write to the buffered ``sys.stderr``, and re-entering it raises."""
+    record = logging.LogRecord("plugin.server", logging.INFO, __file__, 0, "plugin.stopped", None, None)
+    record.fields = {"reason": "signal"}
+    try:
+        os.write(2, (jsonlog.JsonFormatter().format(record) + "\n").encode())
+    finally:
+        os._exit(0)
 
 
-def _on_sigterm(signum: int, frame: object) -> None:
-    raise _Terminated()
+async def _serve(server: MCPServer) -> None:
+    # A plain signal.signal handler only runs when the main thread wakes up, and the kernel may
+    # deliver SIGTERM to the stdin reader thread while the loop sleeps in epoll: the loop's own
+    # handler uses a wakeup fd, so it always fires.
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, _on_sigterm)
+    await server.run_stdio_async()
 
 
 def run_plugin() -> int:
     """Serve MCP over stdio until kilo closes stdin (normal end) or sends SIGTERM."""
     jsonlog.configure(os.environ.get("GASTOWN_LOG_LEVEL", "INFO"), stream=sys.stderr)
     logging.getLogger("mcp").setLevel(logging.WARNING)  # per-request chatter; our own lines suffice
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    signal.signal(signal.SIGTERM, _on_sigterm)  # until the loop runs
     try:
-        build_server().run("stdio")
-    except (_Terminated, KeyboardInterrupt):
-        # The SDK reads stdin in a worker thread that stays blocked while the pipe is open, and
-        # interpreter exit would wait for it: leave at once (nothing of ours is left to flush).
-        log.info("plugin.stopped", reason="signal")
-        sys.stderr.flush()
-        os._exit(0)
+        anyio.run(_serve, build_server())
+    except KeyboardInterrupt:
+        pass
     log.info("plugin.stopped", reason="stdin closed")
     return 0

@@ -141,6 +141,7 @@ async def test_process_lifecycle_sigterm_and_stdin_eof(tmp_path: Path) -> None:
     proc.send_signal(signal.SIGTERM)
     assert await asyncio.wait_for(proc.wait(), 10) == 0
     assert await proc.stdout.read() == b""  # type: ignore[union-attr]
+    assert b'"reason": "signal"' in await proc.stderr.read()
 
     proc = await asyncio.create_subprocess_exec(
         str(GASTOWN_BIN), "plugin", env=env, stdin=asyncio.subprocess.DEVNULL,

@@ -71,7 +71,8 @@ def agent_line(a: Any) -> str:
     line = f"{pick(a, 'agent_id', 'id') or '?'} {pick(a, 'role') or '?'}"
     if pick(a, "name"):
         line += f" {one_line(pick(a, 'name'))}"
-    line += f" [{pick(a, 'status') or '?'}]"
+    if pick(a, "status"):
+        line += f" [{pick(a, 'status')}]"
     hooked = pick(a, "current_hook_bead_id", "hooked_bead_id")
     if hooked:
         line += f" hooked {hooked}"

@@ -60,7 +60,15 @@ def bead_line(b: Any) -> str:
 
 
 def bead_detail(b: Any) -> str:
+    """A bead with its body; for a merge request also the branch and PR a reviewer needs."""
     lines = [bead_line(b)]
+    review = pick(b, "review")
+    if isinstance(review, dict):
+        parts = [f"branch {review['branch']}" if review.get("branch") else "",
+                 f"into {review['target_branch']}" if review.get("target_branch") else "",
+                 f"PR {review['pr_url']}" if review.get("pr_url") else ""]
+        if any(parts):
+            lines.append("review: " + " ".join(p for p in parts if p))
     body = pick(b, "body")
     if body:
         lines.append(clip(body, MAX_BODY))

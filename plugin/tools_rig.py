@@ -18,12 +18,17 @@ from plugin.text import agent_line, bead_detail, bead_line, clip, items, listing
 BeadId = Annotated[str, Field(min_length=1, description="Bead id, e.g. 'bd-1a2b'.")]
 Priority = Literal["low", "medium", "high", "critical"]
 MAX_PRIME_MAIL = 10
+MAX_CHECKPOINT_TEXT = 4000
 
 
 def render_prime(data: object, fallback_agent: str) -> str:
-    """The agent's working context: who it is, its hooked bead (full body), mail, open beads."""
+    """The agent's working context: who it is, its saved checkpoint, its hooked bead (full body),
+    mail, open beads."""
     agent = pick(data, "agent")
     lines = [f"agent: {agent_line(agent) if isinstance(agent, dict) else fallback_agent}"]
+    checkpoint = pick(agent, "checkpoint")
+    if checkpoint is not None:
+        lines.append(f"checkpoint (saved by you earlier): {clip(json.dumps(checkpoint), MAX_CHECKPOINT_TEXT)}")
     hooked = pick(data, "hooked_bead")
     lines.append(f"hooked bead: {bead_detail(hooked)}" if hooked else "hooked bead: none")
     mail = items(data, "mail")
@@ -70,8 +75,9 @@ def register(server: MCPServer, ctx: ToolContext) -> None:
         """Refinery only: reject the merge request you are reviewing and send it back for rework."""
         data = await ctx.call("gt_request_changes", "POST", f"{ctx.agent_path()}/request-changes",
                               drop_none(feedback=feedback, files=files))
-        rework = pick(data, "rework_bead_id")
-        return "changes requested" + (f": rework bead {rework}" if rework else "")
+        rework, mr_status = pick(data, "rework_bead_id"), pick(data, "mr_status")
+        text = "changes requested" + (f": rework bead {rework}" if rework else "")
+        return text + (f" (merge request now {mr_status})" if mr_status else "") + ". You can stop now."
 
     async def gt_mail_check() -> str:
         """Read mail sent to you that you have not seen yet."""

@@ -102,48 +102,70 @@ async def test_gt_nudge_queues_for_the_target(real_worker: RealWorker, tmp_path:
     assert [(n["message"], n["mode"], n["source"]) for n in pending] == [("ready for review", "wait-idle", "polecat-1")]
 
 
-async def test_mayor_tools_against_the_real_user_routes(tmp_path: Path) -> None:
-    """The mayor's contract routes (worker_api.routes_user): sling, convoy with depends_on, listings,
-    updates. Wired here if the app does not register them yet, so the shapes are checked early."""
-    routes_user = pytest.importorskip("worker_api.routes_user")
-    clock = FakeClock()
-    app = create_app(tmp_path / "worker.db", admin_token=ADMIN_TOKEN, jwt_secret=JWT_SECRET, now=clock)
-    if not any(getattr(r.resource, "canonical", "") == "/api/towns/{t}/sling" for r in app.router.routes()):
-        routes_user.add_routes(app)
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
-    try:
-        w = RealWorker(server, clock)
-        town_id, token = await _town(w)
-        rig = await w.admin("POST", f"/api/towns/{town_id}/rigs", {"rig_id": "rig-web", "name": "web",
-                                                                   "git_url": "https://git.example/o/web"})
-        await w.admin("POST", f"/api/towns/{town_id}/agents", {"agent_id": "mayor-1", "role": "mayor", "name": "Mayor"})
-        env = {**_env(w, town_id, token), "GASTOWN_AGENT_ROLE": "mayor", "GASTOWN_AGENT_ID": "mayor-1"}
-        async with Plugin(env, tmp_path / "err.log") as p:
-            async def ok(tool: str, args: dict[str, Any] | None = None) -> str:
-                is_error, text = await p.call(tool, args)
-                assert not is_error, (tool, text)
-                return text
+async def _ok(p: Plugin, tool: str, args: dict[str, Any] | None = None) -> str:
+    is_error, text = await p.call(tool, args)
+    assert not is_error, (tool, text)
+    return text
 
-            assert f"- {rig['rig_id']} web https://git.example/o/web" in await ok("gt_list_rigs")
-            slung = await ok("gt_sling", {"rig_id": "rig-web", "title": "Add search", "body": "details"})
-            bead_id = re.match(r"slung bead (\S+) to rig rig-web \[open\]", slung).group(1)  # type: ignore[union-attr]
-            assert f"{bead_id} [open] Add search" in await ok("gt_list_beads", {"status": "open", "rig_id": "rig-web"})
-            text = await ok("gt_sling_batch", {"rig_id": "rig-web", "title": "Feature", "staged": True,
+
+async def test_mayor_tools_against_the_real_routes(real_worker: RealWorker, tmp_path: Path) -> None:
+    """Sling, convoy with depends_on, listings, update, reassign, agent reset: the worker's user and
+    tool routes (the reconciler does not run under the fake clock, so nothing is dispatched)."""
+    w = real_worker
+    town_id, token = await _town(w)
+    rig = await w.admin("POST", f"/api/towns/{town_id}/rigs", {"rig_id": "rig-web", "name": "web",
+                                                               "git_url": "https://git.example/o/web"})
+    await w.admin("POST", f"/api/towns/{town_id}/agents", {"agent_id": "mayor-1", "role": "mayor", "name": "Mayor"})
+    env = {**_env(w, town_id, token), "GASTOWN_AGENT_ROLE": "mayor", "GASTOWN_AGENT_ID": "mayor-1"}
+    async with Plugin(env, tmp_path / "err.log") as p:
+        assert f"- {rig['rig_id']} web https://git.example/o/web" in await _ok(p, "gt_list_rigs")
+        slung = await _ok(p, "gt_sling", {"rig_id": "rig-web", "title": "Add search", "body": "details"})
+        bead_id = re.match(r"slung bead (\S+) to rig rig-web \[open\]", slung).group(1)  # type: ignore[union-attr]
+        assert f"{bead_id} [open] Add search" in await _ok(p, "gt_list_beads", {"status": "open", "rig_id": "rig-web"})
+        text = await _ok(p, "gt_sling_batch", {"rig_id": "rig-web", "title": "Feature", "staged": True,
                                                "merge_mode": "review-then-land",
                                                "beads": [{"title": "schema"}, {"title": "api", "depends_on": [0]}]})
-            m = re.match(r"convoy (\S+) \(staged\): 2 beads: (\S+), (\S+)$", text)
-            assert m, text
-            convoy_id, first, second = m.groups()
-            status = await ok("gt_convoy_status", {"convoy_id": convoy_id})
-            assert "(0/2 closed)" in status and "merge_mode review-then-land" in status, status
-            assert re.search(rf"{second} \[open\] api \(.*blocked by {first}\)", status), status
-            assert "convoy" in await ok("gt_list_convoys")
-            await ok("gt_convoy_start", {"convoy_id": convoy_id})
-            updated = await ok("gt_bead_update", {"bead_id": bead_id, "status": "closed", "priority": "high"})
-            assert f"{bead_id} [closed]" in updated, updated
-            await ok("gt_convoy_close", {"convoy_id": convoy_id})
-            is_error, text = await p.call("gt_convoy_status", {"convoy_id": "no-such-convoy"})
-            assert is_error and text.startswith("error: ") and "no-such-convoy" in text, text
-    finally:
-        await server.close()
+        m = re.match(r"convoy (\S+) \(staged\): 2 beads: (\S+), (\S+)$", text)
+        assert m, text
+        convoy_id, first, second = m.groups()
+        status = await _ok(p, "gt_convoy_status", {"convoy_id": convoy_id})
+        assert "(0/2 closed)" in status and "merge_mode review-then-land" in status, status
+        assert re.search(rf"{second} \[open\] api \(.*blocked by {first}\)", status), status
+        assert convoy_id in await _ok(p, "gt_list_convoys")
+        await _ok(p, "gt_convoy_start", {"convoy_id": convoy_id})
+        assert f"bead {bead_id} reassigned to polecat-1" in await _ok(
+            p, "gt_bead_reassign", {"bead_id": bead_id, "agent_id": "polecat-1"})
+        assert f"polecat-1 polecat polecat-1 [idle] hooked {bead_id}" in await _ok(p, "gt_list_agents")
+        await _ok(p, "gt_agent_reset", {"agent_id": "polecat-1"})
+        assert f"hooked {bead_id}" not in await _ok(p, "gt_list_agents")
+        updated = await _ok(p, "gt_bead_update", {"bead_id": bead_id, "status": "closed", "priority": "high"})
+        assert f"{bead_id} [closed] Add search" in updated, updated
+        await _ok(p, "gt_convoy_close", {"convoy_id": convoy_id})
+        is_error, text = await p.call("gt_convoy_status", {"convoy_id": "no-such-convoy"})
+        assert is_error and text.startswith("error: ") and "no-such-convoy" in text, text
+
+
+async def test_rig_tools_against_the_real_routes(real_worker: RealWorker, tmp_path: Path) -> None:
+    """Prime, mail between two agents, escalation, checkpoint read back by prime, bead close, and the
+    worker's role rule on request-changes surfacing as a short error."""
+    town_id, token = await _town(real_worker)
+    polecat_env = _env(real_worker, town_id, token)
+    refinery_env = {**polecat_env, "GASTOWN_AGENT_ROLE": "refinery", "GASTOWN_AGENT_ID": "refinery-1"}
+    async with Plugin(polecat_env, tmp_path / "p.log") as pol, Plugin(refinery_env, tmp_path / "r.log") as ref:
+        prime = await _ok(pol, "gt_prime")
+        assert prime.startswith("agent: polecat-1 polecat") and "hooked bead: none" in prime, prime
+        assert "mail sent to refinery-1 (mail " in await _ok(
+            pol, "gt_mail_send", {"to_agent_id": "refinery-1", "subject": "ready", "body": "branch b1 pushed"})
+        assert "unread mail: 1" in await _ok(ref, "gt_prime")
+        mail = await _ok(ref, "gt_mail_check")
+        assert mail.startswith("1 message:") and "from polecat-1: ready" in mail and "branch b1 pushed" in mail
+        assert await _ok(ref, "gt_mail_check") == "0 messages."
+        escalated = await _ok(pol, "gt_escalate", {"title": "no credentials", "priority": "high"})
+        esc_id = escalated.removeprefix("escalated: bead ")
+        assert esc_id != escalated, escalated
+        assert f"{esc_id} [open] (escalation) no credentials" in await _ok(pol, "gt_bead_status", {"bead_id": esc_id})
+        await _ok(pol, "gt_checkpoint", {"data": '{"step": 3, "todo": ["tests"]}'})
+        assert 'checkpoint (saved by you earlier): {"step": 3, "todo": ["tests"]}' in await _ok(pol, "gt_prime")
+        assert f"closed bead {esc_id} [closed]" in await _ok(pol, "gt_bead_close", {"bead_id": esc_id})
+        is_error, text = await ref.call("gt_request_changes", {"feedback": "add tests"})
+        assert is_error and text.startswith("error: ROLE_FORBIDDEN: only a refinery hooked"), text

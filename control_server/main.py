@@ -44,14 +44,24 @@ async def serve(cfg: RuntimeConfig, host: str, port: int) -> int:
     site = web.TCPSite(runner, host, port)
     await site.start()
     stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    drain_task: asyncio.Task | None = None
+
+    def on_sigterm() -> None:
+        nonlocal drain_task
+        log.info("container.signal_received", signal="SIGTERM")
+        if drain_task is None:
+            drain_task = loop.create_task(runtime.drain())
+            drain_task.add_done_callback(lambda _: stop.set())
+        else:
+            loop.create_task(runtime.drain())  # second SIGTERM: cut the drain short
+
+    loop.add_signal_handler(signal.SIGTERM, on_sigterm)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
     await runtime.start()
     log.info("container.listening", host=host, port=port)
     await stop.wait()
-    log.info("container.signal_received")
     try:
-        await runtime.shutdown()
+        await runtime.shutdown("container eviction" if drain_task is not None else "container shutdown")
     finally:
         await runner.cleanup()
     return 0

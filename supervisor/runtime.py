@@ -13,6 +13,7 @@ from typing import Any, Awaitable, Callable
 from gastown.jsonlog import get_logger, register_secret, set_town_id
 from supervisor.agent import AgentRecord
 from supervisor.config import RuntimeConfig
+from supervisor.drain import Drain
 from supervisor.heartbeat import CONTAINER_INSTANCE_ID, Heartbeats
 from supervisor.hotswap import refresh_all
 from supervisor.hydration import Hydrator
@@ -47,6 +48,7 @@ class ContainerRuntime:
         self.persistence = Persistence.from_url(self.supervisor, cfg.snapshot_url, CONTAINER_INSTANCE_ID, cfg.store_env)
         if self.persistence is not None:
             self.supervisor.stale_db_hooks.append(self.persistence.discard)
+        self._drain: Drain | None = None
         self.hydrator = Hydrator(self.supervisor, concurrency=cfg.hydration_concurrency)
         self.hydration_steps.append(self.hydrator.run)
         self.supervisor.change_hooks.append(self._on_change)
@@ -112,9 +114,22 @@ class ContainerRuntime:
                  duration_ms=int((time.monotonic() - t0) * 1000))
         return {"refreshed": True, "agents_restarted": ok, "agents_failed": len(results) - ok, "results": results}
 
+    async def drain(self) -> None:
+        """SIGTERM: drain within ``GASTOWN_DRAIN_TIMEOUT_S``; a second call cuts it short."""
+        if self._drain is not None:
+            self._drain.hard_stop.set()
+            log.info("drain.hard_stop_requested")
+            return
+        self._drain = Drain(self)
+        try:
+            await self._drain.run(self.cfg.drain_timeout_s)
+        except Exception:
+            log.error("drain.failed", exc_info=True)
+
     async def shutdown(self, reason: str = "container shutdown") -> None:
         self.draining = True
         await self.supervisor.stop_all(reason)
+        await self.supervisor.kill_all()
         await self.registry.sync_now()
         await self.idle.owner.close()
         if self.persistence is not None:

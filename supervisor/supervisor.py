@@ -375,4 +375,13 @@ class Supervisor:
             self.prewarmed.pop(agent_id, None)
             await client.close()
             await proc.stop(timeout=3.0)
+
+    async def kill_all(self) -> None:
+        """Last line of defence at exit: every kilo this runtime still holds dies, whatever state its
+        record is in (a cut-short drain may have cancelled a stop half-way)."""
+        procs = [a.process for a in self.agents.values() if a.process is not None and a.process.running]
+        procs += [proc for _, proc, _ in self.prewarmed.values() if proc.running]
+        if procs:
+            log.warning("supervisor.kill_all", pids=[p.pid for p in procs])
+            await asyncio.gather(*(p.stop(timeout=3.0) for p in procs), return_exceptions=True)
         await self.background.close()

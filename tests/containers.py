@@ -1,0 +1,82 @@
+"""``gastown container`` as a real child process, for tests that need signals and process death."""
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+import psutil
+
+from tests.conftest import CONTROL_TOKEN
+from tests.s3servers import free_port
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+class ContainerProc:
+    """``gastown container`` as a real process, driven over HTTP."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = open(Path(env["GASTOWN_DATA_DIR"]).parent / f"container-{self.port}.log", "wb")
+        self.proc = subprocess.Popen([sys.executable, "-m", "gastown.cli", "container", "--host", "127.0.0.1", "--port", str(self.port)],
+                                     cwd=REPO, env=env, stdout=self.log, stderr=subprocess.STDOUT)
+
+    async def call(self, method: str, path: str, body=None) -> tuple[int, dict]:
+        async with aiohttp.ClientSession() as s:
+            async with s.request(method, self.url + path, json=body, headers={"Authorization": f"Bearer {CONTROL_TOKEN}"},
+                                 timeout=aiohttp.ClientTimeout(total=90)) as r:
+                return r.status, await r.json(content_type=None)
+
+    async def wait_ready(self, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, "container exited"
+            try:
+                if (await self.call("GET", "/ready"))[0] == 200:
+                    return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.2)
+        raise AssertionError("container never became ready")
+
+    async def wait_status(self, agent_id: str, pred, timeout: float = 60) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            code, body = await self.call("GET", f"/agents/{agent_id}/status")
+            if code == 200 and pred(body):
+                return body
+            await asyncio.sleep(0.2)
+        raise AssertionError(f"status never matched: {body}")
+
+    def sigkill_everything(self) -> None:
+        tree = [psutil.Process(self.proc.pid), *psutil.Process(self.proc.pid).children(recursive=True)]
+        for p in tree:
+            p.kill()
+        psutil.wait_procs(tree, timeout=10)
+        self.proc.wait()
+
+    async def wait_exit(self, timeout: float) -> int:
+        deadline = time.monotonic() + timeout
+        while self.proc.poll() is None:
+            if time.monotonic() > deadline:
+                raise AssertionError("container did not exit in time")
+            await asyncio.sleep(0.1)
+        return self.proc.returncode
+
+    async def terminate(self, timeout: float = 120) -> int:
+        """SIGTERM and wait without blocking the loop (the in-process worker must keep answering)."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while self.proc.poll() is None:
+            if time.monotonic() > deadline:
+                self.proc.kill()
+                raise AssertionError("container did not exit on SIGTERM")
+            await asyncio.sleep(0.1)
+        return self.proc.returncode

@@ -35,11 +35,12 @@ TOWN_ROUTES = [
     ("POST", "/api/towns/{t}/container-events", {"event": "x"}),
     ("POST", "/api/towns/{t}/container-eviction", None),
     ("POST", "/api/towns/{t}/container-ready", {"nonce": "n"}),
+    # Agents nudge each other through the gt_nudge tool with the container token.
+    ("POST", "/api/towns/{t}/agents/pc-1/nudges", {"message": "m"}),
 ]
 ADMIN_ROUTES = [
     ("POST", "/api/towns", {"name": "n", "container_url": "http://c:8080", "control_token": "0123456789"}),
     ("POST", "/api/towns/{t}/agents", {"role": "polecat", "name": "n"}),
-    ("POST", "/api/towns/{t}/agents/pc-1/nudges", {"message": "m"}),
 ]
 ALL_ROUTES = TOWN_ROUTES + ADMIN_ROUTES + [("POST", "/api/towns/{t}/refresh-container-token", None)]
 

@@ -20,7 +20,7 @@ from gastown.http import ApiError, path_id, read_model
 from gastown.jsonlog import get_logger
 from worker_api import drain, events, nudges, store
 from worker_api.appkeys import DB, TOWN, now_ms
-from worker_api.auth import admin_only, town_access
+from worker_api.auth import town_access
 from worker_api.models import (
     Completed,
     ContainerEvent,
@@ -194,7 +194,7 @@ def _enqueue_tx(conn: sqlite3.Connection, town_id: str, agent_id: str, body: Enq
     )
 
 
-@admin_only
+@town_access
 async def enqueue_nudge(request: web.Request) -> web.Response:
     town_id, agent_id = _ids(request)
     body = await read_model(request, EnqueueNudge)

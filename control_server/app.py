@@ -113,6 +113,12 @@ async def agent_events(request: web.Request) -> web.Response:
     return web.json_response({"events": rec.events.after(int(raw))})
 
 
+async def metrics(request: web.Request) -> web.Response:
+    from supervisor.metrics import CONTENT_TYPE
+
+    return web.Response(body=_rt(request).metrics.render(), headers={"Content-Type": CONTENT_TYPE})
+
+
 def create_app(runtime: ContainerRuntime) -> web.Application:
     app = web.Application(
         middlewares=[error_middleware, auth_middleware(runtime.cfg.control_token), supervisor_errors],
@@ -130,4 +136,5 @@ def create_app(runtime: ContainerRuntime) -> web.Application:
     app.router.add_get("/agents/{agent_id}/events", agent_events)
     app.router.add_patch("/agents/{agent_id}/model", patch_model)
     app.router.add_post("/refresh-token", refresh_token)
+    app.router.add_get("/metrics", metrics)
     return app

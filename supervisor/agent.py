@@ -36,6 +36,8 @@ class AgentRecord:
     session_id: str | None = None
     resumed: bool = False
     restored: bool = False
+    fatal: bool = False
+    restarts: int = 0
     prewarmed: bool = False
     config_json: str = ""
     child_env: dict[str, str] = field(default_factory=dict)
@@ -134,6 +136,8 @@ class AgentRecord:
             "last_exit": self.last_exit,
             "last_snapshot": self.last_snapshot,
             "rss_bytes": self.rss_bytes() if live else 0,
+            "restarts": self.restarts,
+            "fatal": self.fatal,
         }
 
     def spawn_task(self, coro: Any, name: str) -> asyncio.Task:

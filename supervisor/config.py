@@ -74,6 +74,11 @@ class RuntimeConfig:
     kilo_request_timeout_s: float = 10.0
     hot_swap_timeout_s: float = 20.0
     hydration_concurrency: int = 8
+    health_interval_s: float = 10.0
+    health_timeout_s: float = 2.0
+    health_failures: int = 3
+    crash_loop_max: int = 5
+    crash_backoff_s: float = 1.0
     min_free_memory_mb: float = 0.0
     store_env: dict[str, str] | None = None  # AWS_* for the snapshot store (None: the process env)
 
@@ -108,6 +113,11 @@ class RuntimeConfig:
             kilo_start_timeout_s=_float(env, "GASTOWN_KILO_START_TIMEOUT_S", 60.0),
             hot_swap_timeout_s=_float(env, "GASTOWN_HOT_SWAP_TIMEOUT_S", 20.0),
             hydration_concurrency=max(1, int(_float(env, "GASTOWN_HYDRATION_CONCURRENCY", 8))),
+            health_interval_s=_float(env, "GASTOWN_HEALTH_INTERVAL_S", 10.0),
+            health_timeout_s=_float(env, "GASTOWN_HEALTH_TIMEOUT_S", 2.0),
+            health_failures=max(1, int(_float(env, "GASTOWN_HEALTH_FAILURES", 3))),
+            crash_loop_max=max(1, int(_float(env, "GASTOWN_CRASH_LOOP_MAX", 5))),
+            crash_backoff_s=_float(env, "GASTOWN_CRASH_BACKOFF_S", 1.0),
             min_free_memory_mb=_float(env, "GASTOWN_MIN_FREE_MEMORY_MB", 0.0),
             store_env={k: v for k, v in env.items() if k.startswith("AWS_")},
         )

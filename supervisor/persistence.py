@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,7 @@ class Persistence:
         self.tasks = TaskOwner("persistence")
         self.saved = 0
         self.failed = 0
+        self.observers: list = []  # called as (ok, bytes, seconds) after every snapshot
         supervisor.spawn_hooks.append(self.before_spawn)
         supervisor.change_hooks.append(self._on_change)
         supervisor.event_hooks.append(self._on_event)
@@ -134,16 +136,21 @@ class Persistence:
     async def snapshot(self, rec: AgentRecord, reason: str) -> dict[str, Any] | None:
         """Take one snapshot now; failures are logged and counted, never raised."""
         async with self._lock(rec.agent_id):
+            t0 = time.monotonic()
             try:
                 info = await self.snaps(rec).snapshot_async(str(rec.paths.kilo_db))
             except SnapshotError as e:
                 self.failed += 1
+                for observe in self.observers:
+                    observe(False, 0, time.monotonic() - t0)
                 log.error("snapshot.failed_for_agent", agent_id=rec.agent_id, reason=reason, error=str(e))
                 return None
             if info is None:
                 return None
             self._known_local.add(rec.agent_id)
             self.saved += 1
+            for observe in self.observers:
+                observe(True, info.bytes, time.monotonic() - t0)
             rec.last_snapshot = status_snapshot(info.as_dict())
             return rec.last_snapshot
 

@@ -13,7 +13,10 @@ from typing import Any, Awaitable, Callable
 from gastown.jsonlog import get_logger, register_secret, set_town_id
 from supervisor.agent import AgentRecord
 from supervisor.config import RuntimeConfig
+from supervisor.crashloop import CrashPolicy
 from supervisor.drain import Drain
+from supervisor.health import HealthMonitor
+from supervisor.metrics import Metrics
 from supervisor.heartbeat import CONTAINER_INSTANCE_ID, Heartbeats
 from supervisor.hotswap import refresh_all
 from supervisor.hydration import Hydrator
@@ -49,6 +52,11 @@ class ContainerRuntime:
         if self.persistence is not None:
             self.supervisor.stale_db_hooks.append(self.persistence.discard)
         self._drain: Drain | None = None
+        self.health_monitor = HealthMonitor(self, failures=cfg.health_failures, probe_timeout_s=cfg.health_timeout_s,
+                                            policy=CrashPolicy(max_crashes=cfg.crash_loop_max, base_delay_s=cfg.crash_backoff_s))
+        self.metrics = Metrics(self)
+        if self.persistence is not None:
+            self.persistence.observers.append(self.metrics.snapshot_done)
         self.hydrator = Hydrator(self.supervisor, concurrency=cfg.hydration_concurrency)
         self.hydration_steps.append(self.hydrator.run)
         self.supervisor.change_hooks.append(self._on_change)
@@ -65,6 +73,7 @@ class ContainerRuntime:
         self.tasks.spawn(every(self.cfg.heartbeat_interval_s, self.heartbeats.beat_all, name="heartbeat"), "heartbeat")
         self.tasks.spawn(every(self.cfg.memory_log_interval_s, lambda: log_memory(self.supervisor), name="memory"), "memory")
         self.tasks.spawn(self.registry.run(), "registry")
+        self.tasks.spawn(every(self.cfg.health_interval_s, self.health_monitor.probe_all, name="health"), "health")
         self.tasks.spawn(self._hydrate(), "hydration")
 
     async def _hydrate(self) -> None:

@@ -90,8 +90,9 @@ class Supervisor:
                 raise InsufficientMemory(f"only {available_mb:.0f} MB free, below the {floor:.0f} MB floor for a new agent")
 
     # -- start ----------------------------------------------------------------------------------
-    async def start(self, req: StartAgentRequest) -> tuple[AgentRecord, bool]:
-        """Start ``req``; returns ``(record, created)``. The same request on a live agent is a no-op."""
+    async def start(self, req: StartAgentRequest, *, restart_of: AgentRecord | None = None) -> tuple[AgentRecord, bool]:
+        """Start ``req``; returns ``(record, created)``. The same request on a live agent is a no-op.
+        ``restart_of``: an in-place restart after a crash (keeps the restart count)."""
         self._check_town(req)
         async with self.lock(req.agent_id):
             existing = self.agents.get(req.agent_id)
@@ -104,6 +105,8 @@ class Supervisor:
             rec = AgentRecord(request=req, paths=AgentPaths.for_agent(self.cfg.data_dir, req.agent_id))
             if existing is not None:
                 rec.last_exit = existing.last_exit
+            if restart_of is not None:
+                rec.restarts = restart_of.restarts + 1
             self.agents[req.agent_id] = rec
             t0 = time.monotonic()
             try:
@@ -375,6 +378,13 @@ class Supervisor:
             self.prewarmed.pop(agent_id, None)
             await client.close()
             await proc.stop(timeout=3.0)
+
+    async def kill_agent_process(self, rec: AgentRecord) -> None:
+        await rec.cancel_tasks()
+        if rec.client is not None:
+            await rec.client.close()
+        if rec.process is not None:
+            await rec.process.stop(timeout=3.0)
 
     async def kill_all(self) -> None:
         """Last line of defence at exit: every kilo this runtime still holds dies, whatever state its

@@ -1,0 +1,113 @@
+"""Liveness of each kilo child and in-place recovery.
+
+* Wedge: a server whose port is open but which stops answering ``/global/health`` for
+  ``failures`` consecutive probes is recycled: killed, its DB snapshotted, restarted on the same
+  data dir, and the same session resumed (no prompt replayed).
+* Crash of the mayor: restarted in place after the crash policy's backoff; a crash loop ends in
+  FATAL (reported to the worker) until it decays or a new start clears it.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING
+
+from gastown.jsonlog import get_logger
+from supervisor.agent import AgentRecord
+from supervisor.crashloop import CrashPolicy
+from supervisor.models import Role
+from supervisor.states import AgentState
+
+if TYPE_CHECKING:
+    from supervisor.runtime import ContainerRuntime
+
+log = get_logger("supervisor.health")
+
+
+class HealthMonitor:
+    def __init__(self, runtime: "ContainerRuntime", *, failures: int = 3, probe_timeout_s: float = 2.0,
+                 policy: CrashPolicy | None = None) -> None:
+        self.rt = runtime
+        self.sup = runtime.supervisor
+        self.failures = failures
+        self.probe_timeout_s = probe_timeout_s
+        self.policy = policy or CrashPolicy()
+        self._misses: dict[str, int] = {}
+        self.recycled = 0
+        self.sup.change_hooks.append(self._on_change)
+
+    # -- wedge ----------------------------------------------------------------------------------
+    async def probe_all(self) -> None:
+        running = [a for a in self.sup.agents.values() if a.state == AgentState.running and a.client is not None]
+        await asyncio.gather(*(self._probe(a) for a in running))
+
+    async def _probe(self, rec: AgentRecord) -> None:
+        proc = rec.process
+        if proc is None or not proc.running:
+            return
+        if await rec.client.health(timeout=self.probe_timeout_s):
+            self._misses.pop(rec.agent_id, None)
+            return
+        misses = self._misses.get(rec.agent_id, 0) + 1
+        self._misses[rec.agent_id] = misses
+        log.warning("agent.health_miss", agent_id=rec.agent_id, misses=misses, threshold=self.failures)
+        if misses >= self.failures and rec.process is proc:
+            self._misses.pop(rec.agent_id, None)
+            await self.recycle(rec, "wedged: /global/health unanswered")
+
+    async def recycle(self, rec: AgentRecord, reason: str) -> None:
+        """Replace the agent's kilo with a new one on the same data dir and resume its session."""
+        async with self.sup.lock(rec.agent_id):
+            if rec.state != AgentState.running or self.sup.agents.get(rec.agent_id) is not rec:
+                return
+            old_proc, old_client = rec.process, rec.client
+            log.error("agent.recycling", agent_id=rec.agent_id, run_id=rec.run_id, reason=reason, pid=old_proc.pid)
+            if rec.event_task is not None:
+                rec.event_task.cancel()
+            await old_proc.stop(timeout=1.0)
+            await old_client.close()
+            rec.last_exit = {**old_proc.exit_info.as_dict(), "oom_suspected": False} if old_proc.exit_info else None
+            if self.rt.persistence is not None:
+                await self.rt.persistence.snapshot(rec, "recycle")
+            try:
+                proc, client = await self.sup.launch_server(rec)
+                self.sup.adopt_server(rec, proc, client)
+                await client.get_session(rec.session_id)
+                await self.sup.follow_events(rec)
+            except Exception as e:
+                rec.transition(AgentState.failed, f"recycle failed: {e}")
+                log.error("agent.recycle_failed", agent_id=rec.agent_id, error=str(e))
+                await self.sup.kill_agent_process(rec)
+                await self.rt.worker.completed(rec.agent_id, "failed", rec.exit_reason)
+                return
+            self.recycled += 1
+            log.info("agent.recycled", agent_id=rec.agent_id, old_pid=old_proc.pid, new_pid=proc.pid, session_id=rec.session_id)
+        await self.sup._notify(rec, "recycled")
+
+    # -- crash loop -----------------------------------------------------------------------------
+    def _on_change(self, rec: AgentRecord, what: str) -> None:
+        if what == "started" and rec.restarts == 0:
+            self.policy.clear(rec.agent_id)  # a start from the API clears FATAL
+        if what != "crashed" or rec.request.role != Role.mayor or self.rt.draining:
+            return
+        delay = self.policy.record_crash(rec.agent_id)
+        if delay is None:
+            rec.fatal = True
+            rec.exit_reason = f"crash loop: {self.policy.crash_count(rec.agent_id)} crashes; FATAL until cleared"
+            log.error("agent.fatal", agent_id=rec.agent_id, crashes=self.policy.crash_count(rec.agent_id))
+            self.rt.tasks.spawn(self.rt.worker.completed(rec.agent_id, "failed", rec.exit_reason), f"fatal:{rec.agent_id}")
+            return
+        log.warning("agent.restart_scheduled", agent_id=rec.agent_id, delay_s=delay, crashes=self.policy.crash_count(rec.agent_id))
+        self.rt.tasks.spawn(self._restart_later(rec, delay), f"restart:{rec.agent_id}")
+
+    async def _restart_later(self, rec: AgentRecord, delay: float) -> None:
+        await asyncio.sleep(delay)
+        if self.rt.draining or self.sup.agents.get(rec.agent_id) is not rec or rec.state != AgentState.failed:
+            return
+        t0 = time.monotonic()
+        try:
+            new, _ = await self.sup.start(rec.request, restart_of=rec)
+            log.info("agent.restarted_in_place", agent_id=rec.agent_id, new_pid=new.process.pid if new.process else None,
+                     duration_ms=int((time.monotonic() - t0) * 1000))
+        except Exception as e:
+            log.error("agent.restart_failed", agent_id=rec.agent_id, error=str(e))

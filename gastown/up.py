@@ -40,6 +40,7 @@ class Town:
         self.dir = state_dir.resolve()
         self.procs: list[tuple[str, asyncio.subprocess.Process]] = []
         self.http: aiohttp.ClientSession | None = None
+        self.stoppers: list = []  # async callables run after the child processes stop
         self.admin_token = secrets.token_urlsafe(24)
         self.control_token = secrets.token_urlsafe(24)
 
@@ -89,6 +90,8 @@ class Town:
                 except asyncio.TimeoutError:
                     os.killpg(p.pid, signal.SIGKILL)
                     await p.wait()
+        for stop in self.stoppers:
+            await stop()
         if self.http is not None:
             await self.http.close()
 
@@ -110,6 +113,24 @@ async def _model_provider(town: Town, env: dict[str, str]) -> tuple[dict[str, st
     say(f"model: fake/m1 — LOCAL SCRIPTED MODEL at {base_url} (no real provider configured;"
         " set GASTOWN_KILO_PROVIDERS or KILOCODE_TOKEN for a real one)")
     return {"GASTOWN_KILO_PROVIDERS": json.dumps(provider_config_for(base_url, ("m1", "m2")))}, "fake/m1"
+
+
+async def _object_store(town: Town) -> dict[str, str]:
+    """A local SeaweedFS (the real S3 server tests use) when installed, else the file store."""
+    if str(REPO_ROOT) not in sys.path:
+        sys.path.insert(0, str(REPO_ROOT))
+    try:
+        from tests.s3servers import new_bucket, s3_env, start_seaweedfs
+    except ImportError:
+        store = town.dir / "store"
+        store.mkdir(exist_ok=True)
+        say(f"snapshots: file store {store} (SeaweedFS not installed)")
+        return {"GASTOWN_SNAPSHOT_URL": f"file://{store}"}
+    server = await asyncio.to_thread(start_seaweedfs, town.dir / "s3")
+    town.stoppers.append(lambda: asyncio.to_thread(server.stop))
+    await asyncio.to_thread(new_bucket, server, "gastown")
+    say(f"snapshots: SeaweedFS S3 at {server.endpoint}, bucket gastown")
+    return {**s3_env(server, "gastown"), "GASTOWN_SNAPSHOT_URL": "s3://gastown/snapshots"}
 
 
 async def _last_reply(town: Town, container_url: str, agent_id: str) -> str:
@@ -137,7 +158,7 @@ async def up(state_dir: Path) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    base_env = {k: v for k, v in os.environ.items() if not k.startswith("GASTOWN_")}
+    base_env = {k: v for k, v in os.environ.items() if not k.startswith(("GASTOWN_", "AWS_"))}
     gastown = [sys.executable, "-m", "gastown.cli"]
     try:
         say(f"gastown up: state in {town.dir}")
@@ -153,13 +174,11 @@ async def up(state_dir: Path) -> int:
         town_id, container_token = created["town_id"], created["container_token"]
         mayor = await town.call("POST", f"{worker_url}/api/towns/{town_id}/agents", town.admin_token,
                                 {"agent_id": "mayor", "role": "mayor", "name": "Mayor"})
-        store = town.dir / "store"
-        store.mkdir(exist_ok=True)
+        store_env = await _object_store(town)
         container_env = {
-            **base_env, **provider_env,
+            **base_env, **provider_env, **store_env,
             "GASTOWN_TOWN_ID": town_id, "GASTOWN_API_URL": worker_url, "GASTOWN_CONTAINER_TOKEN": container_token,
             "GASTOWN_CONTROL_TOKEN": town.control_token, "GASTOWN_DATA_DIR": str(town.dir / "data"),
-            "GASTOWN_SNAPSHOT_URL": f"file://{store}",
         }
         say("starting container runtime …")
         await town.spawn("container", [*gastown, "container", "--host", "127.0.0.1", "--port", str(container_port)], container_env)

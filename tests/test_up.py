@@ -31,6 +31,7 @@ def test_gastown_up_shows_mayor_reply_and_stops_cleanly(tmp_path):
                 break
         out = "".join(lines)
         assert "LOCAL SCRIPTED MODEL" in out, out
+        assert "SeaweedFS S3 at" in out, out
         assert "mayor replied after" in out and "Hello from the fake LLM" in out, out
         assert '"control_token"' in out and "curl" in out
         descendants = psutil.Process(proc.pid).children(recursive=True)

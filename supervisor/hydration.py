@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from typing import Any, Callable
 
 import jwt
 
@@ -38,8 +38,10 @@ def token_expires_at(token: str) -> float | None:
 
 
 class Hydrator:
-    def __init__(self, supervisor: Supervisor, *, concurrency: int = HYDRATION_CONCURRENCY) -> None:
+    def __init__(self, supervisor: Supervisor, *, concurrency: int = HYDRATION_CONCURRENCY,
+                 clock: Callable[[], float] = time.time) -> None:
         self.supervisor = supervisor
+        self.clock = clock
         self.worker = supervisor.worker
         self.concurrency = concurrency
         self.registry_loaded = asyncio.Event()
@@ -88,8 +90,8 @@ class Hydrator:
 
     async def _refresh_if_near_expiry(self) -> None:
         exp = token_expires_at(self.worker.token or "")
-        if exp is not None and exp - time.time() < REFRESH_IF_EXPIRES_WITHIN_S:
-            log.info("token_refresh.boot_near_expiry", expires_in_s=int(exp - time.time()))
+        if exp is not None and exp - self.clock() < REFRESH_IF_EXPIRES_WITHIN_S:
+            log.info("token_refresh.boot_near_expiry", expires_in_s=int(exp - self.clock()))
             await self.worker.refresh_token()
 
     async def _resume_all(self, requests: list[StartAgentRequest]) -> None:

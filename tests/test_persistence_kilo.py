@@ -141,3 +141,36 @@ async def test_prewarm_with_different_model_is_replaced(worker, fake_llm, runtim
     assert status == 201
     assert body["pid"] != proc.pid and not proc.running
     assert [p.pid for p in kilo_processes()] == [body["pid"]]
+
+
+async def test_snapshot_mid_turn_restores_consistent_db_with_completed_turns(container, fake_llm, tmp_path):
+    import sqlite3
+
+    from supervisor.objstore import open_store
+    from supervisor.persistence import Persistence
+    from supervisor.snapshots import AgentSnapshots
+
+    rt = container.runtime
+    rt.persistence = Persistence.from_url(rt.supervisor, f"file://{tmp_path / 'store'}", "inst-a")
+    fake_llm.slow_interval = 0.5
+    status, body = await container.start_agent()
+    assert status == 201
+    await container.wait_status("polecat-1", lambda b: b["last_event_type"] in ("session.idle", "session.turn.close"))
+    assert (await container.request("POST", "/agents/polecat-1/message", json={"prompt": "SLOW40"}))[0] == 202
+    await fake_llm.wait_for(lambda r: "SLOW40" in r.last_user_text)
+    await asyncio.sleep(2.0)  # kilo is now streaming the slow reply into its WAL
+    rec = rt.supervisor.get("polecat-1")
+    assert rec.last_event_type not in ("session.idle", "session.turn.close")
+    info = await rt.persistence.snapshot(rec, "mid-turn")
+    assert info is not None and info["bytes"] > 0
+    restored = tmp_path / "restored" / "kilo.db"
+    restored.parent.mkdir()
+    other = AgentSnapshots(open_store(f"file://{tmp_path / 'store'}"), rec.request.town_id, "polecat-1", "inst-b")
+    result = await other.restore_async(str(restored))
+    assert result.restored, result
+    with sqlite3.connect(restored) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        texts = [json.loads(r[0]).get("text", "") for r in conn.execute("SELECT data FROM part")]
+    assert "Please say hello" in texts
+    assert any(t.startswith("Hello from the fake LLM") for t in texts), "the completed first turn's reply is missing"
+    assert "SLOW40" in texts

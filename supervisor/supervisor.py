@@ -206,11 +206,7 @@ class Supervisor:
         """A restored DB kilo cannot use (written by another CLI version): drop it and start once more
         on a fresh DB rather than failing the agent for ever."""
         log.warning("agent.restored_db_refused", agent_id=rec.agent_id, error=str(error))
-        await rec.cancel_tasks()
-        if rec.client is not None:
-            await rec.client.close()
-        if rec.process is not None:
-            await rec.process.stop(timeout=3.0)
+        await self.kill_agent_process(rec)
         rec.process, rec.client, rec.restored = None, None, False
         for hook in self.stale_db_hooks:
             await hook(rec)
@@ -265,12 +261,7 @@ class Supervisor:
         return split_model(model, self.cfg.kilo_providers)
 
     async def _abort_start(self, rec: AgentRecord, error: BaseException) -> None:
-        await rec.cancel_tasks()
-        if rec.process is not None:
-            info = await rec.process.stop(timeout=3.0)
-            rec.last_exit = info.as_dict()
-        if rec.client is not None:
-            await rec.client.close()
+        await self.kill_agent_process(rec)
         if rec.state != AgentState.failed:
             rec.transition(AgentState.failed, f"start failed: {error}")
         log.warning("agent.start_failed", agent_id=rec.agent_id, error=str(error), phase=getattr(error, "phase", None))
@@ -362,12 +353,7 @@ class Supervisor:
         rec.transition(AgentState.stopping, reason)
         if rec.client is not None and rec.session_id and rec.process is not None and rec.process.running:
             await rec.client.abort(rec.session_id)
-        await rec.cancel_tasks()
-        if rec.process is not None:
-            info = await rec.process.stop(timeout=5.0)
-            rec.last_exit = info.as_dict()
-        if rec.client is not None:
-            await rec.client.close()
+        await self.kill_agent_process(rec, timeout=5.0)
         rec.active_tools.clear()
         rec.transition(AgentState.exited, reason)
         log.info("agent.stopped", agent_id=rec.agent_id, run_id=rec.run_id, reason=reason)
@@ -379,12 +365,14 @@ class Supervisor:
             await client.close()
             await proc.stop(timeout=3.0)
 
-    async def kill_agent_process(self, rec: AgentRecord) -> None:
+    async def kill_agent_process(self, rec: AgentRecord, timeout: float = 3.0) -> None:
+        """Cancel the agent's tasks, stop its kilo (group, then leftovers) and close its client."""
         await rec.cancel_tasks()
+        if rec.process is not None:
+            info = await rec.process.stop(timeout=timeout)
+            rec.last_exit = info.as_dict()
         if rec.client is not None:
             await rec.client.close()
-        if rec.process is not None:
-            await rec.process.stop(timeout=3.0)
 
     async def kill_all(self) -> None:
         """Last line of defence at exit: every kilo this runtime still holds dies, whatever state its

@@ -132,15 +132,9 @@ async def test_agent_runs_bash_tool_in_its_workspace(container, fake_llm):
 async def test_clone_git_url_workspace(container, fake_llm, tmp_path):
     import subprocess
 
-    origin = tmp_path / "origin.git"
-    seed = tmp_path / "seed"
-    subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(origin)], check=True)
-    subprocess.run(["git", "clone", "-q", str(origin), str(seed)], check=True, capture_output=True)
-    (seed / "README.md").write_text("seeded\n")
-    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@x", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@x"}
-    subprocess.run(["git", "-C", str(seed), "add", "."], check=True, env=env)
-    subprocess.run(["git", "-C", str(seed), "commit", "-qm", "seed"], check=True, env=env)
-    subprocess.run(["git", "-C", str(seed), "push", "-q", "origin", "main"], check=True, env=env, capture_output=True)
+    from tests.gitrepos import bare_origin
+
+    origin = bare_origin(tmp_path, {"README.md": "seeded\n"})
     status, body = await container.start_agent(git_url=str(origin), branch="gt/toast/abc123", default_branch="main")
     assert status == 201, body
     workdir = container.runtime.supervisor.get("polecat-1").paths.workdir

@@ -6,27 +6,15 @@ import json
 import os
 import subprocess
 import time
-from pathlib import Path
 
 import psutil
 import pytest
 
+from tests.gitrepos import bare_origin
 from tests.conftest import CONTROL_TOKEN
 from tests.containers import ContainerProc
 
 pytestmark = pytest.mark.kilo
-
-
-def _bare_origin(tmp: Path) -> Path:
-    origin, seed = tmp / "origin.git", tmp / "seed"
-    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@x", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@x"}
-    subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(origin)], check=True)
-    subprocess.run(["git", "clone", "-q", str(origin), str(seed)], check=True, capture_output=True)
-    (seed / "README.md").write_text("seed\n")
-    subprocess.run(["git", "-C", str(seed), "add", "."], check=True, env=env)
-    subprocess.run(["git", "-C", str(seed), "commit", "-qm", "seed"], check=True, env=env)
-    subprocess.run(["git", "-C", str(seed), "push", "-q", "origin", "main"], check=True, env=env, capture_output=True)
-    return origin
 
 
 async def test_sigterm_drain_completes_idle_freezes_working_and_exits_clean(worker, fake_llm, tmp_path):
@@ -34,7 +22,7 @@ async def test_sigterm_drain_completes_idle_freezes_working_and_exits_clean(work
     town_id, token = await worker.create_town(default_model="fake/m1")
     for agent in ("polecat-idle", "polecat-busy"):
         await worker.request("POST", f"/api/towns/{town_id}/agents", json={"agent_id": agent, "role": "polecat", "name": agent})
-    origin = _bare_origin(tmp_path)
+    origin = bare_origin(tmp_path)
     store = tmp_path / "store"
     drain_timeout = 40
     env = {

@@ -3,27 +3,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import subprocess
-from pathlib import Path
 
 import pytest
 
 from gastown.jsonlog import set_town_id
 from tests.fakes.fake_llm import Reply, ToolCall
 
+from tests.gitrepos import bare_origin
+
 pytestmark = pytest.mark.kilo
-
-
-def _bare_origin(tmp: Path) -> Path:
-    origin, seed = tmp / "origin.git", tmp / "seed"
-    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@x", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@x"}
-    subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(origin)], check=True)
-    subprocess.run(["git", "clone", "-q", str(origin), str(seed)], check=True, capture_output=True)
-    (seed / "README.md").write_text("seed\n")
-    for cmd in (["add", "."], ["commit", "-qm", "seed"], ["push", "-q", "origin", "main"]):
-        subprocess.run(["git", "-C", str(seed), *cmd], check=True, env=env, capture_output=True)
-    return origin
 
 
 async def _wired_town(worker, make_container, runtime_config, tmp_path):
@@ -33,7 +21,7 @@ async def _wired_town(worker, make_container, runtime_config, tmp_path):
     rt.cfg.town_id = town_id
     set_town_id(town_id)
     rt.worker.update(api_url=worker.url, token=token, town_id=town_id)
-    code, rig = await worker.request("POST", f"/api/towns/{town_id}/rigs", json={"name": "app", "git_url": str(_bare_origin(tmp_path))})
+    code, rig = await worker.request("POST", f"/api/towns/{town_id}/rigs", json={"name": "app", "git_url": str(bare_origin(tmp_path))})
     assert code == 201, rig
     return container, town_id, rig["rig_id"]
 

@@ -1,0 +1,20 @@
+"""Local bare git repositories standing in for a rig's remote (no network: the origin is a path)."""
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+GIT_ENV = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@x", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@x"}
+
+
+def bare_origin(tmp: Path, files: dict[str, str] | None = None) -> Path:
+    """A bare repo with one commit on ``main`` holding ``files`` (default: a README)."""
+    origin, seed = tmp / "origin.git", tmp / "seed"
+    subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(origin)], check=True)
+    subprocess.run(["git", "clone", "-q", str(origin), str(seed)], check=True, capture_output=True)
+    for name, text in (files or {"README.md": "seed\n"}).items():
+        (seed / name).write_text(text)
+    for cmd in (["add", "."], ["commit", "-qm", "seed"], ["push", "-q", "origin", "main"]):
+        subprocess.run(["git", "-C", str(seed), *cmd], check=True, env=GIT_ENV, capture_output=True)
+    return origin

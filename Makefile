@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 KILO   := node_modules/@kilocode/cli-linux-x64/bin/kilo
-PYTEST_ARGS ?=
+PYTEST_ARGS ?= -n 3 -q
 
 .PHONY: run test bench deps clean
 

@@ -1,17 +1,26 @@
 # syntax=docker/dockerfile:1
-# One image per town: the gastown container runtime (control server + supervisor) with the pinned
-# kilo CLI. Build: docker build -t gastown-runtime .   Run: see README "Container".
+# One image per town: the gastown container runtime (control server + agent supervisor) with the
+# pinned kilo CLI.
+#   build: docker build -t gastown-runtime .
+#   run:   docker run -e GASTOWN_CONTROL_TOKEN=... -p 8080:8080 -v town-data:/workspace \
+#            --stop-timeout 330 gastown-runtime
+# SIGTERM starts a drain of up to GASTOWN_DRAIN_TIMEOUT_S (300 s): give `docker stop` / Kubernetes'
+# terminationGracePeriodSeconds more than that, or agents are killed mid-turn.
+# tests/test_dockerfile.py lints this file and runs `gastown container` from the same layout.
 
-# --- stage 1: the pinned kilo CLI from npm (only the linux-x64 native binary is kept) -----------
+# --- stage 1: the pinned kilo CLI (package-lock.json fixes version and integrity) ---------------
 FROM node:20-bookworm-slim AS kilo
 WORKDIR /opt/kilo
 COPY package.json package-lock.json ./
-RUN npm ci --no-audit --no-fund \
- && test -x node_modules/@kilocode/cli-linux-x64/bin/kilo \
+# The wrapper package's postinstall only copies the native binary we take directly: skip scripts.
+RUN npm ci --omit=dev --ignore-scripts --no-audit --no-fund \
  && node_modules/@kilocode/cli-linux-x64/bin/kilo --version
 
-# --- stage 2: Python wheels of the runtime -----------------------------------------------------
-FROM python:3.11-slim-bookworm AS wheels
+# --- stage 2: the runtime and its dependencies in a venv (copied whole into the final image) -----
+FROM python:3.11-slim-bookworm AS build
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+RUN python -m venv /opt/venv
 WORKDIR /src
 COPY pyproject.toml ./
 COPY gastown ./gastown
@@ -19,28 +28,37 @@ COPY supervisor ./supervisor
 COPY control_server ./control_server
 COPY worker_api ./worker_api
 COPY plugin ./plugin
-RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+RUN /opt/venv/bin/pip install . \
+ && /opt/venv/bin/python -c "import control_server.main, plugin.server, worker_api.main" \
+ && /opt/venv/bin/gastown --help >/dev/null
 
-# --- stage 3: runtime image ----------------------------------------------------------------------
+# --- stage 3: runtime image -----------------------------------------------------------------------
 FROM python:3.11-slim-bookworm
+# git + ssh for the agents' clones and pushes; tini as PID 1 forwards SIGTERM and reaps the tool
+# processes kilo leaves behind. Debian point releases replace exact versions, so the bookworm base
+# tag is the pin here (exact apt pins would break rebuilds).
+# hadolint ignore=DL3008
 RUN apt-get update \
- && apt-get install -y --no-install-recommends git tini ca-certificates openssh-client \
- && rm -rf /var/lib/apt/lists/*
-COPY --from=wheels /wheels /wheels
-RUN pip install --no-cache-dir /wheels/* && rm -rf /wheels
+ && apt-get install -y --no-install-recommends ca-certificates git openssh-client tini \
+ && rm -rf /var/lib/apt/lists/* \
+ && groupadd --gid 10001 agent \
+ && useradd --uid 10001 --gid 10001 --create-home --shell /usr/sbin/nologin agent \
+ && mkdir /workspace \
+ && chown 10001:10001 /workspace
+COPY --from=build /opt/venv /opt/venv
 COPY --from=kilo /opt/kilo/node_modules/@kilocode/cli-linux-x64 /opt/kilo/node_modules/@kilocode/cli-linux-x64
-RUN useradd --create-home --uid 10001 agent \
- && mkdir -p /workspace \
- && chown agent:agent /workspace
-ENV GASTOWN_DATA_DIR=/workspace \
+# /opt/venv/bin first: `gastown` (and so `gastown plugin`, the MCP server kilo spawns) is on PATH.
+ENV PATH=/opt/venv/bin:$PATH \
+    GASTOWN_DATA_DIR=/workspace \
     KILO_BIN=/opt/kilo/node_modules/@kilocode/cli-linux-x64/bin/kilo \
-    PYTHONUNBUFFERED=1
-USER agent
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1
+USER 10001:10001
 WORKDIR /workspace
 VOLUME ["/workspace"]
 EXPOSE 8080
 STOPSIGNAL SIGTERM
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
-  CMD python -c "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8080/alive', timeout=4).status == 200 else 1)"
+  CMD ["python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8080/alive', timeout=4).status != 200)"]
 ENTRYPOINT ["/usr/bin/tini", "--"]
-CMD ["gastown", "container", "--port", "8080"]
+CMD ["gastown", "container"]

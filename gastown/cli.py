@@ -23,7 +23,46 @@ def _parser() -> argparse.ArgumentParser:
 
     u = sub.add_parser("up", help="run a whole local town: S3 store + worker + container")
     u.add_argument("--dir", default=".gastown/town", help="state directory")
+
+    _add_operator_commands(sub)
     return p
+
+
+def _non_negative(raw: str) -> int:
+    value = int(raw)
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be >= 0")
+    return value
+
+
+def _add_operator_commands(sub: argparse._SubParsersAction) -> None:
+    """Read-only operator views over HTTP (see gastown/operator.py); exit 1 on any request failure."""
+
+    def common(p: argparse.ArgumentParser, url_help: str, token_help: str) -> None:
+        p.add_argument("--url", default=None, help=url_help)
+        p.add_argument("--token", default=None, help=token_help)
+        p.add_argument("--timeout", type=float, default=10.0, help="seconds per request (default 10)")
+
+    control_url = "control server URL (default $GASTOWN_CONTROL_URL or http://127.0.0.1:8080)"
+    control_token = "control token (default $GASTOWN_CONTROL_TOKEN)"
+    a = sub.add_parser("agents", help="table of the container's agents: state, uptime, RSS, last exit")
+    common(a, control_url, control_token)
+    a.add_argument("--json", action="store_true", help="print the raw JSON answer")
+
+    lg = sub.add_parser("logs", help="print an agent's event stream (--follow to keep polling)")
+    lg.add_argument("agent", metavar="AGENT", help="agent id")
+    common(lg, control_url, control_token)
+    lg.add_argument("-f", "--follow", action="store_true", help="keep polling for new events until Ctrl-C")
+    lg.add_argument("--after", type=_non_negative, default=0, help="only events with an id greater than N")
+    lg.add_argument("--interval", type=float, default=1.0, help="seconds between polls with --follow")
+
+    t = sub.add_parser("town", help="control-plane views of a town (from the worker API)")
+    tsub = t.add_subparsers(dest="town_cmd", required=True)
+    ts = tsub.add_parser("status", help="beads/agents/convoys summary of one town")
+    common(ts, "worker API URL (default $GASTOWN_API_URL or http://127.0.0.1:8787)",
+           "admin token (default $GASTOWN_ADMIN_TOKEN, else $GASTOWN_CONTAINER_TOKEN)")
+    ts.add_argument("--town", default=None, help="town id (default $GASTOWN_TOWN_ID)")
+    ts.add_argument("--json", action="store_true", help="print the raw JSON answers")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,6 +83,10 @@ def main(argv: list[str] | None = None) -> int:
         from gastown.up import run_up
 
         return run_up(state_dir=args.dir)
+    if args.cmd in ("agents", "logs", "town"):
+        from gastown.operator import run_operator
+
+        return run_operator(f"town {args.town_cmd}" if args.cmd == "town" else args.cmd, args)
     return 2
 
 

@@ -6,6 +6,7 @@ import asyncio
 from aiohttp import web
 
 from control_server.auth import auth_middleware
+from control_server.openapi import OPENAPI_PATH, openapi_handler, public_openapi
 from gastown.http import ApiError, error_middleware, path_id, read_model
 from supervisor.errors import Draining, SupervisorError
 from supervisor.hotswap import hot_swap
@@ -108,7 +109,7 @@ async def refresh_token(request: web.Request) -> web.Response:
 async def agent_events(request: web.Request) -> web.Response:
     rec = _rt(request).supervisor.get(path_id(request, "agent_id"))
     raw = request.query.get("after", "0")
-    if not raw.isdigit() or len(raw) > 18:
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
         raise ApiError(400, "INVALID_REQUEST", "after must be a non-negative integer")
     return web.json_response({"events": rec.events.after(int(raw))})
 
@@ -121,7 +122,7 @@ async def metrics(request: web.Request) -> web.Response:
 
 def create_app(runtime: ContainerRuntime) -> web.Application:
     app = web.Application(
-        middlewares=[error_middleware, auth_middleware(runtime.cfg.control_token), supervisor_errors],
+        middlewares=[error_middleware, public_openapi(auth_middleware(runtime.cfg.control_token)), supervisor_errors],
         client_max_size=2 * 1024 * 1024,
     )
     app[RUNTIME] = runtime
@@ -137,4 +138,5 @@ def create_app(runtime: ContainerRuntime) -> web.Application:
     app.router.add_patch("/agents/{agent_id}/model", patch_model)
     app.router.add_post("/refresh-token", refresh_token)
     app.router.add_get("/metrics", metrics)
+    app.router.add_get(OPENAPI_PATH, openapi_handler)
     return app

@@ -108,13 +108,25 @@ def get_logger(name: str) -> EventLogger:
     return EventLogger(name)
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at emit time (a test's capture, or a replaced stream),
+    never to a stream object that may since have been closed."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
+
+
 def configure(level: str = "INFO", stream: Any = None) -> None:
     """Route the root logger to JSON lines on stderr (idempotent)."""
     root = logging.getLogger()
     for h in list(root.handlers):
         if getattr(h, "_gastown", False):
             root.removeHandler(h)
-    handler = logging.StreamHandler(stream or sys.stderr)
+    handler = logging.StreamHandler(stream) if stream is not None else _StderrHandler()
     handler.setFormatter(JsonFormatter())
     handler._gastown = True  # type: ignore[attr-defined]
     root.addHandler(handler)

@@ -27,9 +27,16 @@ def pytest_collection_modifyitems(config, items):
         raise pytest.UsageError(f"kilo binary missing at {KILO_BIN}: run `make test` (it installs it)")
 
 
+class PatientFakeLLM(FakeLLM):
+    """The fake model with a longer default wait: under load a kilo turn can take a minute."""
+
+    async def wait_for(self, predicate=lambda r: True, timeout: float = 120.0):
+        return await super().wait_for(predicate, timeout)
+
+
 @pytest.fixture
 async def fake_llm() -> AsyncIterator[FakeLLM]:
-    async with FakeLLM(slow_interval=0.5) as llm:
+    async with PatientFakeLLM(slow_interval=0.5) as llm:
         yield llm
 
 
@@ -57,7 +64,7 @@ class Container:
     async def start_agent(self, **overrides: Any) -> tuple[int, Any]:
         return await self.request("POST", "/agents/start", json=start_body(**overrides))
 
-    async def wait_status(self, agent_id: str, pred: Callable[[dict], bool], timeout: float = 30.0) -> dict:
+    async def wait_status(self, agent_id: str, pred: Callable[[dict], bool], timeout: float = 120.0) -> dict:
         deadline = asyncio.get_running_loop().time() + timeout
         while True:
             status, body = await self.request("GET", f"/agents/{agent_id}/status")
@@ -90,6 +97,11 @@ def runtime_config(tmp_path: Path, fake_llm: FakeLLM) -> RuntimeConfig:
         kilo_providers=fake_llm.provider_config(),
         heartbeat_interval_s=30.0,
         memory_log_interval_s=30.0,
+        # Generous budgets: a busy CI box runs several kilo starts at once on 2 cores.
+        kilo_start_timeout_s=120.0,
+        hot_swap_timeout_s=90.0,
+        health_timeout_s=10.0,
+        health_failures=6,
     )
 
 

@@ -33,7 +33,7 @@ class ContainerProc:
                                  timeout=aiohttp.ClientTimeout(total=90)) as r:
                 return r.status, await r.json(content_type=None)
 
-    async def wait_ready(self, timeout: float = 120) -> None:
+    async def wait_ready(self, timeout: float = 180) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             assert self.proc.poll() is None, "container exited"
@@ -45,7 +45,7 @@ class ContainerProc:
             await asyncio.sleep(0.2)
         raise AssertionError("container never became ready")
 
-    async def wait_status(self, agent_id: str, pred, timeout: float = 60) -> dict:
+    async def wait_status(self, agent_id: str, pred, timeout: float = 120) -> dict:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             code, body = await self.call("GET", f"/agents/{agent_id}/status")

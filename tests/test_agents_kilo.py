@@ -113,7 +113,7 @@ async def test_sigkilled_child_noticed_failed_with_last_exit(container, fake_llm
     status, body = await container.start_agent()
     assert status == 201
     os.kill(body["pid"], signal.SIGKILL)
-    st = await container.wait_status("polecat-1", lambda b: b["status"] == "failed", timeout=5)
+    st = await container.wait_status("polecat-1", lambda b: b["status"] == "failed", timeout=10)
     assert st["last_exit"]["signal"] == signal.SIGKILL
     assert st["last_exit"]["oom_suspected"] is True
     assert "stderr_tail" in st["last_exit"]

@@ -26,7 +26,7 @@ async def _wired_town(worker, make_container, runtime_config, tmp_path):
     return container, town_id, rig["rig_id"]
 
 
-async def _until(fn, timeout: float = 90.0, what: str = "condition"):
+async def _until(fn, timeout: float = 180.0, what: str = "condition"):
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
         value = await fn()

@@ -57,7 +57,7 @@ async def test_model_patch_to_rejected_model_keeps_old_process(container, fake_l
 
 
 async def test_refresh_token_restarts_children_and_reaps_timed_out_spawn(container, fake_llm):
-    container.runtime.cfg.hot_swap_timeout_s = 20.0
+    container.runtime.cfg.hot_swap_timeout_s = 45.0
     ids = ["polecat-a", "polecat-b", "polecat-c"]
     started = await asyncio.gather(*(container.start_agent(agent_id=i, prompt=f"task {i}") for i in ids))
     before = {b["agent_id"]: b for _, b in started}
@@ -65,7 +65,7 @@ async def test_refresh_token_restarts_children_and_reaps_timed_out_spawn(contain
 
     async def slow_spawn_for_c(rec):
         if rec.agent_id == "polecat-c":
-            await asyncio.sleep(22.0)
+            await asyncio.sleep(47.0)
 
     sup.spawn_hooks.append(slow_spawn_for_c)
     status, resp = await container.request("POST", "/refresh-token", json={"token": "fresh-container-token-1234567", "issued_at": 2000})
@@ -79,7 +79,9 @@ async def test_refresh_token_restarts_children_and_reaps_timed_out_spawn(contain
         assert rec.session_id == before[i]["session_id"] and rec.process.pid != before[i]["pid"]
     c = sup.get("polecat-c")
     assert c.process.pid == before["polecat-c"]["pid"] and c.state.value == "running"
-    await asyncio.sleep(14)  # the late spawn finishes, then must be reaped
+    reapers = sup.background.pending()  # the late spawn finishes, then must be reaped
+    assert reapers, "a timed-out spawn must have a reaper"
+    await asyncio.wait(reapers, timeout=180)
     assert sorted(p.pid for p in kilo_processes()) == sorted(sup.get(i).process.pid for i in ids)
     assert "fresh-container-token" not in str(resp)
 

@@ -4,7 +4,16 @@ from __future__ import annotations
 import io
 import json
 
+import pytest
+
 from gastown import jsonlog
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging():
+    yield
+    jsonlog.configure()
+    jsonlog.set_town_id(None)
 
 
 def _capture():

@@ -12,7 +12,7 @@ from tests.conftest import start_body
 pytestmark = pytest.mark.kilo
 
 
-async def _wait_event(worker, town_id: str, pred, timeout: float = 20.0) -> dict:
+async def _wait_event(worker, town_id: str, pred, timeout: float = 120.0) -> dict:
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
         for e in await worker.events(town_id):
@@ -46,7 +46,7 @@ async def test_sigkilled_child_reported_failed_to_worker(town, fake_llm):
     status, body = await container.start_agent(town_id=town_id)
     assert status == 201
     os.kill(body["pid"], signal.SIGKILL)
-    event = await _wait_event(worker, town_id, lambda e: e["event_type"] == "agent_completed", timeout=5)
+    event = await _wait_event(worker, town_id, lambda e: e["event_type"] == "agent_completed", timeout=10)
     assert event["agent_id"] == "polecat-1" and '"failed"' in event["payload"]
 
 

@@ -13,7 +13,10 @@ FROM node:20-bookworm-slim AS kilo
 WORKDIR /opt/kilo
 COPY package.json package-lock.json ./
 # The wrapper package's postinstall only copies the native binary we take directly: skip scripts.
-RUN npm ci --omit=dev --ignore-scripts --no-audit --no-fund \
+# `npm install`, not `npm ci`: kilo 7.7.7 lists optional platform packages that do not exist at that
+# version, so they are absent from the lock and `npm ci` rejects it; with the exact pin and the lock
+# present, `npm install` installs the locked packages and nothing else.
+RUN npm install --omit=dev --ignore-scripts --no-audit --no-fund \
  && node_modules/@kilocode/cli-linux-x64/bin/kilo --version
 
 # --- stage 2: the runtime and its dependencies in a venv (copied whole into the final image) -----

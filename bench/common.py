@@ -173,8 +173,9 @@ async def fake_llm() -> AsyncIterator[FakeLLM]:
 
 
 def runtime_config(data_dir: Path, llm: FakeLLM, **overrides: Any) -> RuntimeConfig:
+    # No idle stops during a run: on a loaded box hydration can outlast the 120 s idle timeout.
     cfg = RuntimeConfig(data_dir=data_dir, control_token=CONTROL_TOKEN, kilo_providers=llm.provider_config(),
-                        heartbeat_interval_s=30.0, memory_log_interval_s=30.0)
+                        heartbeat_interval_s=30.0, memory_log_interval_s=30.0, idle_timeout_s=3600.0)
     for k, v in overrides.items():
         setattr(cfg, k, v)
     return cfg

@@ -44,6 +44,7 @@ async def cold(tmp: Path) -> dict:
         container = await start_container(runtime_config(tmp / "container", llm))
         bare_runs: list[dict] = []
         rt_runs: list[float] = []
+        pairs: list[dict[str, float]] = []
         git_times: list[float] = []
         try:
             async def run_bare(tag: str) -> dict:
@@ -74,11 +75,15 @@ async def cold(tmp: Path) -> dict:
             for i, side in enumerate(abba(COLD_PAIRS)):
                 await assert_no_kilo_left()
                 await asyncio.sleep(0.3)
+                if i % 2 == 0:
+                    pairs.append({})
                 if side == "A":
                     bare_runs.append(await run_bare(str(i)))
+                    pairs[-1]["bare"] = bare_runs[-1]["total_s"]
                     log(f"cold_start: bare    {ms(bare_runs[-1]['total_s']):8.1f} ms")
                 else:
                     rt_runs.append(await run_runtime(str(i)))
+                    pairs[-1]["runtime"] = rt_runs[-1]
                     log(f"cold_start: runtime {ms(rt_runs[-1]):8.1f} ms")
         finally:
             await container.close()
@@ -91,6 +96,7 @@ async def cold(tmp: Path) -> dict:
         "bare_kilo_ms_median": ms(bare_med),
         "ratio": round(rt_med / bare_med, 3),
         "ratio_of_minima": round(min(rt_runs) / min(bare_totals), 3),
+        "pair_ratios": [round(p["runtime"] / p["bare"], 3) for p in pairs],
         "target": "ratio <= 1.10",
         "pass": rt_med / bare_med <= 1.10,
         "overhead_ms_median": ms(rt_med - bare_med),
@@ -153,7 +159,7 @@ async def warm(tmp: Path) -> dict:
                         raise RuntimeError(f"run {i}: expected {kind}, resumed={rec.resumed}")
                     if kind == "first_start":
                         await llm.wait_for(lambda r, p=prompt: p in r.last_user_text, timeout=60)
-                    await settle(proc.pids(), max_s=5.0)  # let the turn finish before stopping
+                    await settle(proc.pids(), max_s=2.0)  # let the turn finish before stopping
                     runs[kind].append(elapsed)
                     log(f"warm_start: {kind:11s} {ms(elapsed):7.1f} ms")
                     status, _ = await container.request("POST", "/agents/mayor/stop")

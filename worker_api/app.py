@@ -22,6 +22,8 @@ from worker_api.auth import auth_middleware
 from worker_api.db import Database
 from worker_api.openapi import OPENAPI_PATH, openapi_handler
 from worker_api.reconciler import service as reconciler_service
+from worker_api.scm import routes as scm_routes
+from worker_api.scm.base import ScmProvider
 from worker_api.tokens import ContainerTokens
 
 log = get_logger("worker_api.app")
@@ -51,6 +53,7 @@ def create_app(
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     container_client: Any = None,
     container_provider: Any = None,
+    scm_provider: ScmProvider | None = None,
 ) -> web.Application:
     """The worker API over the SQLite file ``db_path`` (created and migrated here).
 
@@ -61,6 +64,10 @@ def create_app(
     (``run_reconciler=None``) they run only on the real clock: under a fake ``now`` a loop's
     deadlines would never arrive, and such tests drive ticks themselves. Pass ``True`` with a fake
     ``sleep`` to run the loops in virtual time.
+
+    ``scm_provider`` (e.g. ``worker_api.scm.GitHubProvider.from_env()``) polls and merges the PRs of
+    merge requests; ``None`` leaves them alone (a PR merge request then fails after R4's timeout
+    unless a poll marked it awaiting approval). Rig tokens are set with ``PUT .../rigs/{r}/scm``.
     """
     if not admin_token:
         raise ValueError("admin_token must not be empty")
@@ -75,10 +82,11 @@ def create_app(
     worker_metrics.add_routes(app)
     routes_user.add_routes(app)
     routes_tools.add_routes(app)
+    scm_routes.add_routes(app)
     app.router.add_get(OPENAPI_PATH, openapi_handler)
     reconciler_service.install(
         app, run=run_reconciler if run_reconciler is not None else now is time.time, clock=now, sleep=sleep,
-        container=container_client, provider=container_provider,
+        container=container_client, provider=container_provider, scm=scm_provider,
     )
     app.on_startup.append(_register_stored_secrets)
     app.on_cleanup.append(_close_db)

@@ -172,6 +172,7 @@ def _poll(conn: sqlite3.Connection, ctx: ApplyContext, a: A.PollPr) -> None:
 
 def _merge(conn: sqlite3.Connection, ctx: ApplyContext, a: A.MergePr) -> None:
     bx.merge_metadata(conn, ctx.town_id, a.bead_id, {"auto_merge_pending": None})
+    bx.update_review(conn, ctx.town_id, a.bead_id, last_poll_at=ctx.now)  # the merge effect polls first
     ctx.effects.append(Effect("merge_pr", bead_id=a.bead_id, data={"pr_url": a.pr_url}))
 
 

@@ -61,6 +61,12 @@ def _on_mr_terminal(conn: sqlite3.Connection, town_id: str, mr: dict[str, Any], 
         if to == "closed" and convoy_id:
             bx.update_convoy_meta(conn, town_id, convoy_id, landed_at=now)
             finish_convoy(conn, town_id, convoy_id, "closed", now, reason="landed")
+        elif convoy_id and meta.get("awaiting_approval"):
+            # reconcile_convoys will not create another landing MR while this PR waits for a human.
+            log.info("reconciler.respawn_suppressed", town=town_id, convoy_id=convoy_id, bead_id=mr["bead_id"],
+                     reason="awaiting_approval")
+            bx.record(conn, town_id, convoy_id, "reconciler.respawn_suppressed", now, mr_bead_id=mr["bead_id"],
+                      reason="awaiting_approval")
         return
     source_id = meta.get("source_bead_id")
     source = bx.get_bead(conn, town_id, source_id) if source_id else None

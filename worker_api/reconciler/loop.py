@@ -136,7 +136,8 @@ class ReconcilerService:
         await asyncio.gather(*tasks, return_exceptions=True)
         self._tasks.clear()
         self.loops.clear()
-        close = getattr(self.deps.container, "aclose", None)
-        if close is not None:
-            await close()
+        for client in (self.deps.container, self.deps.scm):
+            close = getattr(client, "aclose", None)
+            if close is not None:
+                await close()
         log.info("reconciler.stopped")

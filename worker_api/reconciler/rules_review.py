@@ -25,6 +25,12 @@ from worker_api.reconciler.constants import (
 from worker_api.reconciler.plan import Plan
 
 
+def _merge_held(meta: dict) -> bool:
+    """A human hold seen by the last poll: never plan a merge over it (seed PR #3138)."""
+    return bool(meta.get("awaiting_approval") or meta.get("is_draft")
+                or meta.get("review_decision") == "CHANGES_REQUESTED")
+
+
 def reconcile_review_queue(plan: Plan) -> None:
     s, now = plan.s, plan.now
     mrs = [b for b in s.beads.values() if b.type == "merge_request"]
@@ -38,15 +44,19 @@ def reconcile_review_queue(plan: Plan) -> None:
         hooked = plan.hooks.get(mr.bead_id, [])
         working = [a for a in hooked if a.status in ("working", "stalled")]
         age = now - mr.updated_at
-        awaiting = bool(mr.metadata.get("awaiting_approval"))
+        meta = mr.metadata
+        awaiting = bool(meta.get("awaiting_approval"))
         if pr_url:
-            # R1: poll the PR (rate-limited), and merge once auto-merge is pending.
+            # R1: poll the PR (rate-limited), and merge once auto-merge is pending unless the last
+            # poll saw a human hold (the merge effect polls again before merging).
             if review is not None and (review.last_poll_at is None or now - review.last_poll_at >= PR_POLL_INTERVAL_MS):
                 plan.add(PollPr(mr.bead_id, pr_url))
-            if mr.metadata.get("auto_merge_pending"):
+            if meta.get("auto_merge_pending") and not _merge_held(meta):
                 plan.add(MergePr(mr.bead_id, pr_url))
             # R4: a PR nobody is watching any more fails, unless it is waiting for a human approval.
-            if age > PR_ORPHANED_MS and not working and not awaiting and plan.claim(mr.bead_id):
+            # The clock restarts when the approval arrives, so the auto-merge delay can still run.
+            pr_age = now - max(mr.updated_at, int(meta.get("awaiting_approval_resolved_at") or 0))
+            if pr_age > PR_ORPHANED_MS and not working and not awaiting and plan.claim(mr.bead_id):
                 plan.add(TransitionBead(mr.bead_id, "in_progress", "failed", "pr_orphaned"))
             continue
         if not working and age > MR_STUCK_MS and plan.claim(mr.bead_id):  # R2

@@ -16,7 +16,8 @@ from aiohttp import web
 from worker_api.appkeys import DB
 from worker_api.dispatch import ContainerClient, ContainerProvider, HttpContainerClient
 from worker_api.reconciler.loop import CALLBACK_DELAY_S, NEW_WORK_DELAY_S, ReconcilerService
-from worker_api.reconciler.tick import PrProvider, TickDeps
+from worker_api.reconciler.tick import TickDeps
+from worker_api.scm.base import ScmProvider
 
 RECONCILER = web.AppKey("worker_reconciler", ReconcilerService)
 
@@ -41,9 +42,9 @@ async def arm_middleware(request: web.Request, handler: Callable[[web.Request], 
 
 def install(app: web.Application, *, run: bool, clock: Callable[[], float] = time.time,
             sleep: Callable[[float], Awaitable[None]] = asyncio.sleep, container: ContainerClient | None = None,
-            provider: ContainerProvider | None = None, pr: PrProvider | None = None) -> ReconcilerService:
+            provider: ContainerProvider | None = None, scm: ScmProvider | None = None) -> ReconcilerService:
     """Create the service (always: routes use it) and, when ``run``, start/stop it with the app."""
-    deps = TickDeps(container=container or HttpContainerClient(), provider=provider, pr=pr)
+    deps = TickDeps(container=container or HttpContainerClient(), provider=provider, scm=scm)
     service = ReconcilerService(app[DB], deps, clock=clock, sleep=sleep)
     app[RECONCILER] = service
     if run:

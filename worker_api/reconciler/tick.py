@@ -12,7 +12,7 @@ import asyncio
 import sqlite3
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Any, Callable
 
 from gastown.jsonlog import get_logger
 from worker_api import beads as bx
@@ -32,6 +32,8 @@ from worker_api.reconciler.events_apply import DEAD_STATUSES, drain_events
 from worker_api.reconciler.invariants import check_invariants
 from worker_api.reconciler.reconcile import has_active_work, reconcile
 from worker_api.reconciler.state import load_state
+from worker_api.scm.base import ScmProvider
+from worker_api.scm.pr_sync import run_pr_effect
 
 log = get_logger("worker_api.reconciler")
 
@@ -39,18 +41,11 @@ K_LAST_IDLE_STOP = "container:last_idle_stop_at"
 K_LAST_PRUNE = "reconciler:last_prune_at"
 
 
-class PrProvider(Protocol):
-    """Code-host access for PR-based reviews; returns the PR state (open | merged | closed)."""
-
-    async def poll(self, pr_url: str) -> str: ...
-    async def merge(self, pr_url: str) -> bool: ...
-
-
 @dataclass
 class TickDeps:
     container: ContainerClient
     provider: ContainerProvider | None = None
-    pr: PrProvider | None = None
+    scm: ScmProvider | None = None   # None: PR-based merge requests are neither polled nor merged
     ids: bx.IdFactory = bx.new_id
     status_concurrency: int = 16
 
@@ -159,12 +154,8 @@ async def _run_effect(db: Database, town_id: str, target: Target, deps: TickDeps
         elif e.kind == "message":
             if await deps.container.send_message(target, e.agent_id or "", e.data["prompt"]):
                 await db.run(nudges.mark_nudge_delivered, town_id, e.agent_id, e.data["nudge_id"], clock_ms())
-        elif e.kind in ("poll_pr", "merge_pr") and deps.pr is not None:
-            state = await deps.pr.poll(e.data["pr_url"]) if e.kind == "poll_pr" else \
-                ("merged" if await deps.pr.merge(e.data["pr_url"]) else "open")
-            if state in ("merged", "closed"):
-                await db.run(ev.insert_event, town_id, "pr_status_changed", bead_id=e.bead_id,
-                             payload={"state": state}, now_ms=clock_ms())
+        elif e.kind in ("poll_pr", "merge_pr") and deps.scm is not None and e.bead_id:
+            await run_pr_effect(db, town_id, deps.scm, e.kind, e.bead_id, e.data["pr_url"], clock_ms)
     except Exception as exc:  # noqa: BLE001
         log.error("effect.failed", town=town_id, kind=e.kind, agent_id=e.agent_id, error=repr(exc))
 

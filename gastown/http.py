@@ -85,9 +85,16 @@ async def read_json(request: web.Request, *, default: Any = None) -> Any:
             return default
         raise ApiError(400, "INVALID_JSON", "request body must be a JSON object")
     try:
-        return json.loads(raw)
+        data = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
         raise ApiError(400, "INVALID_JSON", "request body is not valid JSON") from None
+    try:
+        # JSON may escape lone surrogates ("\udbea"): valid JSON, but not text that SQLite, logs or
+        # responses can encode. Refuse it here rather than fail with a 500 deep inside a handler.
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise ApiError(400, "INVALID_JSON", "request body contains invalid unicode (lone surrogates)") from None
+    return data
 
 
 async def read_model(request: web.Request, model: type[M], *, allow_empty: bool = False) -> M:

@@ -22,6 +22,7 @@ from supervisor.supervisor import Supervisor
 log = get_logger("supervisor.hotswap")
 
 DEFAULT_SWAP_TIMEOUT_S = 20.0
+STARTUP_CALL_TIMEOUT_S = 30.0  # first calls on a fresh kilo boot its directory instance; slow under load
 
 
 class ModelRejected(ModelUpdateFailed):
@@ -47,7 +48,7 @@ async def _close(proc: KiloProcess, client: KiloClient) -> None:
 
 
 async def _provider_lists_model(client: KiloClient, provider: str, model_id: str) -> bool:
-    body = await client._request("GET", "/provider")
+    body = await client._request("GET", "/provider", timeout=STARTUP_CALL_TIMEOUT_S)
     for p in (body or {}).get("all", []):
         if p.get("id") == provider:
             return model_id in (p.get("models") or {})
@@ -82,7 +83,7 @@ async def hot_swap(sup: Supervisor, agent_id: str, *, reason: str, timeout: floa
         old_proc, old_client = rec.process, rec.client
         adopted = False
         try:
-            await client.get_session(rec.session_id)
+            await client._request("GET", f"/session/{rec.session_id}", timeout=STARTUP_CALL_TIMEOUT_S)
             if model is not None:
                 provider, model_id = sup.model_ref(model)
                 if not await _provider_lists_model(client, provider, model_id):

@@ -123,3 +123,9 @@ async def test_no_secret_in_responses_or_logs(container, fake_llm, capfd):
         assert secret not in blob
     assert '"event": "agent.started"' in err
     assert all('"town_id"' in line for line in err.splitlines() if line.startswith("{"))
+
+
+async def test_lone_surrogate_in_json_is_400_not_500(container):
+    raw = b'{"agent_id": "a", "prompt": "\\udbea\\udd43x\\ud808"}'
+    status, resp = await container.request("POST", "/agents/start", data=raw, headers={"Content-Type": "application/json"})
+    assert status == 400 and resp["error"]["code"] == "INVALID_JSON"

@@ -12,6 +12,7 @@ from aiohttp import web
 
 from gastown import jsonlog
 from worker_api.app import create_app
+from worker_api.scm.github import GitHubProvider
 from worker_api.db import SchemaTooNewError
 
 log = jsonlog.get_logger("worker_api.main")
@@ -21,7 +22,7 @@ REQUIRED_ENV = ("GASTOWN_ADMIN_TOKEN", "GASTOWN_JWT_SECRET")
 
 
 async def _serve(host: str, port: int, db_path: str, admin_token: str, jwt_secret: str) -> None:
-    app = create_app(db_path, admin_token=admin_token, jwt_secret=jwt_secret)
+    app = create_app(db_path, admin_token=admin_token, jwt_secret=jwt_secret, scm_provider=GitHubProvider.from_env())
     runner = web.AppRunner(app, handle_signals=False)
     await runner.setup()
     stop = asyncio.Event()

@@ -95,11 +95,13 @@ def median(values: Iterable[float]) -> float:
     return statistics.median(list(values))
 
 
-def abba(n_pairs: int) -> list[str]:
-    """Interleaving A B B A A B ...: drift on a shared machine hits both sides alike."""
+def abba(n_pairs: int, first: str = "A") -> list[str]:
+    """Interleaving A B B A A B ... (or B A A B ... with ``first="B"``): drift on a shared machine
+    hits both sides alike."""
+    x, y = ("A", "B") if first == "A" else ("B", "A")
     out: list[str] = []
     for i in range(n_pairs):
-        out += ["A", "B"] if i % 2 == 0 else ["B", "A"]
+        out += [x, y] if i % 2 == 0 else [y, x]
     return out
 
 

@@ -4,8 +4,9 @@ cold_start: ``POST /agents/start`` → 201 (workspace ready, kilo spawned and he
 event stream live, prompt sent) against the floor set by kilo itself: spawn ``kilo serve`` with the
 env the runtime builds, wait for its listening line, create a session and send the prompt by hand
 (``KiloProcess`` + ``KiloClient``; its git workspace is prepared outside the timing). Both sides use a
-fresh agent dir (kilo creates its db), alternate A B B A, and each run is checked end to end: the
-fake model must receive the prompt before the agent is stopped. Target: ratio of medians ≤ 1.10.
+fresh agent dir (kilo creates its db), alternate B A A B after one unmeasured start of each, and each
+run is checked end to end: the fake model must receive the prompt before the agent is stopped.
+Target: ratio of medians ≤ 1.10 (per-pair ratios are reported too).
 
 warm_start: a worker with a town whose mayor is known; the container prewarms the mayor's kilo during
 boot hydration, then ``POST /agents/start`` for the mayor is timed. Between runs the mayor is stopped
@@ -70,9 +71,11 @@ async def cold(tmp: Path) -> dict:
                 assert status == 200
                 return elapsed
 
-            log("cold_start: warm-up (one runtime start, not measured)")
+            log("cold_start: warm-up (one of each, not measured)")
+            await run_bare("warmup")
             await run_runtime("warmup")
-            for i, side in enumerate(abba(COLD_PAIRS)):
+            # B first: whatever slows the first measured run (it often is) counts against the runtime.
+            for i, side in enumerate(abba(COLD_PAIRS, first="B")):
                 await assert_no_kilo_left()
                 await asyncio.sleep(0.3)
                 if i % 2 == 0:
@@ -97,6 +100,7 @@ async def cold(tmp: Path) -> dict:
         "ratio": round(rt_med / bare_med, 3),
         "ratio_of_minima": round(min(rt_runs) / min(bare_totals), 3),
         "pair_ratios": [round(p["runtime"] / p["bare"], 3) for p in pairs],
+        "pair_ratio_median": round(median(p["runtime"] / p["bare"] for p in pairs), 3),
         "target": "ratio <= 1.10",
         "pass": rt_med / bare_med <= 1.10,
         "overhead_ms_median": ms(rt_med - bare_med),
@@ -106,7 +110,7 @@ async def cold(tmp: Path) -> dict:
                                   for k in ("listening_s", "session_s", "prompt_s")},
         "workspace_git_init_ms_median": ms(median(git_times)),
         "pairs": COLD_PAIRS,
-        "order": "A B B A ... (A = bare kilo, B = /agents/start), after one unmeasured runtime start",
+        "order": "B A A B ... (A = bare kilo, B = /agents/start), after one unmeasured start of each",
         "machine": machine(),
         "total_s": round(time.monotonic() - t_begin, 1),
     }

@@ -225,6 +225,11 @@ async def test_worker_responses_match_document(aiohttp_client, tmp_path: Path) -
     await do("POST", f"{T}/rigs", 201, json={"rig_id": "rig-1", "name": "r", "git_url": "https://example.invalid/r.git",
                                              "max_dispatch_attempts": 3})
     await do("GET", f"{T}/rigs", 200)
+    rig = {"r": "rig-1"}
+    await do("PUT", f"{T}/rigs/{{r}}/scm", 200, ids=rig, json={"github_token": "ghp_" + "x" * 36,
+                                                                "auto_merge_delay_minutes": 5})
+    scm = await do("GET", f"{T}/rigs/{{r}}/scm", 200, token=ctok, ids=rig)
+    assert scm["token_configured"] and "ghp_" not in str(scm)
     bead = (await do("POST", f"{T}/beads", 201, json={"rig_id": "rig-1", "title": "fix it", "labels": ["x"],
                                                        "metadata": {"k": 1}}))["bead_id"]
     await do("GET", f"{T}/beads", 200, params={"status": "open", "type": "issue", "rig_id": "rig-1"})

@@ -307,7 +307,8 @@ def seed_worker(url: str, session: requests.Session) -> dict[str, Any]:
     return {
         "town_id": t,
         "container_token": town["container_token"],
-        "path_ids": {"t": [t], "a": agents, "b": beads + convoy["bead_ids"], "c": [convoy["convoy_id"]]},
+        "path_ids": {"t": [t], "a": agents, "b": beads + convoy["bead_ids"], "c": [convoy["convoy_id"]],
+                     "r": ["rig-fuzz"]},
         "body_ids": {"rig_id": ["rig-fuzz"], "agent_id": agents, "from_agent_id": agents, "to_agent_id": agents,
                      "nudge_id": [nudge["nudge_id"]]},
     }
@@ -345,3 +346,17 @@ def test_worker_api_conforms(worker: dict[str, Any], budget: Budget, label: str)
         budget=budget,
     )
     assert statuses, "no request was made"
+
+
+# ---------------------------------------------------------------- found by fuzzing with more examples
+
+
+@pytest.mark.xfail(strict=True, reason="worker_api.models.Heartbeat: message_count and last_event_at are unbounded; "
+                                       "a value past SQLite INTEGER (2**63-1) raises OverflowError -> 500")
+@pytest.mark.parametrize("field, value", [("message_count", 2**63), ("last_event_at", 1e30)])
+def test_heartbeat_with_out_of_range_integer_is_a_4xx(worker: dict[str, Any], field: str, value: Any) -> None:
+    t = worker["town_id"]
+    r = worker["session"].post(f"{worker['url']}/api/towns/{t}/agents/polecat-1/heartbeat",
+                               json={"status": "running", field: value},
+                               headers={"Authorization": f"Bearer {worker['container_token']}"}, timeout=30)
+    assert 400 <= r.status_code < 500, (r.status_code, r.text)

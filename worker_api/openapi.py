@@ -25,6 +25,7 @@ from worker_api import models as m
 from worker_api import routes_tools as tools
 from worker_api import routes_user as user
 from worker_api.auth import public
+from worker_api.scm import routes as scm
 
 OPENAPI_PATH = "/openapi.json"
 _REF = "#/components/schemas/{model}"
@@ -52,6 +53,7 @@ REQUEST_MODELS: tuple[type[BaseModel], ...] = (
     m.NudgeDelivered, m.EnqueueNudge, m.ContainerEvent, m.ContainerReady, m.RegistryEntry,
     user.CreateRig, user.CreateBead, user.PatchBead, user.Sling, user.CreateConvoy,
     tools.CloseBead, tools.Reassign, tools.RequestChanges, tools.Mail, tools.Escalation, tools.Checkpoint,
+    scm.ScmConfig,
 )
 
 
@@ -152,6 +154,8 @@ def response_schemas() -> dict[str, Any]:
                                 "landed_at", "progress"], extra=True),
         "MailMessage": obj({"mail_id": S, "from_agent_id": S, "to_agent_id": S, "subject": S, "body": S,
                      "created_at": MS}),
+        "ScmView": obj({"rig_id": ID, "provider": {"const": "github"}, "token_configured": B,
+                        "auto_merge_delay_minutes": {"type": "number", "minimum": 0}}),
         "TownStatus": obj({
             "town_id": ID, "draining": B,
             "beads": obj({"by_status": COUNTS, "by_type": COUNTS}),
@@ -180,7 +184,7 @@ def _resp(description: str, schema: dict[str, Any]) -> dict[str, Any]:
 
 
 def _params(path: str) -> list[dict[str, Any]]:
-    names = {"t": "town id", "a": "agent id", "b": "bead id", "c": "convoy (bead) id"}
+    names = {"t": "town id", "a": "agent id", "b": "bead id", "c": "convoy (bead) id", "r": "rig id"}
     return [{"name": n, "in": "path", "required": True, "description": d, "schema": {"type": "string", "pattern": ID_PATTERN}}
             for n, d in names.items() if "{" + n + "}" in path]
 
@@ -261,6 +265,10 @@ def operations() -> list[tuple[str, str, dict[str, Any]]]:
         # user routes (routes_user)
         _op("post", f"{T}/rigs", "createRig", "town", 201, ref("Rig"), body=user.CreateRig, errors=(409,)),
         _op("get", f"{T}/rigs", "listRigs", "town", 200, obj({"rigs": {"type": "array", "items": ref("Rig")}})),
+        _op("put", f"{T}/rigs/{{r}}/scm", "putRigScm", "admin", 200, ref("ScmView"), body=scm.ScmConfig,
+            summary="Set (or with null remove) the rig's GitHub token and auto-merge delay; absent fields unchanged"),
+        _op("get", f"{T}/rigs/{{r}}/scm", "getRigScm", "town", 200, ref("ScmView"),
+            summary="Whether a token is configured (never the token) and the auto-merge delay"),
         _op("post", f"{T}/beads", "createBead", "town", 201, ref("Bead"), body=user.CreateBead),
         _op("get", f"{T}/beads", "listBeads", "town", 200, obj({"beads": {"type": "array", "items": ref("Bead")}}),
             query=q_beads),

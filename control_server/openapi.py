@@ -95,7 +95,7 @@ ERROR_DESCRIPTIONS = {
     409: "Conflict (AGENT_NOT_RUNNING, TOWN_MISMATCH)",
     413: "Body larger than the limit (PAYLOAD_TOO_LARGE)",
     422: "The provider does not offer the requested model (MODEL_NOT_AVAILABLE)",
-    502: "kilo could not be brought up or swapped (AGENT_START_FAILED, MODEL_UPDATE_FAILED); details in extra error keys",
+    502: "kilo could not be brought up, swapped or reached (AGENT_START_FAILED, MODEL_UPDATE_FAILED, AGENT_UNREACHABLE); details in extra error keys",
     503: "Draining, boot hydration not finished in time, or not enough memory (DRAINING, HYDRATING, INSUFFICIENT_MEMORY)",
 }
 
@@ -290,7 +290,7 @@ def _document() -> dict[str, Any]:
                 "summary": "Send a prompt to a running agent",
                 "parameters": [AGENT_ID_PARAM],
                 "requestBody": body(MessageRequest),
-                "responses": {"202": response("Sent", obj({"sent": {"const": True}})), **errors(400, 401, 404, 409, 413)},
+                "responses": {"202": response("Sent", obj({"sent": {"const": True}})), **errors(400, 401, 404, 409, 413, 502)},
             }
         },
         "/agents/{agent_id}/events": {

@@ -20,6 +20,12 @@ class AgentNotRunning(SupervisorError):
     code, status = "AGENT_NOT_RUNNING", 409
 
 
+class AgentUnreachable(SupervisorError):
+    """The agent is running but its kilo refused or did not answer."""
+
+    code, status = "AGENT_UNREACHABLE", 502
+
+
 class TownMismatch(SupervisorError):
     code, status = "TOWN_MISMATCH", 409
 

@@ -17,7 +17,7 @@ import psutil
 from gastown.jsonlog import get_logger, register_secret, set_town_id
 from supervisor.agent import AgentRecord
 from supervisor.config import RuntimeConfig
-from supervisor.errors import AgentNotFound, AgentNotRunning, InsufficientMemory, StartFailed, TownMismatch
+from supervisor.errors import AgentNotFound, AgentNotRunning, AgentUnreachable, InsufficientMemory, StartFailed, TownMismatch
 from supervisor.kilo_client import KiloApiError, KiloClient
 from supervisor.kilo_env import AgentPaths, build_child_env, build_kilo_config, config_content, git_identity, split_model
 from supervisor.kilo_process import KiloProcess, KiloStartError, allocate_port
@@ -332,7 +332,10 @@ class Supervisor:
         rec = self.get(agent_id)
         if rec.state != AgentState.running or rec.client is None or rec.session_id is None:
             raise AgentNotRunning(f"agent {agent_id} is {rec.state.value}, not running")
-        await rec.client.prompt_async(rec.session_id, prompt, model=self.model_ref(rec.model))
+        try:
+            await rec.client.prompt_async(rec.session_id, prompt, model=self.model_ref(rec.model))
+        except KiloApiError as e:
+            raise AgentUnreachable(f"kilo of agent {agent_id} did not accept the message: {e}", upstream_status=e.status) from e
         rec.message_count += 1
         rec.last_activity_at = time.time()
         await self._notify(rec, "message")

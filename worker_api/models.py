@@ -25,6 +25,10 @@ def _check_id(v: str) -> str:
     return v
 
 
+MAX_EPOCH_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z: keeps every time inside SQLite INTEGER
+MAX_COUNT = 2**53  # counters beyond JSON's exact integers are garbage, and 2**63 overflows SQLite
+
+
 def _to_epoch_ms(v: int | float | str) -> int:
     """Numbers are epoch ms (values below 1e11, i.e. before 1973 in ms, are taken as seconds);
     strings are ISO-8601 (``Z`` or an offset; naive means UTC)."""
@@ -38,7 +42,10 @@ def _to_epoch_ms(v: int | float | str) -> int:
         return int(dt.timestamp() * 1000)
     if v < 0 or v != v or v in (float("inf"), float("-inf")):
         raise ValueError("must be a non-negative finite number")
-    return int(v * 1000) if v < 1e11 else int(v)
+    ms = int(v * 1000) if v < 1e11 else int(v)
+    if ms > MAX_EPOCH_MS:
+        raise ValueError("must be a time before year 10000")
+    return ms
 
 
 def _check_http_url(v: str) -> str:
@@ -89,7 +96,7 @@ class Heartbeat(Body):
     last_event_type: Optional[BlankableText] = None
     last_event_at: Optional[EpochMs] = None
     active_tools: Annotated[list[Annotated[str, Field(max_length=200)]], Field(max_length=200)] = []
-    message_count: Annotated[int, Field(ge=0)] = 0
+    message_count: Annotated[int, Field(ge=0, le=MAX_COUNT)] = 0
     container_instance_id: Optional[BlankableText] = None
     # Only for an agent the worker does not know yet (see routes_container.heartbeat).
     role: Optional[Role] = None

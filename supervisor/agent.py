@@ -21,6 +21,8 @@ from supervisor.states import ACTIVE_STATES, AgentState, check_transition
 
 log = get_logger("supervisor.agent")
 
+RSS_CACHE_S = 1.0
+
 
 @dataclass
 class AgentRecord:
@@ -52,6 +54,7 @@ class AgentRecord:
     events: EventBuffer = field(default_factory=EventBuffer)
     tasks: set[asyncio.Task] = field(default_factory=set)
     event_task: asyncio.Task | None = None
+    _rss_cache: tuple[int, float, int] | None = None
     on_event: Callable[["AgentRecord", dict[str, Any]], None] | None = None
 
     def __post_init__(self) -> None:
@@ -106,10 +109,17 @@ class AgentRecord:
         self.events.append(etype, props)
         return True
 
-    def rss_bytes(self) -> int:
+    def rss_bytes(self, max_age_s: float = RSS_CACHE_S) -> int:
+        """RSS of the kilo tree, cached briefly: a tree walk scans /proc (ms), status calls are hot."""
         if self.process is None or not self.process.running:
             return 0
-        return self.process.rss_bytes()
+        now = time.monotonic()
+        cached = self._rss_cache
+        if cached is not None and cached[0] == self.process.pid and now - cached[1] < max_age_s:
+            return cached[2]
+        value = self.process.rss_bytes()
+        self._rss_cache = (self.process.pid, now, value)
+        return value
 
     def status(self) -> dict[str, Any]:
         proc = self.process

@@ -111,9 +111,12 @@ class Supervisor:
             t0 = time.monotonic()
             try:
                 await self._launch(rec)
-            except Exception as e:
-                await self._abort_start(rec, e)
-                raise self._start_error(e) from e
+            except BaseException as e:
+                # Cancelled too (shutdown during hydration): never leave a spawned kilo behind.
+                await asyncio.shield(self._abort_start(rec, e))
+                if isinstance(e, Exception):
+                    raise self._start_error(e) from e
+                raise
             log.info("agent.started", agent_id=rec.agent_id, role=req.role.value, pid=rec.process.pid if rec.process else None,
                      port=rec.process.port if rec.process else None, session_id=rec.session_id, resumed=rec.resumed,
                      duration_ms=int((time.monotonic() - t0) * 1000))
@@ -224,6 +227,10 @@ class Supervisor:
             git_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(rec.paths.home), **git_identity(req)}
             await asyncio.to_thread(prepare_workspace, req, rec.paths.workdir, git_env)
             proc, client = await self.launch_server(rec)
+            try:
+                await client.list_sessions()  # kilo boots its directory instance lazily: pay it now
+            except KiloApiError as e:
+                log.warning("mayor.prewarm_warmup_failed", agent_id=req.agent_id, error=str(e))
             self.prewarmed[req.agent_id] = (rec, proc, client)
 
     async def _adopt_prewarmed(self, rec: AgentRecord) -> None:

@@ -26,6 +26,7 @@ from supervisor.tasks import TaskOwner
 log = get_logger("supervisor.persistence")
 
 DB_SUFFIXES = ("", "-wal", "-shm", "-journal")
+MAYOR_SNAPSHOT_EVENTS = {"session.turn.open": "message_stored", "session.idle": "turn_end"}
 
 
 def remove_local_db(db: Path) -> None:
@@ -55,6 +56,7 @@ class Persistence:
         self._snaps: dict[str, AgentSnapshots] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._known_local: set[str] = set()
+        self._queued: dict[str, asyncio.Task] = {}  # per agent: a scheduled snapshot not yet copying
         self.tasks = TaskOwner("persistence")
         self.saved = 0
         self.failed = 0
@@ -122,20 +124,35 @@ class Persistence:
 
     # -- snapshot -----------------------------------------------------------------------------
     def _on_change(self, rec: AgentRecord, what: str) -> None:
-        if what in ("stopped", "crashed") or (what == "message" and rec.request.role.value == "mayor"):
+        if what in ("stopped", "crashed"):
             self.schedule(rec, what)
 
     def _on_event(self, rec: AgentRecord, event: dict[str, Any]) -> None:
-        """The mayor's turn ended: persist its reply too, not only the user's message."""
-        if event.get("type") == "session.idle" and rec.request.role.value == "mayor":
-            self.schedule(rec, "turn_end")
+        """The mayor's conversation is persisted when kilo has stored the user's message (its turn
+        opens) and when the turn ends (the reply). Not when our ``prompt_async`` returns: kilo stores
+        the message after answering 204, so a snapshot taken then missed it."""
+        if rec.request.role.value != "mayor":
+            return
+        etype = event.get("type")
+        if etype in MAYOR_SNAPSHOT_EVENTS:
+            self.schedule(rec, MAYOR_SNAPSHOT_EVENTS[etype])
 
     def schedule(self, rec: AgentRecord, reason: str) -> asyncio.Task:
-        return self.tasks.spawn(self.snapshot(rec, reason), f"snapshot:{rec.agent_id}")
+        """Snapshot in the background. A snapshot still waiting for the agent's lock covers this
+        request too (it copies the DB when it runs), so a chatty agent or a slow store queues at
+        most one snapshot behind the running one."""
+        queued = self._queued.get(rec.agent_id)
+        if queued is not None and not queued.done():
+            return queued
+        task = self.tasks.spawn(self.snapshot(rec, reason), f"snapshot:{rec.agent_id}")
+        self._queued[rec.agent_id] = task
+        return task
 
     async def snapshot(self, rec: AgentRecord, reason: str) -> dict[str, Any] | None:
         """Take one snapshot now; failures are logged and counted, never raised."""
         async with self._lock(rec.agent_id):
+            if self._queued.get(rec.agent_id) is asyncio.current_task():
+                del self._queued[rec.agent_id]
             t0 = time.monotonic()
             try:
                 info = await self.snaps(rec).snapshot_async(str(rec.paths.kilo_db))

@@ -3,15 +3,35 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
+import aiohttp
 import pytest
+from aiohttp.test_utils import TestServer
 
 from gastown.jsonlog import set_town_id
+from tests.conftest import ADMIN_TOKEN, JWT_SECRET, Worker
 from tests.fakes.fake_llm import Reply, ToolCall
-
 from tests.gitrepos import bare_origin
+from worker_api.app import create_app as create_worker_app
 
 pytestmark = pytest.mark.kilo
+
+
+class JumpClock:
+    """Real time plus jumps. Its ``sleep`` ends when *this* clock reaches the deadline, so a jump
+    wakes the worker's reconciler loops as the passing of that time would."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return time.time() + self.offset
+
+    async def sleep(self, delay: float) -> None:
+        until = self() + delay
+        while (left := until - self()) > 0:
+            await asyncio.sleep(min(left, 0.05))
 
 
 async def _wired_town(worker, make_container, runtime_config, tmp_path):
@@ -68,27 +88,40 @@ async def test_sling_dispatches_polecat_that_runs_bash_and_gt_done_creates_mr(wo
     assert invariants["violations"] == []
 
 
-async def test_polecat_without_gt_done_completes_and_bead_is_handled(worker, fake_llm, runtime_config, make_container, tmp_path):
-    # The reconciler ignores a completion within 10 s of its dispatch (it cannot tell it from the
-    # previous run's, see README); a realistic idle time keeps this one clear of that window.
-    runtime_config.idle_timeout_s = 12.0
-    container, town_id, rig_id = await _wired_town(worker, make_container, runtime_config, tmp_path)
-    code, slung = await worker.request("POST", f"/api/towns/{town_id}/sling",
-                                       json={"rig_id": rig_id, "title": "Quick", "body": 'CALL_TOOL bash {"command": "pwd"}'})
-    assert code == 201
-    await fake_llm.wait_for(lambda r: r.has_tool_result, timeout=60)
+async def test_polecat_without_gt_done_completes_and_rule3_gives_bead_back(fake_llm, runtime_config, make_container, tmp_path):
+    """No gt_done: the idle polecat completes, the worker releases it, and Rule 3 (5 min stale) gives the
+    bead back — the worker's injected clock jumps past the threshold instead of the test waiting."""
+    clock = JumpClock()
+    app = create_worker_app(tmp_path / "w.db", admin_token=ADMIN_TOKEN, jwt_secret=JWT_SECRET, now=clock, sleep=clock.sleep, run_reconciler=True)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    worker = Worker(server, aiohttp.ClientSession())
+    try:
+        runtime_config.idle_timeout_s = 12.0  # clear of the worker's 10 s stale-completion window
+        container, town_id, rig_id = await _wired_town(worker, make_container, runtime_config, tmp_path)
+        code, slung = await worker.request("POST", f"/api/towns/{town_id}/sling",
+                                           json={"rig_id": rig_id, "title": "Quick", "body": 'CALL_TOOL bash {"command": "pwd"}'})
+        assert code == 201
+        await fake_llm.wait_for(lambda r: r.has_tool_result)
 
-    async def completed():
-        return [e for e in await worker.events(town_id) if e["event_type"] == "agent_completed"]
+        async def completed():
+            return [e for e in await worker.events(town_id) if e["event_type"] == "agent_completed" and e["processed_at"]]
 
-    event = (await _until(completed, what="agent_completed after the idle timeout"))[0]
-    assert json.loads(event["payload"])["status"] == "completed"
+        event = (await _until(completed, what="agent_completed applied by the reconciler"))[0]
+        assert json.loads(event["payload"])["status"] == "completed"
+        code, agent = await worker.request("GET", f"/api/towns/{town_id}/agents")
+        polecat = next(a for a in agent["agents"] if a["agent_id"] == event["agent_id"])
+        assert polecat["status"] == "idle" and not polecat.get("current_hook_bead_id")
+        clock.offset += 6 * 60  # past Rule 3's 5 minutes
 
-    async def bead_handled():
-        code, bead = await worker.request("GET", f"/api/towns/{town_id}/beads/{slung['bead_id']}")
-        return bead["status"] != "in_progress" or bead.get("dispatch_attempts", 0) > 1
+        async def bead_given_back():
+            code, bead = await worker.request("GET", f"/api/towns/{town_id}/beads/{slung['bead_id']}")
+            return bead["status"] == "open" or bead.get("dispatch_attempts", 0) > 1
 
-    await _until(bead_handled, what="the rules to reset or redispatch the bead")
+        await _until(bead_given_back, what="Rule 3 to give the stale bead back")
+    finally:
+        await worker.http.close()
+        await server.close()
 
 
 async def test_mayor_gt_sling_creates_bead_and_polecat_is_dispatched(worker, fake_llm, runtime_config, make_container, tmp_path):

@@ -30,18 +30,20 @@ async def test_hydration_of_10_agents_is_parallel_and_fresh_start_completes(work
 
     t0 = time.monotonic()
     container = await make_container(runtime_config)
+    sup = container.runtime.supervisor
+    started: dict[str, float] = {}
+    sup.change_hooks.append(lambda rec, what: started.setdefault(rec.agent_id, time.time()) if what == "started" else None)
     fresh = asyncio.create_task(container.start_agent(agent_id="fresh-1", town_id=town_id, prompt="new work"))
     await container.runtime.wait_hydrated(300)
     hydration = time.monotonic() - t0
     status, body = await fresh
     assert status == 201, body
-    sup = container.runtime.supervisor
     assert all(sup.get(f"polecat-{i}").state.value == "running" for i in range(10)), container.runtime.hydrator.results
     assert len(kilo_processes()) == 11
+    # Wall-time ratios are measured by bench/hydration_bench.py (timed asserts flake on a busy 2-core box);
+    # here: resumes overlap, exactly as many at once as the bound allows.
     print(f"one start {one_start:.1f}s, hydration of 10 {hydration:.1f}s, ratio {hydration / one_start:.1f}")
-    # Starts overlap (parallel, bounded) and the whole is faster than ten starts one after another.
-    spans = sorted((sup.get(f"polecat-{i}").started_at, sup.get(f"polecat-{i}").started_at + 0.001) for i in range(10))
-    first_running = min(sup.get(f"polecat-{i}").last_activity_at or 1e18 for i in range(10))
-    assert sum(1 for start, _ in spans if start < first_running) >= 4, "hydration did not start agents in parallel"
-    assert hydration < 10 * one_start, (hydration, one_start)
+    spans = [(sup.get(f"polecat-{i}").started_at, started[f"polecat-{i}"]) for i in range(10)]
+    most_at_once = max(sum(1 for s, e in spans if s <= t < e) for t, _ in spans)
+    assert most_at_once == runtime_config.hydration_concurrency == 8, spans
     await fake_llm.wait_for(lambda r: "resume 9" in r.last_user_text, timeout=60)

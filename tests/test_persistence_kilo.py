@@ -36,6 +36,38 @@ async def _turn(c: ContainerProc, agent_id: str, n: int) -> dict:
     return await c.wait_status(agent_id, lambda b: b["message_count"] >= n and b["last_event_type"] in ("session.idle", "session.turn.close"))
 
 
+async def _say(c: ContainerProc, agent_id: str, prompt: str, timeout: float = 120) -> None:
+    """Send ``prompt`` and wait for *its* turn to end: a turn that opens and goes idle after the send
+    (the status alone may still show the previous turn's idle when the model has the new prompt)."""
+    code, body = await c.call("GET", f"/agents/{agent_id}/events")
+    after = max((e["id"] for e in body["events"]), default=0)
+    assert (await c.call("POST", f"/agents/{agent_id}/message", {"prompt": prompt}))[0] == 202
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        code, body = await c.call("GET", f"/agents/{agent_id}/events?after={after}")
+        types = [e["type"] for e in body["events"]]
+        if "session.turn.open" in types and "session.idle" in types[types.index("session.turn.open"):]:
+            return
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"the turn of {prompt!r} never ended")
+
+
+def _snapshot_texts(url: str, store: dict[str, str], town_id: str, agent_id: str, tmp: Path) -> list[str]:
+    """Texts of every message part in the agent's latest snapshot, read back from the store."""
+    import sqlite3
+
+    from supervisor.objstore import open_store
+    from supervisor.snapshots import AgentSnapshots
+
+    target = tmp / "kilo.db"
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{target}{suffix}").unlink(missing_ok=True)
+    if not AgentSnapshots(open_store(url, env=store), town_id, agent_id, "reader").restore(str(target)).restored:
+        return []
+    with sqlite3.connect(target) as conn:
+        return [json.loads(r[0]).get("text", "") for r in conn.execute("SELECT data FROM part")]
+
+
 async def test_mayor_survives_container_sigkill_on_fresh_data_dir(worker, fake_llm, seaweedfs, tmp_path):
     town_id, token = await worker.create_town(default_model="fake/m1")
     assert (await worker.request("POST", f"/api/towns/{town_id}/agents", json={"agent_id": "mayor", "role": "mayor", "name": "Mayor"}))[0] == 201
@@ -43,6 +75,7 @@ async def test_mayor_survives_container_sigkill_on_fresh_data_dir(worker, fake_l
     store = s3_env(seaweedfs, bucket)
     url = f"s3://{bucket}/gastown"
     (tmp_path / "a").mkdir()
+    (tmp_path / "read").mkdir()
     a = ContainerProc(_env(tmp_path, "a", worker, town_id, token, fake_llm, store, url))
     try:
         await a.wait_ready()
@@ -52,12 +85,15 @@ async def test_mayor_survives_container_sigkill_on_fresh_data_dir(worker, fake_l
         assert code == 201, body
         session_id = body["session_id"]
         await _turn(a, "mayor", 1)
-        for i, q in enumerate(("first question", "second question"), start=2):
-            assert (await a.call("POST", "/agents/mayor/message", {"prompt": q}))[0] == 202
-            await fake_llm.wait_for(lambda r, q=q: q in r.last_user_text)
-            st = await _turn(a, "mayor", i)
-        turn_end = time.time()
-        await a.wait_status("mayor", lambda b: (b["last_snapshot"] or {}).get("at") or 0 >= turn_end - 0.5, timeout=30)
+        for q in ("first question", "second question"):
+            await _say(a, "mayor", q)
+        # The end-of-turn snapshot holds the whole conversation, replies included (read back from S3).
+        deadline = time.monotonic() + 60
+        while "Hello from the fake LLM. You said: second question" not in (
+                texts := await asyncio.to_thread(_snapshot_texts, url, store, town_id, "mayor", tmp_path / "read")):
+            assert time.monotonic() < deadline, f"no snapshot with the second turn: {texts}"
+            await asyncio.sleep(0.3)
+        assert "first question" in texts and "second question" in texts
     finally:
         a.sigkill_everything()
     # A new container gets an empty volume mounted at the same path (/workspace in Docker).

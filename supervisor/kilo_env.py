@@ -90,7 +90,7 @@ class AgentPaths:
         }
 
     def make_dirs(self) -> None:
-        for key, value in self.xdg_env().items():
+        for value in self.xdg_env().values():
             Path(value).mkdir(parents=True, exist_ok=True)
         self.kilo_db.parent.mkdir(parents=True, exist_ok=True)
         self.workdir.mkdir(parents=True, exist_ok=True)

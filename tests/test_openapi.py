@@ -19,7 +19,7 @@ import jsonschema
 import pytest
 import schemathesis
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
 from control_server.app import create_app as create_control_app
 from control_server.auth import PUBLIC_PATHS

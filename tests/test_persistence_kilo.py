@@ -5,14 +5,9 @@ import asyncio
 import json
 import os
 import shutil
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-import aiohttp
-import psutil
 import pytest
 
 from tests.conftest import CONTROL_TOKEN, kilo_processes

@@ -13,7 +13,7 @@ from aiohttp.test_utils import TestServer
 
 from tests.test_plugin_support import Plugin
 from tests.test_worker_api_support import ADMIN_TOKEN, CONTROL_TOKEN, JWT_SECRET, FakeClock
-from worker_api import events, nudges, routes_container
+from worker_api import events, nudges
 from worker_api.app import create_app
 from worker_api.appkeys import DB
 
@@ -92,8 +92,6 @@ async def test_gt_done_for_an_unknown_agent_is_a_short_error(real_worker: RealWo
 
 
 async def test_gt_nudge_queues_for_the_target(real_worker: RealWorker, tmp_path: Path) -> None:
-    if getattr(routes_container.enqueue_nudge, "auth_policy", None) == "admin":
-        pytest.xfail("worker route POST /agents/{a}/nudges is still admin-only; the plugin calls it with the container token")
     town_id, token = await _town(real_worker)
     async with Plugin(_env(real_worker, town_id, token), tmp_path / "err.log") as p:
         is_error, text = await p.call("gt_nudge", {"target_agent_id": "refinery-1", "message": "ready for review"})

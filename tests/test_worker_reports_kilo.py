@@ -7,7 +7,6 @@ import signal
 
 import pytest
 
-from tests.conftest import start_body
 
 pytestmark = pytest.mark.kilo
 

@@ -64,7 +64,7 @@ async def start_agent(request: web.Request) -> web.Response:
     await _await_hydration(rt, req.agent_id)
     if rt.draining:
         raise Draining("container is draining; start refused")
-    rec, created = await rt.supervisor.start(req)
+    rec, created = await rt.start_agent(req)
     return web.json_response(rec.status(), status=201 if created else 200)
 
 

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from supervisor.cpus import default_hydration_concurrency
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 _PINNED_KILO = REPO_ROOT / "node_modules" / "@kilocode" / "cli-linux-x64" / "bin" / "kilo"
 _DOCKER_KILO = Path("/opt/kilo/node_modules/@kilocode/cli-linux-x64/bin/kilo")
@@ -73,7 +75,7 @@ class RuntimeConfig:
     kilo_start_timeout_s: float = 60.0
     kilo_request_timeout_s: float = 10.0
     hot_swap_timeout_s: float = 20.0
-    hydration_concurrency: int = 8
+    hydration_concurrency: int = field(default_factory=default_hydration_concurrency)
     health_interval_s: float = 10.0
     health_timeout_s: float = 2.0
     health_failures: int = 3
@@ -112,7 +114,7 @@ class RuntimeConfig:
             memory_log_interval_s=_float(env, "GASTOWN_MEMORY_LOG_INTERVAL_S", 30.0),
             kilo_start_timeout_s=_float(env, "GASTOWN_KILO_START_TIMEOUT_S", 60.0),
             hot_swap_timeout_s=_float(env, "GASTOWN_HOT_SWAP_TIMEOUT_S", 20.0),
-            hydration_concurrency=max(1, int(_float(env, "GASTOWN_HYDRATION_CONCURRENCY", 8))),
+            hydration_concurrency=max(1, int(_float(env, "GASTOWN_HYDRATION_CONCURRENCY", default_hydration_concurrency()))),
             health_interval_s=_float(env, "GASTOWN_HEALTH_INTERVAL_S", 10.0),
             health_timeout_s=_float(env, "GASTOWN_HEALTH_TIMEOUT_S", 2.0),
             health_failures=max(1, int(_float(env, "GASTOWN_HEALTH_FAILURES", 3))),

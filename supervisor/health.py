@@ -33,6 +33,7 @@ class HealthMonitor:
         self.probe_timeout_s = probe_timeout_s
         self.policy = policy or CrashPolicy()
         self._misses: dict[str, int] = {}
+        self._crashed_runs: set[str] = set()
         self.recycled = 0
         self.sup.change_hooks.append(self._on_change)
 
@@ -67,6 +68,7 @@ class HealthMonitor:
             await old_proc.stop(timeout=1.0)
             await old_client.close()
             rec.last_exit = {**old_proc.exit_info.as_dict(), "oom_suspected": False} if old_proc.exit_info else None
+            rec.transition(AgentState.starting, f"recycling: {reason}")  # no process until the new one answers
             if self.rt.persistence is not None:
                 await self.rt.persistence.snapshot(rec, "recycle")
             try:
@@ -74,6 +76,7 @@ class HealthMonitor:
                 self.sup.adopt_server(rec, proc, client)
                 await client.get_session(rec.session_id)
                 await self.sup.follow_events(rec)
+                rec.transition(AgentState.running, "recycled")
             except Exception as e:
                 rec.transition(AgentState.failed, f"recycle failed: {e}")
                 log.error("agent.recycle_failed", agent_id=rec.agent_id, error=str(e))
@@ -88,8 +91,15 @@ class HealthMonitor:
     def _on_change(self, rec: AgentRecord, what: str) -> None:
         if what == "started" and rec.restarts == 0:
             self.policy.clear(rec.agent_id)  # a start from the API clears FATAL
-        if what != "crashed" or rec.request.role != Role.mayor or self.rt.draining:
+        if what == "crashed" and rec.request.role == Role.mayor:
+            self._crashed(rec)
+
+    def _crashed(self, rec: AgentRecord) -> None:
+        """One more crash of the mayor: restart it after the backoff, or FATAL after a crash loop.
+        Once per process life: a kilo killed mid-start is seen both exiting and failing its start."""
+        if self.rt.draining or rec.run_id in self._crashed_runs:
             return
+        self._crashed_runs.add(rec.run_id)
         delay = self.policy.record_crash(rec.agent_id)
         if delay is None:
             rec.fatal = True
@@ -111,3 +121,6 @@ class HealthMonitor:
                      duration_ms=int((time.monotonic() - t0) * 1000))
         except Exception as e:
             log.error("agent.restart_failed", agent_id=rec.agent_id, error=str(e))
+            again = self.sup.agents.get(rec.agent_id)
+            if again is not None and again is not rec and again.state == AgentState.failed:
+                self._crashed(again)  # a restart that fails counts toward the loop: retried or FATAL

@@ -4,12 +4,18 @@ prewarm the mayor when the registry has none.
 The gate is per agent: a start for an agent being resumed waits for that agent only; a start for
 any other agent proceeds at once instead of queueing behind unrelated spawns (the 60 s timeouts of
 the system we re-imagine). ``/ready`` and ``/refresh-token`` still wait for the whole hydration.
+
+Kilo boots are CPU-bound, so a start the worker asks for now also goes *first*: while one boots
+(``foreground()``), no further resume begins (those in flight finish), and the mayor resumes
+before the other agents. Foreground starts are few (the worker caps polecats), so resumes wait at
+most for those.
 """
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from typing import Any, Callable
+from typing import Any, AsyncIterator, Callable
 
 import jwt
 
@@ -21,7 +27,6 @@ from supervisor.worker_client import WorkerError
 log = get_logger("supervisor.hydration")
 
 REFRESH_IF_EXPIRES_WITHIN_S = 30 * 60
-HYDRATION_CONCURRENCY = 8  # kilo start is CPU-bound; more in flight only adds memory
 
 
 def mayor_rig_id(town_id: str) -> str:
@@ -38,15 +43,30 @@ def token_expires_at(token: str) -> float | None:
 
 
 class Hydrator:
-    def __init__(self, supervisor: Supervisor, *, concurrency: int = HYDRATION_CONCURRENCY,
+    def __init__(self, supervisor: Supervisor, *, concurrency: int | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self.supervisor = supervisor
         self.clock = clock
         self.worker = supervisor.worker
-        self.concurrency = concurrency
+        self.concurrency = concurrency or supervisor.cfg.hydration_concurrency
         self.registry_loaded = asyncio.Event()
         self.pending: dict[str, asyncio.Event] = {}
         self.results: dict[str, str] = {}
+        self._foreground = 0
+        self._no_foreground = asyncio.Event()
+        self._no_foreground.set()
+
+    @contextlib.asynccontextmanager
+    async def foreground(self) -> AsyncIterator[None]:
+        """Mark a requested start: resumes not yet begun hold back until it is done."""
+        self._foreground += 1
+        self._no_foreground.clear()
+        try:
+            yield
+        finally:
+            self._foreground -= 1
+            if self._foreground == 0:
+                self._no_foreground.set()
 
     async def wait_for_agent(self, agent_id: str) -> None:
         await self.registry_loaded.wait()
@@ -99,6 +119,9 @@ class Hydrator:
 
         async def one(req: StartAgentRequest) -> None:
             async with sem:
+                if not self._no_foreground.is_set():
+                    log.info("hydration.yield_to_start", agent_id=req.agent_id)
+                    await self._no_foreground.wait()
                 t0 = time.monotonic()
                 try:
                     await self.supervisor.start(req)
@@ -110,7 +133,8 @@ class Hydrator:
                 finally:
                     self.pending[req.agent_id].set()
 
-        await asyncio.gather(*(one(r) for r in requests))
+        mayor_first = sorted(requests, key=lambda r: r.role != Role.mayor)
+        await asyncio.gather(*(one(r) for r in mayor_first))
 
     async def prewarm_mayor(self) -> None:
         """Start the mayor's kilo ahead of its real start, with exactly the config that start builds."""

@@ -100,6 +100,10 @@ class KiloClient:
         body = await self._request("GET", f"/session/{session_id}/message")
         return body if isinstance(body, list) else []
 
+    async def has_messages(self, session_id: str) -> bool:
+        body = await self._request("GET", f"/session/{session_id}/message?limit=1")
+        return bool(body)
+
     async def get_session(self, session_id: str) -> dict[str, Any]:
         return await self._request("GET", f"/session/{session_id}")
 

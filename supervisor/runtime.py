@@ -17,6 +17,7 @@ from supervisor.crashloop import CrashPolicy
 from supervisor.drain import Drain
 from supervisor.health import HealthMonitor
 from supervisor.metrics import Metrics
+from supervisor.models import StartAgentRequest
 from supervisor.heartbeat import CONTAINER_INSTANCE_ID, Heartbeats
 from supervisor.hotswap import refresh_all
 from supervisor.hydration import Hydrator
@@ -93,6 +94,11 @@ class ContainerRuntime:
     async def wait_agent_hydrated(self, agent_id: str, timeout: float | None = None) -> None:
         """Per-agent gate: wait only while *this* agent is being resumed from the registry."""
         await asyncio.wait_for(self.hydrator.wait_for_agent(agent_id), timeout)
+
+    async def start_agent(self, req: StartAgentRequest) -> tuple[AgentRecord, bool]:
+        """A start the worker asked for: it goes before boot-hydration resumes not yet begun."""
+        async with self.hydrator.foreground():
+            return await self.supervisor.start(req)
 
     def health(self) -> dict[str, Any]:
         sup = self.supervisor

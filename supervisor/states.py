@@ -21,7 +21,8 @@ STOPPED_STATES = frozenset({AgentState.exited, AgentState.failed})
 
 _ALLOWED: dict[AgentState, frozenset[AgentState]] = {
     AgentState.starting: frozenset({AgentState.running, AgentState.stopping, AgentState.failed, AgentState.exited}),
-    AgentState.running: frozenset({AgentState.stopping, AgentState.failed, AgentState.exited}),
+    # running -> starting: a wedged kilo is being replaced in place (health.recycle).
+    AgentState.running: frozenset({AgentState.starting, AgentState.stopping, AgentState.failed, AgentState.exited}),
     AgentState.stopping: frozenset({AgentState.exited, AgentState.failed}),
     AgentState.exited: frozenset({AgentState.starting}),
     AgentState.failed: frozenset({AgentState.starting}),

@@ -210,7 +210,7 @@ class Supervisor:
         on a fresh DB rather than failing the agent for ever."""
         log.warning("agent.restored_db_refused", agent_id=rec.agent_id, error=str(error))
         await self.kill_agent_process(rec)
-        rec.process, rec.client, rec.restored = None, None, False
+        rec.process, rec.client, rec.restored, rec.session_id = None, None, False, None
         for hook in self.stale_db_hooks:
             await hook(rec)
         await self.spawn_server(rec)
@@ -228,7 +228,10 @@ class Supervisor:
             await asyncio.to_thread(prepare_workspace, req, rec.paths.workdir, git_env)
             proc, client = await self.launch_server(rec)
             try:
-                await client.list_sessions()  # kilo boots its directory instance lazily: pay it now
+                # Pays kilo's lazy directory-instance boot now; a mayor without a conversation also
+                # gets its session now (kilo needs ~60 ms to create one), left empty for the start.
+                if await client.latest_session() is None:
+                    rec.session_id = (await client.create_session(self.session_title(req)))["id"]
             except KiloApiError as e:
                 log.warning("mayor.prewarm_warmup_failed", agent_id=req.agent_id, error=str(e))
             self.prewarmed[req.agent_id] = (rec, proc, client)
@@ -243,6 +246,7 @@ class Supervisor:
         env = self.build_launch(rec, pre.child_env.get("KILO_SERVER_PASSWORD", ""))
         if proc.running and env == pre.child_env:
             rec.child_env, rec.prewarmed, rec.restored = env, True, pre.restored
+            rec.session_id = pre.session_id
             rec.last_snapshot = pre.last_snapshot
             self.adopt_server(rec, proc, client)
             log.info("mayor.prewarm_reused", agent_id=rec.agent_id, pid=proc.pid)
@@ -252,16 +256,29 @@ class Supervisor:
         await client.close()
         await proc.stop(timeout=3.0)
 
+    @staticmethod
+    def session_title(req: StartAgentRequest) -> str:
+        return f"{req.role.value} {req.name}"
+
     async def _open_session(self, rec: AgentRecord) -> None:
-        """Only the mayor resumes its latest session; every other role gets a fresh one per start."""
+        """Only the mayor resumes its latest session; every other role gets a fresh one per start.
+
+        A resumed session never gets the startup prompt again, but one without any message never
+        had it (prewarmed and not adopted, or the container died between create and prompt): that
+        one is taken as new and prompted. A session the adopted prewarm created is known empty."""
         assert rec.client is not None
         rec.resumed = False
         if rec.request.role == Role.mayor:
+            if rec.session_id is not None:
+                return
             latest = await rec.client.latest_session()
             if latest is not None:
-                rec.session_id, rec.resumed = latest["id"], True
+                rec.session_id = latest["id"]
+                rec.resumed = await rec.client.has_messages(latest["id"])
+                if not rec.resumed:
+                    log.info("mayor.empty_session_prompted", agent_id=rec.agent_id, session_id=rec.session_id)
                 return
-        session = await rec.client.create_session(f"{rec.request.role.value} {rec.request.name}")
+        session = await rec.client.create_session(self.session_title(rec.request))
         rec.session_id = session["id"]
 
     def model_ref(self, model: str) -> tuple[str, str]:

@@ -47,3 +47,35 @@ def test_new_start_clears_fatal():
     assert p.record_crash("m") is None
     p.clear("m")
     assert not p.is_fatal("m") and p.record_crash("x") is None and not p.is_fatal("m")
+
+
+async def test_mayor_restart_that_fails_to_start_counts_toward_the_crash_loop(tmp_path):
+    """A mayor killed again while its restart was still starting failed that start, and nothing
+    restarted it any more: dead, neither running nor FATAL. Each failed restart is a crash too.
+    Real processes: the "kilo" here exits at once, so every restart fails its spawn."""
+    import asyncio
+
+    from supervisor.agent import AgentRecord
+    from supervisor.config import RuntimeConfig
+    from supervisor.kilo_env import AgentPaths
+    from supervisor.models import StartAgentRequest
+    from supervisor.runtime import ContainerRuntime
+    from supervisor.states import AgentState
+    from tests.conftest import start_body
+
+    cfg = RuntimeConfig(data_dir=tmp_path / "d", kilo_bin="/bin/false", crash_loop_max=3, crash_backoff_s=0.01)
+    rt = ContainerRuntime(cfg)
+    req = StartAgentRequest.model_validate(start_body(agent_id="mayor", role="mayor", rig_id="mayor-town-test"))
+    crashed = AgentRecord(request=req, paths=AgentPaths.for_agent(cfg.data_dir, "mayor"))
+    crashed.transition(AgentState.failed, "kilo exited unexpectedly (signal 9)")
+    rt.supervisor.agents["mayor"] = crashed
+    try:
+        await rt.supervisor._notify(crashed, "crashed")
+        async with asyncio.timeout(60):
+            while not rt.supervisor.agents["mayor"].fatal:
+                await asyncio.sleep(0.05)
+        final = rt.supervisor.agents["mayor"]
+        assert final.restarts == 2 and final.state == AgentState.failed  # crash, 2 failed restarts → FATAL at 3
+        assert rt.health_monitor.policy.crash_count("mayor") == 3
+    finally:
+        await rt.shutdown()

@@ -157,6 +157,7 @@ async def test_prewarmed_mayor_reused_without_new_process(worker, fake_llm, runt
     assert body["pid"] == proc.pid and [p.pid for p in kilo_processes()] == [proc.pid]
     rec = sup.get("mayor")
     assert rec.prewarmed and rec.child_env == env
+    assert pre.session_id and body["session_id"] == pre.session_id, "the prewarm creates the first session"
     await fake_llm.wait_for(lambda r: "hello mayor" in r.last_user_text)
 
 
@@ -166,12 +167,16 @@ async def test_prewarm_with_different_model_is_replaced(worker, fake_llm, runtim
     runtime_config.town_id, runtime_config.api_url, runtime_config.container_token = town_id, worker.url, token
     container = await make_container(runtime_config)
     await container.runtime.wait_hydrated(90)
-    _, proc, _ = container.runtime.supervisor.prewarmed["mayor"]
+    pre, proc, _ = container.runtime.supervisor.prewarmed["mayor"]
     status, body = await container.start_agent(agent_id="mayor", town_id=town_id, rig_id=f"mayor-{town_id}", role="mayor",
                                                name="Mayor", prompt="hello", model="fake/m2")
     assert status == 201
     assert body["pid"] != proc.pid and not proc.running
     assert [p.pid for p in kilo_processes()] == [body["pid"]]
+    # The session the replaced prewarm left empty is the mayor's latest: it never had the startup prompt.
+    assert body["session_id"] == pre.session_id and not container.runtime.supervisor.get("mayor").resumed
+    req = await fake_llm.wait_for(lambda r: r.last_user_text == "hello")
+    assert req.model == "m2"
 
 
 async def test_snapshot_mid_turn_restores_consistent_db_with_completed_turns(container, fake_llm, tmp_path):

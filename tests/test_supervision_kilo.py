@@ -27,8 +27,12 @@ async def test_wedged_child_sigstopped_is_recycled_and_session_resumed(runtime_c
     monitor = container.runtime.health_monitor
     monitor.probe_timeout_s, monitor.failures = 1.0, 3  # tight only now: a loaded box is slow while starting
     os.kill(body["pid"], signal.SIGSTOP)
-    st = await container.wait_status("polecat-1", lambda b: b["pid"] not in (None, body["pid"]), timeout=30)
-    assert st["status"] == "running" and st["session_id"] == body["session_id"]
+    # Detection takes failures × (interval + probe timeout) ≈ 4.5 s; the replacement is a kilo boot,
+    # which on a loaded 2-core box takes tens of seconds. While it boots the agent is "starting".
+    st = await container.wait_status("polecat-1", lambda b: b["status"] == "starting", timeout=30)
+    assert st["pid"] is None and st["last_exit"]["signal"] == signal.SIGKILL
+    st = await container.wait_status("polecat-1", lambda b: b["status"] == "running", timeout=150)
+    assert st["pid"] not in (None, body["pid"]) and st["session_id"] == body["session_id"]
     assert not psutil.pid_exists(body["pid"]) or psutil.Process(body["pid"]).status() == psutil.STATUS_ZOMBIE
     assert [p.pid for p in kilo_processes()] == [st["pid"]]
     assert (await container.request("POST", "/agents/polecat-1/message", json={"prompt": "after recycle"}))[0] == 202

@@ -1,0 +1,99 @@
+"""Boot hydration order against the real worker registry, with kilo boots stood in by a start that
+the test finishes at will (kilo-backed hydration: test_hydration_kilo.py): the mayor resumes first,
+a requested start goes before resumes not yet begun, and the concurrency default follows the CPUs."""
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from supervisor.config import RuntimeConfig
+from supervisor.cpus import _quota_cpus, available_cpus, default_hydration_concurrency
+from supervisor.hydration import Hydrator
+from supervisor.models import StartAgentRequest
+from supervisor.supervisor import Supervisor
+from supervisor.worker_client import WorkerClient
+from tests.conftest import start_body
+
+
+class ControlledStarts:
+    """``Supervisor.start`` whose boots end when the test says so; records the order they began."""
+
+    def __init__(self) -> None:
+        self.begun: list[str] = []
+        self.finish: dict[str, asyncio.Event] = {}
+
+    async def start(self, req: StartAgentRequest, **_: object) -> tuple[None, bool]:
+        self.begun.append(req.agent_id)
+        await self.finish.setdefault(req.agent_id, asyncio.Event()).wait()
+        return None, True
+
+    def done(self, agent_id: str) -> None:
+        self.finish.setdefault(agent_id, asyncio.Event()).set()
+
+
+async def _settle(rounds: int = 50) -> None:
+    for _ in range(rounds):
+        await asyncio.sleep(0)
+
+
+async def _until(cond, timeout: float = 10.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not cond():
+            await asyncio.sleep(0.01)
+
+
+async def test_requested_start_goes_before_resumes_not_yet_begun_and_mayor_resumes_first(worker, tmp_path: Path):
+    town_id, token = await worker.create_town(default_model="fake/m1")
+    entries = [{"agent_id": f"polecat-{i}", "workdir": f"/w/{i}",
+                "request": start_body(agent_id=f"polecat-{i}", town_id=town_id)} for i in range(4)]
+    entries.append({"agent_id": "mayor", "workdir": "/w/m", "request": start_body(
+        agent_id="mayor", town_id=town_id, role="mayor", name="Mayor", rig_id=f"mayor-{town_id}")})
+    assert (await worker.request("POST", f"/api/towns/{town_id}/container-registry", json=entries))[0] == 200
+
+    client = WorkerClient(worker.url, token, town_id)
+    sup = Supervisor(RuntimeConfig(data_dir=tmp_path / "d", hydration_concurrency=2), client)
+    starts = ControlledStarts()
+    sup.start = starts.start  # type: ignore[method-assign]
+    hydrator = Hydrator(sup)
+    run = asyncio.create_task(hydrator.run())
+    try:
+        await _until(lambda: len(starts.begun) == 2)
+        assert starts.begun == ["mayor", "polecat-0"], "the mayor (listed last) resumes first"
+
+        async with hydrator.foreground():  # the worker asks for a new agent now
+            starts.done("mayor")
+            await _settle()
+            assert starts.begun == ["mayor", "polecat-0"], "a resume began while a requested start booted"
+        await _until(lambda: len(starts.begun) == 3)
+        assert starts.begun[2] == "polecat-1"
+
+        for agent_id in ("polecat-0", "polecat-1", "polecat-2", "polecat-3"):
+            starts.done(agent_id)
+        await asyncio.wait_for(run, 10)
+        assert hydrator.results == {a: "resumed" for a in ("mayor", "polecat-0", "polecat-1", "polecat-2", "polecat-3")}
+        assert all(event.is_set() for event in hydrator.pending.values())
+    finally:
+        run.cancel()
+        await client.close()
+
+
+def test_concurrency_default_follows_the_cpus_a_container_may_use(tmp_path: Path):
+    """Twenty kilo boots at once on 2 CPUs missed the 60 s start timeout: the default is the CPUs
+    the container may use (its CFS quota, not the host's count), between 2 and 8."""
+    v2 = tmp_path / "v2"
+    v2.mkdir()
+    (v2 / "cpu.max").write_text("150000 100000\n")
+    assert _quota_cpus(v2) == 1.5
+    assert available_cpus(v2) == min(2, available_cpus(tmp_path / "none"))
+    (v2 / "cpu.max").write_text("max 100000\n")
+    assert _quota_cpus(v2) is None
+    v1 = tmp_path / "v1"
+    (v1 / "cpu").mkdir(parents=True)
+    (v1 / "cpu" / "cpu.cfs_quota_us").write_text("400000\n")
+    (v1 / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    assert _quota_cpus(v1) == 4.0
+    (v1 / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")
+    assert _quota_cpus(v1) is None
+    assert [default_hydration_concurrency(n) for n in (1, 2, 4, 16)] == [2, 2, 4, 8]
+    assert RuntimeConfig.from_env({"GASTOWN_HYDRATION_CONCURRENCY": "3"}).hydration_concurrency == 3
+    assert RuntimeConfig.from_env({}).hydration_concurrency == default_hydration_concurrency()

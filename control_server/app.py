@@ -29,6 +29,10 @@ async def supervisor_errors(request: web.Request, handler):
         raise ApiError(e.status, e.code, e.message, **{k: v for k, v in e.detail.items() if v is not None}) from None
 
 
+def _hydrating() -> ApiError:
+    return ApiError(503, "HYDRATING", "boot hydration has not finished")
+
+
 async def _await_hydration(rt: ContainerRuntime, agent_id: str | None = None) -> None:
     try:
         if agent_id is None:
@@ -36,7 +40,7 @@ async def _await_hydration(rt: ContainerRuntime, agent_id: str | None = None) ->
         else:
             await rt.wait_agent_hydrated(agent_id, HYDRATION_WAIT_S)
     except asyncio.TimeoutError:
-        raise ApiError(503, "HYDRATING", "boot hydration has not finished") from None
+        raise _hydrating() from None
 
 
 async def alive(request: web.Request) -> web.Response:
@@ -61,10 +65,10 @@ async def start_agent(request: web.Request) -> web.Response:
     if rt.draining:
         raise Draining("container is draining; start refused")
     req = await read_model(request, StartAgentRequest)
-    await _await_hydration(rt, req.agent_id)
-    if rt.draining:
-        raise Draining("container is draining; start refused")
-    rec, created = await rt.start_agent(req)
+    try:
+        rec, created = await rt.start_agent(req, HYDRATION_WAIT_S)
+    except TimeoutError:
+        raise _hydrating() from None
     return web.json_response(rec.status(), status=201 if created else 200)
 
 

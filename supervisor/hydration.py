@@ -57,16 +57,32 @@ class Hydrator:
         self._no_foreground.set()
 
     @contextlib.asynccontextmanager
-    async def foreground(self) -> AsyncIterator[None]:
-        """Mark a requested start: resumes not yet begun hold back until it is done."""
-        self._foreground += 1
-        self._no_foreground.clear()
+    async def foreground(self, agent_id: str, wait_s: float) -> AsyncIterator[None]:
+        """A start the worker asked for. It counts at once, so resumes that have not begun hold back
+        even while the registry is still loading. A start for an agent the registry resumes gives
+        way and waits (at most ``wait_s``, else TimeoutError) for that resume instead: holding the
+        others back for it would deadlock."""
+        self._hold(+1)
+        held = True
         try:
+            async with asyncio.timeout(wait_s):
+                await self.registry_loaded.wait()
+                event = self.pending.get(agent_id)
+                if event is not None and not event.is_set():
+                    self._hold(-1)
+                    held = False
+                    await event.wait()
             yield
         finally:
-            self._foreground -= 1
-            if self._foreground == 0:
-                self._no_foreground.set()
+            if held:
+                self._hold(-1)
+
+    def _hold(self, delta: int) -> None:
+        self._foreground += delta
+        if self._foreground:
+            self._no_foreground.clear()
+        else:
+            self._no_foreground.set()
 
     async def wait_for_agent(self, agent_id: str) -> None:
         await self.registry_loaded.wait()

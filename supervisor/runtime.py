@@ -15,6 +15,7 @@ from supervisor.agent import AgentRecord
 from supervisor.config import RuntimeConfig
 from supervisor.crashloop import CrashPolicy
 from supervisor.drain import Drain
+from supervisor.errors import Draining
 from supervisor.health import HealthMonitor
 from supervisor.metrics import Metrics
 from supervisor.models import StartAgentRequest
@@ -95,9 +96,12 @@ class ContainerRuntime:
         """Per-agent gate: wait only while *this* agent is being resumed from the registry."""
         await asyncio.wait_for(self.hydrator.wait_for_agent(agent_id), timeout)
 
-    async def start_agent(self, req: StartAgentRequest) -> tuple[AgentRecord, bool]:
-        """A start the worker asked for: it goes before boot-hydration resumes not yet begun."""
-        async with self.hydrator.foreground():
+    async def start_agent(self, req: StartAgentRequest, hydration_wait_s: float) -> tuple[AgentRecord, bool]:
+        """A start the worker asked for: it waits only if boot hydration resumes this very agent,
+        and goes before resumes not yet begun (TimeoutError when the wait is too long)."""
+        async with self.hydrator.foreground(req.agent_id, hydration_wait_s):
+            if self.draining:
+                raise Draining("container is draining; start refused")
             return await self.supervisor.start(req)
 
     def health(self) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from supervisor.models import Role, StartAgentRequest, public_request
 from supervisor.states import AgentState
 from supervisor.tasks import TaskOwner
 from supervisor.worker_client import WorkerClient
-from supervisor.workspace import WorkspaceError, prepare_workspace
+from supervisor.workspace import prepare_workspace
 
 log = get_logger("supervisor")
 
@@ -115,7 +115,7 @@ class Supervisor:
                 # Cancelled too (shutdown during hydration): never leave a spawned kilo behind.
                 await asyncio.shield(self._abort_start(rec, e))
                 if isinstance(e, Exception):
-                    raise self._start_error(e) from e
+                    raise StartFailed.from_error(e) from e
                 raise
             log.info("agent.started", agent_id=rec.agent_id, role=req.role.value, pid=rec.process.pid if rec.process else None,
                      port=rec.process.port if rec.process else None, session_id=rec.session_id, resumed=rec.resumed,
@@ -228,12 +228,18 @@ class Supervisor:
             await asyncio.to_thread(prepare_workspace, req, rec.paths.workdir, git_env)
             proc, client = await self.launch_server(rec)
             try:
-                # Pays kilo's lazy directory-instance boot now; a mayor without a conversation also
-                # gets its session now (kilo needs ~60 ms to create one), left empty for the start.
-                if await client.latest_session() is None:
-                    rec.session_id = (await client.create_session(self.session_title(req)))["id"]
+                # Pays kilo's lazy directory-instance boot now, and settles the session the start
+                # will use off its path: the latest (resumed when it has messages), or a new one.
+                rec.client = client
+                await self._open_session(rec)
             except KiloApiError as e:
                 log.warning("mayor.prewarm_warmup_failed", agent_id=req.agent_id, error=str(e))
+            except BaseException:
+                await client.close()
+                await proc.stop(timeout=3.0)
+                raise
+            finally:
+                rec.client = None
             self.prewarmed[req.agent_id] = (rec, proc, client)
 
     async def _adopt_prewarmed(self, rec: AgentRecord) -> None:
@@ -246,7 +252,7 @@ class Supervisor:
         env = self.build_launch(rec, pre.child_env.get("KILO_SERVER_PASSWORD", ""))
         if proc.running and env == pre.child_env:
             rec.child_env, rec.prewarmed, rec.restored = env, True, pre.restored
-            rec.session_id = pre.session_id
+            rec.session_id, rec.resumed = pre.session_id, pre.resumed
             rec.last_snapshot = pre.last_snapshot
             self.adopt_server(rec, proc, client)
             log.info("mayor.prewarm_reused", agent_id=rec.agent_id, pid=proc.pid)
@@ -265,12 +271,12 @@ class Supervisor:
 
         A resumed session never gets the startup prompt again, but one without any message never
         had it (prewarmed and not adopted, or the container died between create and prompt): that
-        one is taken as new and prompted. A session the adopted prewarm created is known empty."""
+        one is taken as new and prompted. An adopted prewarm has settled this already."""
         assert rec.client is not None
+        if rec.session_id is not None:
+            return
         rec.resumed = False
         if rec.request.role == Role.mayor:
-            if rec.session_id is not None:
-                return
             latest = await rec.client.latest_session()
             if latest is not None:
                 rec.session_id = latest["id"]
@@ -290,16 +296,6 @@ class Supervisor:
             rec.transition(AgentState.failed, f"start failed: {error}")
         log.warning("agent.start_failed", agent_id=rec.agent_id, error=str(error), phase=getattr(error, "phase", None))
         await self._notify(rec, "failed")
-
-    @staticmethod
-    def _start_error(e: BaseException) -> StartFailed:
-        if isinstance(e, KiloStartError):
-            return StartFailed(str(e), phase=e.phase, exit_code=e.exit_code, stderr_tail=e.stderr_tail[-2000:])
-        if isinstance(e, WorkspaceError):
-            return StartFailed(str(e), phase="workspace")
-        if isinstance(e, KiloApiError):
-            return StartFailed(str(e), phase="session", upstream_status=e.status)
-        return StartFailed(f"unexpected start failure: {e!r}", phase="unknown")
 
     # -- running --------------------------------------------------------------------------------
     async def follow_events(self, rec: AgentRecord) -> None:

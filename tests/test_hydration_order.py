@@ -10,6 +10,7 @@ from supervisor.config import RuntimeConfig
 from supervisor.cpus import _quota_cpus, available_cpus, default_hydration_concurrency
 from supervisor.hydration import Hydrator
 from supervisor.models import StartAgentRequest
+from supervisor.runtime import ContainerRuntime
 from supervisor.supervisor import Supervisor
 from supervisor.worker_client import WorkerClient
 from tests.conftest import start_body
@@ -60,7 +61,7 @@ async def test_requested_start_goes_before_resumes_not_yet_begun_and_mayor_resum
         await _until(lambda: len(starts.begun) == 2)
         assert starts.begun == ["mayor", "polecat-0"], "the mayor (listed last) resumes first"
 
-        async with hydrator.foreground():  # the worker asks for a new agent now
+        async with hydrator.foreground("fresh-1", 10):  # the worker asks for a new agent now
             starts.done("mayor")
             await _settle()
             assert starts.begun == ["mayor", "polecat-0"], "a resume began while a requested start booted"
@@ -75,6 +76,83 @@ async def test_requested_start_goes_before_resumes_not_yet_begun_and_mayor_resum
     finally:
         run.cancel()
         await client.close()
+
+
+async def test_start_requested_while_the_registry_loads_goes_first(worker, tmp_path: Path):
+    """At boot the worker's start arrives before the registry is read: it must still go first (it
+    used to wake after two resumes had begun, and booted beside them at half speed)."""
+    town_id, token = await worker.create_town(default_model="fake/m1")
+    entries = [{"agent_id": f"polecat-{i}", "workdir": f"/w/{i}",
+                "request": start_body(agent_id=f"polecat-{i}", town_id=town_id)} for i in range(3)]
+    assert (await worker.request("POST", f"/api/towns/{town_id}/container-registry", json=entries))[0] == 200
+    rt = ContainerRuntime(RuntimeConfig(data_dir=tmp_path / "d", hydration_concurrency=2, town_id=town_id,
+                                        api_url=worker.url, container_token=token))
+    starts = ControlledStarts()
+    rt.supervisor.start = starts.start  # type: ignore[method-assign]
+    fresh = asyncio.create_task(rt.start_agent(StartAgentRequest.model_validate(
+        start_body(agent_id="fresh-1", town_id=town_id)), 10))
+    await asyncio.sleep(0)  # the request is in before the hydrator even asks the worker
+    await rt.start()
+    try:
+        await asyncio.wait_for(rt.hydrator.registry_loaded.wait(), 10)
+        await _until(lambda: starts.begun == ["fresh-1"])
+        await _settle()
+        assert starts.begun == ["fresh-1"], "resumes began beside the requested start"
+        starts.done("fresh-1")
+        await asyncio.wait_for(fresh, 10)
+        await _until(lambda: len(starts.begun) == 3)
+        for i in range(3):
+            starts.done(f"polecat-{i}")
+        await rt.wait_hydrated(10)
+    finally:
+        fresh.cancel()
+        await rt.shutdown()
+
+
+async def test_start_of_an_agent_being_resumed_waits_for_that_resume_without_deadlock(worker, tmp_path: Path):
+    town_id, token = await worker.create_town(default_model="fake/m1")
+    entries = [{"agent_id": f"polecat-{i}", "workdir": f"/w/{i}",
+                "request": start_body(agent_id=f"polecat-{i}", town_id=town_id)} for i in range(3)]
+    assert (await worker.request("POST", f"/api/towns/{town_id}/container-registry", json=entries))[0] == 200
+    client = WorkerClient(worker.url, token, town_id)
+    sup = Supervisor(RuntimeConfig(data_dir=tmp_path / "d", hydration_concurrency=1), client)
+    starts = ControlledStarts()
+    sup.start = starts.start  # type: ignore[method-assign]
+    hydrator = Hydrator(sup)
+    inside = asyncio.Event()
+
+    async def start_of_polecat_2() -> None:  # resumed last, behind polecat-0 and polecat-1
+        async with hydrator.foreground("polecat-2", 10):
+            inside.set()
+
+    request = asyncio.create_task(start_of_polecat_2())
+    run = asyncio.create_task(hydrator.run())
+    try:
+        await _until(lambda: starts.begun == ["polecat-0"])
+        starts.done("polecat-0")
+        await _until(lambda: starts.begun == ["polecat-0", "polecat-1"])
+        assert not inside.is_set()
+        starts.done("polecat-1")
+        await _until(lambda: len(starts.begun) == 3)
+        assert not inside.is_set(), "the start went ahead of its own agent's resume"
+        starts.done("polecat-2")
+        await asyncio.wait_for(request, 10)
+        await asyncio.wait_for(run, 10)
+    finally:
+        run.cancel()
+        request.cancel()
+        await client.close()
+
+
+async def test_start_waiting_too_long_for_its_resume_times_out_and_releases(tmp_path: Path):
+    sup = Supervisor(RuntimeConfig(data_dir=tmp_path / "d"), WorkerClient(None, None, "town-test"))
+    hydrator = Hydrator(sup)  # the registry never loads
+    try:
+        async with hydrator.foreground("polecat-1", 0.05):
+            raise AssertionError("entered without the registry")
+    except TimeoutError:
+        pass
+    assert hydrator._no_foreground.is_set(), "a timed-out start still held resumes back"
 
 
 def test_concurrency_default_follows_the_cpus_a_container_may_use(tmp_path: Path):

@@ -8,6 +8,7 @@ import shutil
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from tests.conftest import CONTROL_TOKEN, kilo_processes
@@ -159,6 +160,26 @@ async def test_prewarmed_mayor_reused_without_new_process(worker, fake_llm, runt
     assert rec.prewarmed and rec.child_env == env
     assert pre.session_id and body["session_id"] == pre.session_id, "the prewarm creates the first session"
     await fake_llm.wait_for(lambda r: "hello mayor" in r.last_user_text)
+
+
+async def test_prewarm_failing_after_its_kilo_started_leaves_no_kilo(worker, fake_llm, runtime_config, make_container):
+    """A prewarm that failed once its kilo was up (here: settling the session) left that kilo running,
+    held by nobody: every later test on the box saw a stray kilo."""
+    town_id, token = await worker.create_town(default_model="fake/m1")
+    await worker.request("POST", f"/api/towns/{town_id}/agents", json={"agent_id": "mayor", "role": "mayor", "name": "Mayor"})
+    runtime_config.town_id, runtime_config.api_url, runtime_config.container_token = town_id, worker.url, token
+    container = await make_container(runtime_config)
+    sup = container.runtime.supervisor
+    seen: list[int] = []
+
+    async def broken_open_session(rec):
+        seen.extend(p.pid for p in kilo_processes())
+        raise RuntimeError("injected failure after spawn")
+
+    sup._open_session = broken_open_session
+    await container.runtime.wait_hydrated(90)
+    assert len(seen) == 1 and "mayor" not in sup.prewarmed
+    assert kilo_processes() == [] and not psutil.pid_exists(seen[0])
 
 
 async def test_prewarm_with_different_model_is_replaced(worker, fake_llm, runtime_config, make_container):

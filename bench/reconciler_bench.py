@@ -32,8 +32,8 @@ class NullContainer:
     async def start_agent(self, target, request):  # noqa: ANN001, ANN201
         return StartResult("started", 201)
 
-    async def agent_status(self, target, agent_id):  # noqa: ANN001, ANN201
-        return "running"
+    async def agent_statuses(self, target, agent_ids):  # noqa: ANN001, ANN201
+        return dict.fromkeys(agent_ids, "running")
 
     async def stop_agent(self, target, agent_id):  # noqa: ANN001, ANN201
         return True

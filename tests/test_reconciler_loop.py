@@ -124,14 +124,13 @@ async def test_http_container_client_contract(aiohttp_client: Any) -> None:
             return web.json_response({"error": {"code": "DRAINING"}}, status=503)
         return web.json_response({"agent_id": body["agent_id"], "status": "starting"}, status=201)
 
-    async def status(request: web.Request) -> web.Response:
-        if request.match_info["a"] == "ghost":
-            return web.json_response({"error": {"code": "AGENT_NOT_FOUND"}}, status=404)
-        return web.json_response({"status": "running"})
+    async def agents(request: web.Request) -> web.Response:
+        seen.append((request.path, request.headers.get("Authorization", ""), None))
+        return web.json_response({"agents": [{"agent_id": "a1", "status": "running"}, {"agent_id": "a2", "status": "exited"}]})
 
     ctl = web.Application()
     ctl.router.add_post("/agents/start", start)
-    ctl.router.add_get("/agents/{a}/status", status)
+    ctl.router.add_get("/agents", agents)
     server = await aiohttp_client(ctl)
     target = Target("town-1", str(server.make_url("")), "ctl-secret-0123456789")
     client = HttpContainerClient(start_timeout_s=0.2, status_timeout_s=0.5)
@@ -142,11 +141,13 @@ async def test_http_container_client_contract(aiohttp_client: Any) -> None:
         assert slow.outcome == "timeout" and not slow.started
         drain = await client.start_agent(target, {"agent_id": "drain"})
         assert drain.outcome == "rejected" and drain.status == 503
-        assert await client.agent_status(target, "a1") == "running"
-        assert await client.agent_status(target, "ghost") == "not_found"
+        before = len(seen)
+        assert await client.agent_statuses(target, ["a1", "a2", "ghost"]) == {
+            "a1": "running", "a2": "exited", "ghost": "not_found"}
+        assert [p for p, _, _ in seen[before:]] == ["/agents"], "one request for every agent"
         dead = Target("town-1", "http://127.0.0.1:9", "x")
         assert (await client.start_agent(dead, {"agent_id": "a"})).outcome == "error"
-        assert await client.agent_status(dead, "a") == "unknown"
+        assert await client.agent_statuses(dead, ["a", "b"]) == {"a": "unknown", "b": "unknown"}
         assert "ctl-secret" not in repr(target)
     finally:
         await client.aclose()

@@ -45,10 +45,9 @@ class SimContainer(FakeContainer):
             return StartResult("timeout")
         return StartResult("rejected" if r < 0.95 else "error", 503 if r < 0.95 else None)
 
-    async def agent_status(self, target: Target, agent_id: str) -> str:
-        if (target.town_id, agent_id) in self.running:
-            return "running"
-        return self.rnd.choice(["exited", "not_found", "unknown"])
+    async def agent_statuses(self, target: Target, agent_ids: list[str]) -> dict[str, str]:
+        return {a: "running" if (target.town_id, a) in self.running else self.rnd.choice(["exited", "not_found", "unknown"])
+                for a in agent_ids}
 
     async def stop_agent(self, target: Target, agent_id: str) -> bool:
         self.running.pop((target.town_id, agent_id), None)

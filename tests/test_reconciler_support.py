@@ -30,7 +30,7 @@ class FakeClock:
 
 class FakeContainer:
     """Records every call. ``outcomes`` is consumed per start (default ``started``); ``statuses``
-    answers ``agent_status`` (default ``running``)."""
+    answers ``agent_statuses`` (default ``running``)."""
 
     def __init__(self) -> None:
         self.starts: list[dict[str, Any]] = []
@@ -46,8 +46,8 @@ class FakeContainer:
         outcome = self.outcomes.pop(0) if self.outcomes else "started"
         return StartResult(outcome, 201 if outcome == "started" else None)
 
-    async def agent_status(self, target: Target, agent_id: str) -> str:
-        return self.statuses.get(agent_id, "running")
+    async def agent_statuses(self, target: Target, agent_ids: list[str]) -> dict[str, str]:
+        return {a: self.statuses.get(a, "running") for a in agent_ids}
 
     async def stop_agent(self, target: Target, agent_id: str) -> bool:
         self.stops.append(agent_id)

@@ -12,6 +12,7 @@ process provider exists now; Docker/Kubernetes providers implement the same two 
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -54,7 +55,7 @@ class StartResult:
 
 class ContainerClient(Protocol):
     async def start_agent(self, target: Target, request: dict[str, Any]) -> StartResult: ...
-    async def agent_status(self, target: Target, agent_id: str) -> str: ...
+    async def agent_statuses(self, target: Target, agent_ids: list[str]) -> dict[str, str]: ...
     async def stop_agent(self, target: Target, agent_id: str) -> bool: ...
     async def send_message(self, target: Target, agent_id: str, prompt: str) -> bool: ...
 
@@ -96,23 +97,23 @@ class HttpContainerClient:
             return StartResult("started", status)
         return StartResult("rejected", status, text[:300])
 
-    async def agent_status(self, target: Target, agent_id: str) -> str:
-        """The container's status of the agent, ``not_found`` on 404, ``unknown`` on anything else
-        (an unreachable container is not evidence that the agent is dead)."""
+    async def agent_statuses(self, target: Target, agent_ids: list[str]) -> dict[str, str]:
+        """The container's status of each agent in one ``GET /agents`` (a tick asks for every working
+        agent: one request, not one per agent); ``not_found`` for an agent it does not list,
+        ``unknown`` for all when it cannot answer (an unreachable container is not evidence that an
+        agent is dead)."""
+        unknown = dict.fromkeys(agent_ids, "unknown")
         try:
-            status, text = await self._call(target, "GET", f"/agents/{agent_id}/status", self.status_timeout_s)
+            status, text = await self._call(target, "GET", "/agents", self.status_timeout_s)
         except (asyncio.TimeoutError, aiohttp.ClientError):
-            return "unknown"
-        if status == 404:
-            return "not_found"
+            return unknown
         if status != 200:
-            return "unknown"
+            return unknown
         try:
-            import json
-
-            return str(json.loads(text).get("status") or "unknown")
-        except (ValueError, AttributeError):
-            return "unknown"
+            listed = {str(a["agent_id"]): str(a.get("status") or "unknown") for a in json.loads(text)["agents"]}
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return unknown
+        return {a: listed.get(a, "not_found") for a in agent_ids}
 
     async def stop_agent(self, target: Target, agent_id: str) -> bool:
         try:

@@ -116,6 +116,11 @@ class TownState:
         return self.failing_beads >= CIRCUIT_BREAKER_BEADS
 
 
+# What the rules read (not the body, which may be long): a tick loads every live bead.
+BEAD_COLUMNS = ("bead_id, type, status, title, rig_id, assignee_agent_id, priority, labels, metadata,"
+                " dispatch_attempts, last_dispatch_attempt_at, created_at, updated_at")
+
+
 def _bead(r: sqlite3.Row) -> Bead:
     return Bead(r["bead_id"], r["type"], r["status"], r["title"], r["rig_id"], r["assignee_agent_id"],
                 r["priority"], tuple(from_json(r["labels"], [])), from_json(r["metadata"], {}),
@@ -140,7 +145,7 @@ def load_state(conn: sqlite3.Connection, town_id: str, now: int) -> TownState:
     agents = {r["agent_id"]: _agent(r) for r in q("SELECT * FROM agents WHERE town_id = ? ORDER BY agent_id",
                                                   (town_id,))}
     beads = {r["bead_id"]: _bead(r) for r in q(
-        "SELECT * FROM town_beads WHERE town_id = ? AND status IN ('open','in_progress','in_review')"
+        f"SELECT {BEAD_COLUMNS} FROM town_beads WHERE town_id = ? AND status IN ('open','in_progress','in_review')"
         " AND type IN ('issue','merge_request','convoy') ORDER BY created_at, bead_id", (town_id,))}
     blockers: dict[str, list[tuple[str, str]]] = {}
     for r in q("SELECT d.bead_id, d.depends_on_bead_id, COALESCE(b.status, 'deleted') AS st"

@@ -47,7 +47,6 @@ class TickDeps:
     provider: ContainerProvider | None = None
     scm: ScmProvider | None = None   # None: PR-based merge requests are neither polled nor merged
     ids: bx.IdFactory = bx.new_id
-    status_concurrency: int = 16
 
 
 @dataclass
@@ -115,14 +114,8 @@ async def run_tick(db: Database, town_id: str, deps: TickDeps, clock_ms: Callabl
         return None
     target, working = prep
     if working:
-        sem = asyncio.Semaphore(deps.status_concurrency)
-
-        async def one(agent_id: str) -> tuple[str, str]:
-            async with sem:
-                return agent_id, await deps.container.agent_status(target, agent_id)
-
-        results = await asyncio.gather(*(one(a) for a in working))
-        dead = {a: s for a, s in results if s in DEAD_STATUSES}
+        statuses = await deps.container.agent_statuses(target, working)
+        dead = {a: s for a, s in statuses.items() if s in DEAD_STATUSES}
         if dead:
             await db.run(_record_statuses_tx, town_id, dead, clock_ms())
     result, effects, (draining, mayor) = await db.run(_main_tx, town_id, clock_ms(), deps.ids)

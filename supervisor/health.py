@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from gastown.jsonlog import get_logger
 from supervisor.agent import AgentRecord
@@ -23,16 +23,22 @@ if TYPE_CHECKING:
 
 log = get_logger("supervisor.health")
 
+RECYCLE_GRACE_S = 30.0
+
 
 class HealthMonitor:
     def __init__(self, runtime: "ContainerRuntime", *, failures: int = 3, probe_timeout_s: float = 2.0,
-                 policy: CrashPolicy | None = None) -> None:
+                 policy: CrashPolicy | None = None, recycle_grace_s: float = RECYCLE_GRACE_S,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.rt = runtime
         self.sup = runtime.supervisor
         self.failures = failures
         self.probe_timeout_s = probe_timeout_s
         self.policy = policy or CrashPolicy()
+        self.recycle_grace_s = recycle_grace_s
+        self.clock = clock
         self._misses: dict[str, int] = {}
+        self._recycled_at: dict[str, float] = {}
         self._crashed_runs: set[str] = set()
         self.recycled = 0
         self.sup.change_hooks.append(self._on_change)
@@ -46,6 +52,9 @@ class HealthMonitor:
         proc = rec.process
         if proc is None or not proc.running:
             return
+        recycled = self._recycled_at.get(rec.agent_id)
+        if recycled is not None and self.clock() - recycled < self.recycle_grace_s:
+            return  # a kilo just recycled is busy booting its instance: give it time, no recycle loop
         if await rec.client.health(timeout=self.probe_timeout_s):
             self._misses.pop(rec.agent_id, None)
             return
@@ -84,6 +93,7 @@ class HealthMonitor:
                 await self.rt.worker.completed(rec.agent_id, "failed", rec.exit_reason)
                 return
             self.recycled += 1
+            self._recycled_at[rec.agent_id] = self.clock()
             log.info("agent.recycled", agent_id=rec.agent_id, old_pid=old_proc.pid, new_pid=proc.pid, session_id=rec.session_id)
         await self.sup._notify(rec, "recycled")
 

@@ -79,3 +79,50 @@ async def test_mayor_restart_that_fails_to_start_counts_toward_the_crash_loop(tm
         assert rt.health_monitor.policy.crash_count("mayor") == 3
     finally:
         await rt.shutdown()
+
+
+async def test_recycled_kilo_gets_a_grace_period_instead_of_a_recycle_loop(tmp_path):
+    """Under load a kilo just recycled is slow to answer while it boots: tight probes recycled it
+    again and again, each time killing the turn it had just been given."""
+    from supervisor.agent import AgentRecord
+    from supervisor.config import RuntimeConfig
+    from supervisor.kilo_env import AgentPaths
+    from supervisor.models import StartAgentRequest
+    from supervisor.runtime import ContainerRuntime
+    from supervisor.states import AgentState
+    from tests.conftest import start_body
+
+    class Unanswering:
+        running = True
+
+        async def health(self, timeout: float) -> bool:
+            return False
+
+    clock = Clock()
+    rt = ContainerRuntime(RuntimeConfig(data_dir=tmp_path / "d"))
+    monitor = rt.health_monitor
+    monitor.clock, monitor.failures, monitor.recycle_grace_s = clock, 2, 30.0
+    rec = AgentRecord(request=StartAgentRequest.model_validate(start_body()), paths=AgentPaths.for_agent(tmp_path, "polecat-1"))
+    rec.transition(AgentState.running)
+    rec.process = rec.client = Unanswering()  # type: ignore[assignment]
+    rt.supervisor.agents["polecat-1"] = rec
+    recycles: list[str] = []
+
+    async def recycle(r, reason):
+        recycles.append(reason)
+        monitor._recycled_at[r.agent_id] = clock()
+
+    monitor.recycle = recycle
+    await monitor.probe_all()
+    await monitor.probe_all()
+    assert len(recycles) == 1
+    for _ in range(5):  # inside the grace: not even counted
+        clock.t += 5
+        await monitor.probe_all()
+    assert len(recycles) == 1 and "polecat-1" not in monitor._misses
+    clock.t += 10  # past it: probed again
+    await monitor.probe_all()
+    await monitor.probe_all()
+    assert len(recycles) == 2
+    rt.supervisor.agents.clear()  # the stand-in holds no real process to stop
+    await rt.shutdown()

@@ -29,6 +29,7 @@ async def test_hydration_of_10_agents_is_parallel_and_fresh_start_completes(work
     await solo.runtime.shutdown()
 
     runtime_config.hydration_concurrency = 4
+    runtime_config.idle_timeout_s = 3600.0  # on a busy box hydration outlasts the 120 s idle exit of early agents
     t0 = time.monotonic()
     container = await make_container(runtime_config)
     sup = container.runtime.supervisor

@@ -32,6 +32,18 @@ class ControlledStarts:
         self.finish.setdefault(agent_id, asyncio.Event()).set()
 
 
+async def _town_with_registry(worker, polecats: int, with_mayor: bool = False) -> tuple[str, str]:
+    """A town whose registry lists ``polecat-0..n-1`` (and the mayor, listed last)."""
+    town_id, token = await worker.create_town(default_model="fake/m1")
+    entries = [{"agent_id": f"polecat-{i}", "workdir": f"/w/{i}",
+                "request": start_body(agent_id=f"polecat-{i}", town_id=town_id)} for i in range(polecats)]
+    if with_mayor:
+        entries.append({"agent_id": "mayor", "workdir": "/w/m", "request": start_body(
+            agent_id="mayor", town_id=town_id, role="mayor", name="Mayor", rig_id=f"mayor-{town_id}")})
+    assert (await worker.request("POST", f"/api/towns/{town_id}/container-registry", json=entries))[0] == 200
+    return town_id, token
+
+
 async def _settle(rounds: int = 50) -> None:
     for _ in range(rounds):
         await asyncio.sleep(0)
@@ -44,12 +56,7 @@ async def _until(cond, timeout: float = 10.0) -> None:
 
 
 async def test_requested_start_goes_before_resumes_not_yet_begun_and_mayor_resumes_first(worker, tmp_path: Path):
-    town_id, token = await worker.create_town(default_model="fake/m1")
-    entries = [{"agent_id": f"polecat-{i}", "workdir": f"/w/{i}",
-                "request": start_body(agent_id=f"polecat-{i}", town_id=town_id)} for i in range(4)]
-    entries.append({"agent_id": "mayor", "workdir": "/w/m", "request": start_body(
-        agent_id="mayor", town_id=town_id, role="mayor", name="Mayor", rig_id=f"mayor-{town_id}")})
-    assert (await worker.request("POST", f"/api/towns/{town_id}/container-registry", json=entries))[0] == 200
+    town_id, token = await _town_with_registry(worker, 4, with_mayor=True)
 
     client = WorkerClient(worker.url, token, town_id)
     sup = Supervisor(RuntimeConfig(data_dir=tmp_path / "d", hydration_concurrency=2), client)
@@ -81,10 +88,7 @@ async def test_requested_start_goes_before_resumes_not_yet_begun_and_mayor_resum
 async def test_start_requested_while_the_registry_loads_goes_first(worker, tmp_path: Path):
     """At boot the worker's start arrives before the registry is read: it must still go first (it
     used to wake after two resumes had begun, and booted beside them at half speed)."""
-    town_id, token = await worker.create_town(default_model="fake/m1")
-    entries = [{"agent_id": f"polecat-{i}", "workdir": f"/w/{i}",
-                "request": start_body(agent_id=f"polecat-{i}", town_id=town_id)} for i in range(3)]
-    assert (await worker.request("POST", f"/api/towns/{town_id}/container-registry", json=entries))[0] == 200
+    town_id, token = await _town_with_registry(worker, 3)
     rt = ContainerRuntime(RuntimeConfig(data_dir=tmp_path / "d", hydration_concurrency=2, town_id=town_id,
                                         api_url=worker.url, container_token=token))
     starts = ControlledStarts()
@@ -110,10 +114,7 @@ async def test_start_requested_while_the_registry_loads_goes_first(worker, tmp_p
 
 
 async def test_start_of_an_agent_being_resumed_waits_for_that_resume_without_deadlock(worker, tmp_path: Path):
-    town_id, token = await worker.create_town(default_model="fake/m1")
-    entries = [{"agent_id": f"polecat-{i}", "workdir": f"/w/{i}",
-                "request": start_body(agent_id=f"polecat-{i}", town_id=town_id)} for i in range(3)]
-    assert (await worker.request("POST", f"/api/towns/{town_id}/container-registry", json=entries))[0] == 200
+    town_id, token = await _town_with_registry(worker, 3)
     client = WorkerClient(worker.url, token, town_id)
     sup = Supervisor(RuntimeConfig(data_dir=tmp_path / "d", hydration_concurrency=1), client)
     starts = ControlledStarts()

@@ -31,6 +31,8 @@ async def test_wedged_child_sigstopped_is_recycled_and_session_resumed(runtime_c
     # which on a loaded 2-core box takes tens of seconds. While it boots the agent is "starting".
     st = await container.wait_status("polecat-1", lambda b: b["status"] == "starting", timeout=30)
     assert st["pid"] is None and st["last_exit"]["signal"] == signal.SIGKILL
+    # Back to patient probes: a new kilo on a loaded box is slow to answer while it boots its instance.
+    monitor.probe_timeout_s, monitor.failures = runtime_config.health_timeout_s, runtime_config.health_failures
     st = await container.wait_status("polecat-1", lambda b: b["status"] == "running", timeout=150)
     assert st["pid"] not in (None, body["pid"]) and st["session_id"] == body["session_id"]
     assert not psutil.pid_exists(body["pid"]) or psutil.Process(body["pid"]).status() == psutil.STATUS_ZOMBIE

@@ -77,7 +77,6 @@ async def bench(tmp: Path) -> dict:
                 async def mid_hydration_start(container, rt, tag: str) -> float | None:
                     """A second start once resumes are running *and* others still boot (None if
                     hydration finished first): it waits only for the boots already in flight."""
-                    resumes = [a for a in rt.supervisor.agents.values() if a.agent_id.startswith("polecat-")]
                     while not rt.hydrated.is_set():
                         resumes = [a for a in rt.supervisor.agents.values() if a.agent_id.startswith("polecat-")]
                         if any(a.state.value == "running" for a in resumes) and any(

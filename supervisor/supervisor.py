@@ -217,7 +217,7 @@ class Supervisor:
         await self._open_session(rec)
 
     async def prewarm(self, req: StartAgentRequest) -> None:
-        """Start ``req``'s kilo server without a session, for a later start to adopt."""
+        """Start ``req``'s kilo server and settle its session (no prompt), for a later start to adopt."""
         async with self.lock(req.agent_id):
             current = self.agents.get(req.agent_id)
             if req.agent_id in self.prewarmed or (current is not None and current.active):
@@ -262,10 +262,6 @@ class Supervisor:
         await client.close()
         await proc.stop(timeout=3.0)
 
-    @staticmethod
-    def session_title(req: StartAgentRequest) -> str:
-        return f"{req.role.value} {req.name}"
-
     async def _open_session(self, rec: AgentRecord) -> None:
         """Only the mayor resumes its latest session; every other role gets a fresh one per start.
 
@@ -284,7 +280,7 @@ class Supervisor:
                 if not rec.resumed:
                     log.info("mayor.empty_session_prompted", agent_id=rec.agent_id, session_id=rec.session_id)
                 return
-        session = await rec.client.create_session(self.session_title(rec.request))
+        session = await rec.client.create_session(f"{rec.request.role.value} {rec.request.name}")
         rec.session_id = session["id"]
 
     def model_ref(self, model: str) -> tuple[str, str]:

@@ -54,7 +54,8 @@ async def test_mayor_crash_loop_ends_fatal_then_can_start_again(town, fake_llm):
     for crash in range(3):
         os.kill(pid, signal.SIGKILL)
         if crash < 2:
-            st = await container.wait_status("mayor-1", lambda b, pid=pid: b["status"] == "running" and b["pid"] not in (None, pid), timeout=60)
+            # A restart is a kilo boot: allow the fixture's kilo_start_timeout_s (120 s) and some.
+            st = await container.wait_status("mayor-1", lambda b, pid=pid: b["status"] == "running" and b["pid"] not in (None, pid), timeout=150)
             assert st["restarts"] == crash + 1 and st["session_id"] == body["session_id"]
             pid = st["pid"]
     st = await container.wait_status("mayor-1", lambda b: b["fatal"] is True, timeout=30)

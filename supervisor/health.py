@@ -2,7 +2,9 @@
 
 * Wedge: a server whose port is open but which stops answering ``/global/health`` for
   ``failures`` consecutive probes is recycled: killed, its DB snapshotted, restarted on the same
-  data dir, and the same session resumed (no prompt replayed).
+  data dir, and the same session resumed (no prompt replayed). Each recycle buys a grace period
+  that doubles (a kilo that keeps wedging is given longer to boot); a wedge loop — too many
+  recycles within the window — fails the agent and reports it, rather than recycling forever.
 * Crash of the mayor: restarted in place after the crash policy's backoff; a crash loop ends in
   FATAL (reported to the worker) until it decays or a new start clears it.
 """
@@ -24,12 +26,15 @@ if TYPE_CHECKING:
 log = get_logger("supervisor.health")
 
 RECYCLE_GRACE_S = 30.0
+RECYCLE_GRACE_MAX_S = 300.0
+WEDGE_LOOP_MAX = 5  # recycles of one agent within WEDGE_LOOP_WINDOW_S before it is failed
+WEDGE_LOOP_WINDOW_S = 3600.0
 
 
 class HealthMonitor:
     def __init__(self, runtime: "ContainerRuntime", *, failures: int = 3, probe_timeout_s: float = 2.0,
                  policy: CrashPolicy | None = None, recycle_grace_s: float = RECYCLE_GRACE_S,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 wedge_policy: CrashPolicy | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         self.rt = runtime
         self.sup = runtime.supervisor
         self.failures = failures
@@ -37,8 +42,12 @@ class HealthMonitor:
         self.policy = policy or CrashPolicy()
         self.recycle_grace_s = recycle_grace_s
         self.clock = clock
+        self.wedge_policy = wedge_policy or CrashPolicy(
+            max_crashes=WEDGE_LOOP_MAX, window_s=WEDGE_LOOP_WINDOW_S, base_delay_s=1.0,
+            max_delay_s=RECYCLE_GRACE_MAX_S / RECYCLE_GRACE_S, clock=lambda: self.clock())
         self._misses: dict[str, int] = {}
         self._recycled_at: dict[str, float] = {}
+        self._grace: dict[str, float] = {}
         self._crashed_runs: set[str] = set()
         self.recycled = 0
         self.sup.change_hooks.append(self._on_change)
@@ -53,7 +62,8 @@ class HealthMonitor:
         if proc is None or not proc.running:
             return
         recycled = self._recycled_at.get(rec.agent_id)
-        if recycled is not None and self.clock() - recycled < self.recycle_grace_s:
+        grace = self._grace.get(rec.agent_id, self.recycle_grace_s)
+        if recycled is not None and self.clock() - recycled < grace:
             return  # a kilo just recycled is busy booting its instance: give it time, no recycle loop
         if await rec.client.health(timeout=self.probe_timeout_s):
             self._misses.pop(rec.agent_id, None)
@@ -63,7 +73,29 @@ class HealthMonitor:
         log.warning("agent.health_miss", agent_id=rec.agent_id, misses=misses, threshold=self.failures)
         if misses >= self.failures and rec.process is proc:
             self._misses.pop(rec.agent_id, None)
+            factor = self.wedge_policy.record_crash(rec.agent_id)
+            if factor is None:
+                await self.give_up(rec, proc)
+                return
+            self._grace[rec.agent_id] = self.recycle_grace_s * factor
             await self.recycle(rec, "wedged: /global/health unanswered")
+
+    async def give_up(self, rec: AgentRecord, proc: object) -> None:
+        """A wedge loop: recycling has not helped, so the agent fails and the worker is told why."""
+        async with self.sup.lock(rec.agent_id):
+            if rec.state != AgentState.running or rec.process is not proc:
+                return
+            count = self.wedge_policy.crash_count(rec.agent_id)
+            self.wedge_policy.clear(rec.agent_id)
+            self._grace.pop(rec.agent_id, None)
+            reason = f"wedge loop: {count} wedges within {int(self.wedge_policy.window_s)} s; not recycled again"
+            log.error("agent.wedge_loop", agent_id=rec.agent_id, run_id=rec.run_id, wedges=count)
+            await self.sup.kill_agent_process(rec)
+            rec.transition(AgentState.failed, reason)
+            if self.rt.persistence is not None:
+                await self.rt.persistence.snapshot(rec, "wedge_loop")
+        await self.rt.worker.completed(rec.agent_id, "failed", reason)
+        await self.sup._notify(rec, "failed")
 
     async def recycle(self, rec: AgentRecord, reason: str) -> None:
         """Replace the agent's kilo with a new one on the same data dir and resume its session."""
@@ -100,7 +132,9 @@ class HealthMonitor:
     # -- crash loop -----------------------------------------------------------------------------
     def _on_change(self, rec: AgentRecord, what: str) -> None:
         if what == "started" and rec.restarts == 0:
-            self.policy.clear(rec.agent_id)  # a start from the API clears FATAL
+            self.policy.clear(rec.agent_id)  # a start from the API clears FATAL and the wedge count
+            self.wedge_policy.clear(rec.agent_id)
+            self._grace.pop(rec.agent_id, None)
         if what == "crashed" and rec.request.role == Role.mayor:
             self._crashed(rec)
 

@@ -126,3 +126,63 @@ async def test_recycled_kilo_gets_a_grace_period_instead_of_a_recycle_loop(tmp_p
     assert len(recycles) == 2
     rt.supervisor.agents.clear()  # the stand-in holds no real process to stop
     await rt.shutdown()
+
+
+async def test_kilo_that_keeps_wedging_is_failed_not_recycled_forever(tmp_path):
+    """A kilo that wedged again after every recycle was recycled forever, each time killing its
+    turn. Each recycle now doubles the grace before the next probe, and a wedge loop fails the
+    agent with a reason the worker is told."""
+    from supervisor.agent import AgentRecord
+    from supervisor.config import RuntimeConfig
+    from supervisor.kilo_env import AgentPaths
+    from supervisor.kilo_process import ExitInfo
+    from supervisor.models import StartAgentRequest
+    from supervisor.runtime import ContainerRuntime
+    from supervisor.states import AgentState
+    from tests.conftest import start_body
+
+    class Unanswering:
+        running = True
+        pid = 0
+        stopped = closed = False
+
+        async def health(self, timeout: float) -> bool:
+            return False
+
+        async def stop(self, timeout: float) -> ExitInfo:
+            self.stopped, self.running = True, False
+            return ExitInfo(code=None, signal=15, at=0.0, stderr_tail="", requested=True)
+
+        async def close(self) -> None:
+            self.closed = True
+
+    clock = Clock()
+    rt = ContainerRuntime(RuntimeConfig(data_dir=tmp_path / "d"))
+    monitor = rt.health_monitor
+    monitor.clock, monitor.failures = clock, 1
+    rec = AgentRecord(request=StartAgentRequest.model_validate(start_body()), paths=AgentPaths.for_agent(tmp_path, "polecat-1"))
+    rec.transition(AgentState.running)
+    stand_in = Unanswering()
+    rec.process = rec.client = stand_in  # type: ignore[assignment]
+    rt.supervisor.agents["polecat-1"] = rec
+    recycle_times: list[float] = []
+
+    async def recycle(r, reason):
+        recycle_times.append(clock.t)
+        monitor._recycled_at[r.agent_id] = clock()
+
+    monitor.recycle = recycle
+    for _ in range(2000):
+        await monitor.probe_all()
+        if rec.state != AgentState.running:
+            break
+        clock.t += 1
+    gaps = [b - a for a, b in zip(recycle_times, recycle_times[1:])]
+    assert len(recycle_times) == 4 and gaps == [30, 60, 120]  # grace doubles: 30 s, 60 s, 120 s
+    assert rec.state == AgentState.failed and "wedge loop: 5 wedges" in rec.exit_reason
+    assert stand_in.stopped and stand_in.closed
+    rec2 = AgentRecord(request=rec.request, paths=rec.paths)
+    await rt.supervisor._notify(rec2, "started")  # a fresh start from the API clears the count
+    assert monitor.wedge_policy.crash_count("polecat-1") == 0
+    rt.supervisor.agents.clear()
+    await rt.shutdown()

@@ -25,6 +25,7 @@ from supervisor.models import Role, StartAgentRequest, public_request
 from supervisor.states import AgentState
 from supervisor.tasks import TaskOwner
 from supervisor.worker_client import WorkerClient
+from supervisor.prewarm import PrewarmPool
 from supervisor.workspace import prepare_workspace
 
 log = get_logger("supervisor")
@@ -47,9 +48,13 @@ class Supervisor:
         # Awaited before every kilo spawn (snapshot restore, admission; tests inject faults here).
         self.spawn_hooks: list[Callable[[AgentRecord], Awaitable[None]]] = []
         self.background = TaskOwner("supervisor")
-        self.prewarmed: dict[str, tuple[AgentRecord, KiloProcess, KiloClient]] = {}
+        self.prewarm_pool = PrewarmPool(self)
         # Awaited when kilo refuses a restored DB (older CLI schema): persistence discards it.
         self.stale_db_hooks: list[Callable[[AgentRecord], Awaitable[None]]] = []
+
+    @property
+    def prewarmed(self) -> dict[str, tuple[AgentRecord, KiloProcess, KiloClient]]:
+        return self.prewarm_pool.entries
 
     # -- plumbing -------------------------------------------------------------------------------
     def lock(self, agent_id: str) -> asyncio.Lock:
@@ -143,14 +148,12 @@ class Supervisor:
 
     async def _launch(self, rec: AgentRecord) -> None:
         req = rec.request
-        rec.paths.make_dirs()
-        git_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(rec.paths.home), "GIT_TERMINAL_PROMPT": "0", **git_identity(req)}
-        await asyncio.to_thread(prepare_workspace, req, rec.paths.workdir, git_env)
-        await self._adopt_prewarmed(rec)
+        await self.prepare_workspace(rec)
+        await self.prewarm_pool.adopt(rec)
         if rec.process is None:
             await self.spawn_server(rec)
         try:
-            await self._open_session(rec)
+            await self.open_session(rec)
         except KiloApiError as e:
             if not rec.restored:
                 raise
@@ -163,6 +166,13 @@ class Supervisor:
         if not rec.resumed:
             await rec.client.prompt_async(rec.session_id, req.prompt, model=self.model_ref(rec.model), system=req.system_prompt)
             rec.message_count = 1
+
+    async def prepare_workspace(self, rec: AgentRecord) -> None:
+        """The agent's dirs and its git workdir (cloned or initialised), off the event loop."""
+        rec.paths.make_dirs()
+        git_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(rec.paths.home),
+                   "GIT_TERMINAL_PROMPT": "0", **git_identity(rec.request)}
+        await asyncio.to_thread(prepare_workspace, rec.request, rec.paths.workdir, git_env)
 
     async def spawn_server(self, rec: AgentRecord) -> None:
         """Spawn kilo for ``rec``, wait until it answers, and make it the agent's server."""
@@ -214,55 +224,12 @@ class Supervisor:
         for hook in self.stale_db_hooks:
             await hook(rec)
         await self.spawn_server(rec)
-        await self._open_session(rec)
+        await self.open_session(rec)
 
     async def prewarm(self, req: StartAgentRequest) -> None:
-        """Start ``req``'s kilo server and settle its session (no prompt), for a later start to adopt."""
-        async with self.lock(req.agent_id):
-            current = self.agents.get(req.agent_id)
-            if req.agent_id in self.prewarmed or (current is not None and current.active):
-                return
-            rec = AgentRecord(request=req, paths=AgentPaths.for_agent(self.cfg.data_dir, req.agent_id))
-            rec.paths.make_dirs()
-            git_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(rec.paths.home), **git_identity(req)}
-            await asyncio.to_thread(prepare_workspace, req, rec.paths.workdir, git_env)
-            proc, client = await self.launch_server(rec)
-            try:
-                # Pays kilo's lazy directory-instance boot now, and settles the session the start
-                # will use off its path: the latest (resumed when it has messages), or a new one.
-                rec.client = client
-                await self._open_session(rec)
-            except KiloApiError as e:
-                log.warning("mayor.prewarm_warmup_failed", agent_id=req.agent_id, error=str(e))
-            except BaseException:
-                await client.close()
-                await proc.stop(timeout=3.0)
-                raise
-            finally:
-                rec.client = None
-            self.prewarmed[req.agent_id] = (rec, proc, client)
+        await self.prewarm_pool.warm(req)
 
-    async def _adopt_prewarmed(self, rec: AgentRecord) -> None:
-        """Reuse a prewarmed server only when the env this start builds is byte-identical to the one
-        it was spawned with (same config, identity, tokens); otherwise replace it."""
-        entry = self.prewarmed.pop(rec.agent_id, None)
-        if entry is None:
-            return
-        pre, proc, client = entry
-        env = self.build_launch(rec, pre.child_env.get("KILO_SERVER_PASSWORD", ""))
-        if proc.running and env == pre.child_env:
-            rec.child_env, rec.prewarmed, rec.restored = env, True, pre.restored
-            rec.session_id, rec.resumed = pre.session_id, pre.resumed
-            rec.last_snapshot = pre.last_snapshot
-            self.adopt_server(rec, proc, client)
-            log.info("mayor.prewarm_reused", agent_id=rec.agent_id, pid=proc.pid)
-            return
-        diff = sorted(k for k in set(env) | set(pre.child_env) if env.get(k) != pre.child_env.get(k))
-        log.info("mayor.prewarm_replaced", agent_id=rec.agent_id, differing_keys=diff)
-        await client.close()
-        await proc.stop(timeout=3.0)
-
-    async def _open_session(self, rec: AgentRecord) -> None:
+    async def open_session(self, rec: AgentRecord) -> None:
         """Only the mayor resumes its latest session; every other role gets a fresh one per start.
 
         A resumed session never gets the startup prompt again, but one without any message never
@@ -379,10 +346,7 @@ class Supervisor:
 
     async def stop_all(self, reason: str = "container shutdown") -> None:
         await asyncio.gather(*(self.stop(a.agent_id, reason) for a in self.active_agents()), return_exceptions=True)
-        for agent_id, (_, proc, client) in list(self.prewarmed.items()):
-            self.prewarmed.pop(agent_id, None)
-            await client.close()
-            await proc.stop(timeout=3.0)
+        await self.prewarm_pool.close()
 
     async def kill_agent_process(self, rec: AgentRecord, timeout: float = 3.0) -> None:
         """Cancel the agent's tasks, stop its kilo (group, then leftovers) and close its client."""

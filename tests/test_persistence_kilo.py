@@ -176,7 +176,7 @@ async def test_prewarm_failing_after_its_kilo_started_leaves_no_kilo(worker, fak
         seen.extend(p.pid for p in kilo_processes())
         raise RuntimeError("injected failure after spawn")
 
-    sup._open_session = broken_open_session
+    sup.open_session = broken_open_session
     await container.runtime.wait_hydrated(90)
     assert len(seen) == 1 and "mayor" not in sup.prewarmed
     assert kilo_processes() == [] and not psutil.pid_exists(seen[0])

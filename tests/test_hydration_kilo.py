@@ -48,4 +48,4 @@ async def test_hydration_of_10_agents_is_parallel_and_fresh_start_completes(work
     spans = [(sup.get(f"polecat-{i}").started_at, started[f"polecat-{i}"]) for i in range(10)]
     most_at_once = max(sum(1 for s, e in spans if s <= t < e) for t, _ in spans)
     assert most_at_once == 4, spans
-    await fake_llm.wait_for(lambda r: "resume 9" in r.last_user_text, timeout=60)
+    await fake_llm.wait_for(lambda r: "resume 9" in r.last_user_text, timeout=120)

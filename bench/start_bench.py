@@ -133,7 +133,7 @@ async def warm(tmp: Path) -> dict:
                 sup = rt.supervisor
                 await rt.wait_hydrated(120)
                 boot_prewarm_s = time.monotonic() - t0
-                if "mayor" not in sup.prewarmed:
+                if "mayor" not in sup.prewarm_pool.entries:
                     raise RuntimeError(f"mayor was not prewarmed during hydration\n{tail(tmp / 'runtime.log')}")
                 runs: dict[str, list[float]] = {"first_start": [], "resume": []}
                 settles: list[float] = []
@@ -146,7 +146,7 @@ async def warm(tmp: Path) -> dict:
                         t1 = time.monotonic()
                         await rt.hydrator.prewarm_mayor()
                         prewarm_s.append(time.monotonic() - t1)
-                    _, proc, _ = sup.prewarmed["mayor"]
+                    _, proc, _ = sup.prewarm_pool.entries["mayor"]
                     settles.append(await settle(proc.pids()))
                     prompt = f"warm {i}"
                     t1 = time.perf_counter()
@@ -204,7 +204,7 @@ async def kilo_floor(rt, sup) -> dict:  # noqa: ANN001
     instance lazily), a second one, and a session create. Explains the warm figure."""
     rmtree(sup.agents["mayor"].paths.root)
     await rt.hydrator.prewarm_mayor()
-    _, proc, client = sup.prewarmed["mayor"]
+    _, proc, client = sup.prewarm_pool.entries["mayor"]
     await settle(proc.pids())
     out = {}
     for name, call in (("health", client.health), ("first_list_sessions", client.list_sessions),

@@ -21,6 +21,7 @@ from supervisor.models import Role
 from supervisor.states import AgentState
 
 if TYPE_CHECKING:
+    from supervisor.kilo_process import KiloProcess
     from supervisor.runtime import ContainerRuntime
 
 log = get_logger("supervisor.health")
@@ -80,7 +81,7 @@ class HealthMonitor:
             self._grace[rec.agent_id] = self.recycle_grace_s * factor
             await self.recycle(rec, "wedged: /global/health unanswered")
 
-    async def give_up(self, rec: AgentRecord, proc: object) -> None:
+    async def give_up(self, rec: AgentRecord, proc: "KiloProcess") -> None:
         """A wedge loop: recycling has not helped, so the agent fails and the worker is told why."""
         async with self.sup.lock(rec.agent_id):
             if rec.state != AgentState.running or rec.process is not proc:

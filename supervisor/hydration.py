@@ -173,7 +173,7 @@ class Hydrator:
             return
         t0 = time.monotonic()
         try:
-            await self.supervisor.prewarm(req)
+            await self.supervisor.prewarm_pool.warm(req)
         except Exception as e:
             log.error("mayor.prewarm_failed", agent_id=req.agent_id, error=str(e))
             return

@@ -110,7 +110,7 @@ class ContainerRuntime:
             "status": "draining" if self.draining else "ok",
             "agents": len(sup.active_agents()),
             "servers": sum(1 for a in sup.agents.values() if a.process is not None and a.process.running)
-            + len(sup.prewarmed),
+            + len(sup.prewarm_pool.entries),
             "uptime_ms": int((time.time() - self.started_at) * 1000),
             "started_at": self.started_at,
             "hydrated": self.hydrated.is_set(),

@@ -22,10 +22,10 @@ from supervisor.kilo_client import KiloApiError, KiloClient
 from supervisor.kilo_env import AgentPaths, build_child_env, build_kilo_config, config_content, git_identity, split_model
 from supervisor.kilo_process import KiloProcess, KiloStartError, allocate_port
 from supervisor.models import Role, StartAgentRequest, public_request
+from supervisor.prewarm import PrewarmPool
 from supervisor.states import AgentState
 from supervisor.tasks import TaskOwner
 from supervisor.worker_client import WorkerClient
-from supervisor.prewarm import PrewarmPool
 from supervisor.workspace import prepare_workspace
 
 log = get_logger("supervisor")
@@ -51,10 +51,6 @@ class Supervisor:
         self.prewarm_pool = PrewarmPool(self)
         # Awaited when kilo refuses a restored DB (older CLI schema): persistence discards it.
         self.stale_db_hooks: list[Callable[[AgentRecord], Awaitable[None]]] = []
-
-    @property
-    def prewarmed(self) -> dict[str, tuple[AgentRecord, KiloProcess, KiloClient]]:
-        return self.prewarm_pool.entries
 
     # -- plumbing -------------------------------------------------------------------------------
     def lock(self, agent_id: str) -> asyncio.Lock:
@@ -226,9 +222,6 @@ class Supervisor:
         await self.spawn_server(rec)
         await self.open_session(rec)
 
-    async def prewarm(self, req: StartAgentRequest) -> None:
-        await self.prewarm_pool.warm(req)
-
     async def open_session(self, rec: AgentRecord) -> None:
         """Only the mayor resumes its latest session; every other role gets a fresh one per start.
 
@@ -361,7 +354,7 @@ class Supervisor:
         """Last line of defence at exit: every kilo this runtime still holds dies, whatever state its
         record is in (a cut-short drain may have cancelled a stop half-way)."""
         procs = [a.process for a in self.agents.values() if a.process is not None and a.process.running]
-        procs += [proc for _, proc, _ in self.prewarmed.values() if proc.running]
+        procs += [proc for _, proc, _ in self.prewarm_pool.entries.values() if proc.running]
         if procs:
             log.warning("supervisor.kill_all", pids=[p.pid for p in procs])
             await asyncio.gather(*(p.stop(timeout=3.0) for p in procs), return_exceptions=True)

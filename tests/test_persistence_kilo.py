@@ -146,8 +146,8 @@ async def test_prewarmed_mayor_reused_without_new_process(worker, fake_llm, runt
     container = await make_container(runtime_config)
     await container.runtime.wait_hydrated(90)
     sup = container.runtime.supervisor
-    assert "mayor" in sup.prewarmed
-    pre, proc, _ = sup.prewarmed["mayor"]
+    assert "mayor" in sup.prewarm_pool.entries
+    pre, proc, _ = sup.prewarm_pool.entries["mayor"]
     env = pre.child_env
     assert env["GASTOWN_AGENT_ROLE"] == "mayor" and env["GASTOWN_AGENT_ID"] == "mayor" and env["GASTOWN_TOWN_ID"] == town_id
     assert json.loads(env["KILO_CONFIG_CONTENT"])["mcp"]["gastown"]["environment"]["GASTOWN_AGENT_ROLE"] == "mayor"
@@ -178,7 +178,7 @@ async def test_prewarm_failing_after_its_kilo_started_leaves_no_kilo(worker, fak
 
     sup.open_session = broken_open_session
     await container.runtime.wait_hydrated(90)
-    assert len(seen) == 1 and "mayor" not in sup.prewarmed
+    assert len(seen) == 1 and "mayor" not in sup.prewarm_pool.entries
     assert kilo_processes() == [] and not psutil.pid_exists(seen[0])
 
 
@@ -188,7 +188,7 @@ async def test_prewarm_with_different_model_is_replaced(worker, fake_llm, runtim
     runtime_config.town_id, runtime_config.api_url, runtime_config.container_token = town_id, worker.url, token
     container = await make_container(runtime_config)
     await container.runtime.wait_hydrated(90)
-    pre, proc, _ = container.runtime.supervisor.prewarmed["mayor"]
+    pre, proc, _ = container.runtime.supervisor.prewarm_pool.entries["mayor"]
     status, body = await container.start_agent(agent_id="mayor", town_id=town_id, rig_id=f"mayor-{town_id}", role="mayor",
                                                name="Mayor", prompt="hello", model="fake/m2")
     assert status == 201

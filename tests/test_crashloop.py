@@ -81,9 +81,27 @@ async def test_mayor_restart_that_fails_to_start_counts_toward_the_crash_loop(tm
         await rt.shutdown()
 
 
-async def test_recycled_kilo_gets_a_grace_period_instead_of_a_recycle_loop(tmp_path):
-    """Under load a kilo just recycled is slow to answer while it boots: tight probes recycled it
-    again and again, each time killing the turn it had just been given."""
+class Unanswering:
+    """Stands in for a wedged kilo: its process runs, its server never answers a health probe."""
+    running = True
+    pid = 0
+    stopped = closed = False
+
+    async def health(self, timeout: float) -> bool:
+        return False
+
+    async def stop(self, timeout: float):  # noqa: ANN201
+        from supervisor.kilo_process import ExitInfo
+
+        self.stopped, self.running = True, False
+        return ExitInfo(code=None, signal=15, at=0.0, stderr_tail="", requested=True)
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+def wedged_agent(tmp_path, clock: Clock, failures: int):  # noqa: ANN001, ANN201
+    """A runtime whose running polecat-1 is wedged, its monitor on ``clock``, recycles recorded."""
     from supervisor.agent import AgentRecord
     from supervisor.config import RuntimeConfig
     from supervisor.kilo_env import AgentPaths
@@ -92,27 +110,30 @@ async def test_recycled_kilo_gets_a_grace_period_instead_of_a_recycle_loop(tmp_p
     from supervisor.states import AgentState
     from tests.conftest import start_body
 
-    class Unanswering:
-        running = True
-
-        async def health(self, timeout: float) -> bool:
-            return False
-
-    clock = Clock()
     rt = ContainerRuntime(RuntimeConfig(data_dir=tmp_path / "d"))
     monitor = rt.health_monitor
-    monitor.clock, monitor.failures, monitor.recycle_grace_s = clock, 2, 30.0
+    monitor.clock, monitor.failures = clock, failures
     rec = AgentRecord(request=StartAgentRequest.model_validate(start_body()), paths=AgentPaths.for_agent(tmp_path, "polecat-1"))
     rec.transition(AgentState.running)
-    rec.process = rec.client = Unanswering()  # type: ignore[assignment]
+    stand_in = Unanswering()
+    rec.process = rec.client = stand_in  # type: ignore[assignment]
     rt.supervisor.agents["polecat-1"] = rec
-    recycles: list[str] = []
+    recycle_times: list[float] = []
 
-    async def recycle(r, reason):
-        recycles.append(reason)
+    async def recycle(r, reason):  # noqa: ANN001
+        recycle_times.append(clock.t)
         monitor._recycled_at[r.agent_id] = clock()
 
     monitor.recycle = recycle
+    return rt, monitor, rec, stand_in, recycle_times
+
+
+async def test_recycled_kilo_gets_a_grace_period_instead_of_a_recycle_loop(tmp_path):
+    """Under load a kilo just recycled is slow to answer while it boots: tight probes recycled it
+    again and again, each time killing the turn it had just been given."""
+    clock = Clock()
+    rt, monitor, _, _, recycles = wedged_agent(tmp_path, clock, failures=2)
+    monitor.recycle_grace_s = 30.0
     await monitor.probe_all()
     await monitor.probe_all()
     assert len(recycles) == 1
@@ -133,45 +154,10 @@ async def test_kilo_that_keeps_wedging_is_failed_not_recycled_forever(tmp_path):
     turn. Each recycle now doubles the grace before the next probe, and a wedge loop fails the
     agent with a reason the worker is told."""
     from supervisor.agent import AgentRecord
-    from supervisor.config import RuntimeConfig
-    from supervisor.kilo_env import AgentPaths
-    from supervisor.kilo_process import ExitInfo
-    from supervisor.models import StartAgentRequest
-    from supervisor.runtime import ContainerRuntime
     from supervisor.states import AgentState
-    from tests.conftest import start_body
-
-    class Unanswering:
-        running = True
-        pid = 0
-        stopped = closed = False
-
-        async def health(self, timeout: float) -> bool:
-            return False
-
-        async def stop(self, timeout: float) -> ExitInfo:
-            self.stopped, self.running = True, False
-            return ExitInfo(code=None, signal=15, at=0.0, stderr_tail="", requested=True)
-
-        async def close(self) -> None:
-            self.closed = True
 
     clock = Clock()
-    rt = ContainerRuntime(RuntimeConfig(data_dir=tmp_path / "d"))
-    monitor = rt.health_monitor
-    monitor.clock, monitor.failures = clock, 1
-    rec = AgentRecord(request=StartAgentRequest.model_validate(start_body()), paths=AgentPaths.for_agent(tmp_path, "polecat-1"))
-    rec.transition(AgentState.running)
-    stand_in = Unanswering()
-    rec.process = rec.client = stand_in  # type: ignore[assignment]
-    rt.supervisor.agents["polecat-1"] = rec
-    recycle_times: list[float] = []
-
-    async def recycle(r, reason):
-        recycle_times.append(clock.t)
-        monitor._recycled_at[r.agent_id] = clock()
-
-    monitor.recycle = recycle
+    rt, monitor, rec, stand_in, recycle_times = wedged_agent(tmp_path, clock, failures=1)
     for _ in range(2000):
         await monitor.probe_all()
         if rec.state != AgentState.running:

@@ -26,7 +26,7 @@ import psutil
 from aiohttp import web
 
 from control_server.app import create_app
-from gastown import jsonlog
+from gastown.core import jsonlog
 from supervisor.config import RuntimeConfig, default_kilo_bin
 from supervisor.kilo_client import KiloClient
 from supervisor.kilo_env import (
@@ -36,7 +36,7 @@ from supervisor.kilo_process import KiloProcess, allocate_port
 from supervisor.models import StartAgentRequest
 from supervisor.runtime import ContainerRuntime
 from supervisor.workspace import prepare_workspace
-from tests.fakes.fake_llm import FakeLLM
+from gastown.local.scripted_model import FakeLLM
 
 KILO_BIN = default_kilo_bin()
 CONTROL_TOKEN = "ctl-bench-token-0123456789"

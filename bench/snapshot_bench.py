@@ -14,9 +14,9 @@ import sys
 import tempfile
 import time
 
+from gastown.local.s3servers import new_bucket, s3_client, s3_env, start_seaweedfs
 from supervisor.objstore import open_store
 from supervisor.snapshots import AgentSnapshots
-from tests.s3servers import new_bucket, s3_client, s3_env, start_seaweedfs
 
 TARGET_BYTES = 64 * 1024 * 1024
 REPS = 3

@@ -7,7 +7,7 @@ from aiohttp import web
 
 from control_server.auth import auth_middleware
 from control_server.openapi import OPENAPI_PATH, openapi_handler, public_openapi
-from gastown.http import ApiError, error_middleware, path_id, read_model
+from gastown.core.http import ApiError, error_middleware, path_id, read_model
 from supervisor.errors import Draining, SupervisorError
 from supervisor.hotswap import hot_swap
 from supervisor.models import MessageRequest, ModelPatchRequest, RefreshTokenRequest, StartAgentRequest

@@ -5,7 +5,7 @@ import hmac
 
 from aiohttp import web
 
-from gastown.http import bearer_token, error_response
+from gastown.core.http import bearer_token, error_response
 
 PUBLIC_PATHS = frozenset({"/alive", "/ready"})
 

@@ -9,7 +9,7 @@ import threading
 from aiohttp import web
 
 from control_server.app import create_app
-from gastown import jsonlog
+from gastown.core import jsonlog
 from supervisor.config import ConfigError, RuntimeConfig
 from supervisor.runtime import ContainerRuntime
 

@@ -17,7 +17,7 @@ from aiohttp import web
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from gastown.ids import ID_PATTERN
+from gastown.core.ids import ID_PATTERN
 from supervisor.models import MessageRequest, ModelPatchRequest, RefreshTokenRequest, StartAgentRequest
 
 OPENAPI_PATH = "/openapi.json"

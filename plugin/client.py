@@ -15,7 +15,7 @@ from urllib.parse import quote
 
 import aiohttp
 
-from gastown.jsonlog import get_logger, register_secret
+from gastown.core.jsonlog import get_logger, register_secret
 from plugin.identity import Identity
 
 log = get_logger("plugin.client")

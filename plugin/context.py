@@ -13,7 +13,7 @@ from typing import Any, Awaitable, Callable, Mapping
 from mcp.server.mcpserver import MCPServer
 from mcp.types import CallToolResult, TextContent
 
-from gastown.jsonlog import get_logger
+from gastown.core.jsonlog import get_logger
 from plugin.client import WorkerClient, WorkerError, seg
 from plugin.identity import Identity
 

@@ -17,7 +17,8 @@ from typing import AsyncIterator, Mapping
 import anyio
 from mcp.server.mcpserver import MCPServer
 
-from gastown import jsonlog
+from gastown.core import jsonlog
+from gastown.core.procs import exit_with_parent
 from plugin import tools_mayor, tools_rig
 from plugin.client import DEFAULT_TIMEOUT_S, WorkerClient
 from plugin.context import ToolContext
@@ -98,6 +99,7 @@ def run_plugin() -> int:
     jsonlog.configure(os.environ.get("GASTOWN_LOG_LEVEL", "INFO"), stream=sys.stderr)
     logging.getLogger("mcp").setLevel(logging.WARNING)  # per-request chatter; our own lines suffice
     signal.signal(signal.SIGTERM, _on_sigterm)  # until the loop runs
+    exit_with_parent(signal.SIGTERM)  # a SIGKILLed kilo must not leave its tool server behind
     try:
         anyio.run(_serve, build_server())
     except KeyboardInterrupt:

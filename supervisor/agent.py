@@ -11,7 +11,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from gastown.jsonlog import get_logger
+from gastown.core.jsonlog import get_logger
 from supervisor.events import SERVER_EVENTS, EventBuffer, event_session_id
 from supervisor.kilo_client import KiloClient
 from supervisor.kilo_env import AgentPaths

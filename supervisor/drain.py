@@ -15,7 +15,7 @@ import asyncio
 import time
 from typing import TYPE_CHECKING
 
-from gastown.jsonlog import get_logger
+from gastown.core.jsonlog import get_logger
 from supervisor.agent import AgentRecord
 from supervisor.idle import DRAIN_IDLE_TIMEOUT_S
 from supervisor.models import Role

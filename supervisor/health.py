@@ -14,7 +14,7 @@ import asyncio
 import time
 from typing import TYPE_CHECKING, Callable
 
-from gastown.jsonlog import get_logger
+from gastown.core.jsonlog import get_logger
 from supervisor.agent import AgentRecord
 from supervisor.crashloop import CrashPolicy
 from supervisor.models import Role

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 
-from gastown.jsonlog import get_logger
+from gastown.core.jsonlog import get_logger
 from supervisor.agent import AgentRecord
 from supervisor.supervisor import Supervisor
 from supervisor.worker_client import WorkerError

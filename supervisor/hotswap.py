@@ -11,7 +11,7 @@ import asyncio
 import time
 from typing import Any
 
-from gastown.jsonlog import get_logger
+from gastown.core.jsonlog import get_logger
 from supervisor.agent import AgentRecord
 from supervisor.errors import AgentNotRunning, ModelUpdateFailed
 from supervisor.kilo_client import KiloClient

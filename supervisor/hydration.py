@@ -19,7 +19,7 @@ from typing import Any, AsyncIterator, Callable
 
 import jwt
 
-from gastown.jsonlog import get_logger
+from gastown.core.jsonlog import get_logger
 from supervisor.models import Role, StartAgentRequest
 from supervisor.supervisor import Supervisor
 from supervisor.worker_client import WorkerError

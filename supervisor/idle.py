@@ -13,7 +13,7 @@ import asyncio
 import time
 from typing import Any, Awaitable, Callable
 
-from gastown.jsonlog import get_logger
+from gastown.core.jsonlog import get_logger
 from supervisor.agent import AgentRecord
 from supervisor.models import Role
 from supervisor.states import AgentState

@@ -7,7 +7,7 @@ from typing import Any, AsyncIterator
 
 import aiohttp
 
-from gastown.jsonlog import get_logger
+from gastown.core.jsonlog import get_logger
 
 log = get_logger("supervisor.kilo_client")
 

@@ -10,7 +10,6 @@ import asyncio
 import os
 import re
 import signal
-import socket
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -18,7 +17,9 @@ from typing import Mapping
 
 import psutil
 
-from gastown.jsonlog import get_logger, scrub
+from gastown.core.jsonlog import get_logger, scrub
+from gastown.core.ports import free_port
+from gastown.core.procs import die_with_parent
 
 log = get_logger("supervisor.kilo_process")
 
@@ -65,9 +66,7 @@ _reserved_ports: set[int] = set()
 def allocate_port() -> int:
     """A free loopback port not handed to another agent of this runtime."""
     for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+        port = free_port()
         if port not in _reserved_ports:
             _reserved_ports.add(port)
             return port
@@ -101,9 +100,9 @@ class KiloProcess:
 
     @classmethod
     async def spawn(cls, kilo_bin: str, *, env: Mapping[str, str], cwd: str, port: int) -> "KiloProcess":
+        argv = [kilo_bin, "serve", "--hostname", "127.0.0.1", "--port", str(port), "--print-logs", "--log-level", "WARN"]
         proc = await asyncio.create_subprocess_exec(
-            kilo_bin, "serve", "--hostname", "127.0.0.1", "--port", str(port),
-            "--print-logs", "--log-level", "WARN",
+            *die_with_parent(argv),
             env=dict(env), cwd=cwd,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,

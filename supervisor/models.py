@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
-from gastown.ids import ID_PATTERN
+from gastown.core.ids import ID_PATTERN
 
 AgentId = Annotated[str, StringConstraints(pattern=ID_PATTERN)]
 NonEmpty = Annotated[str, StringConstraints(min_length=1, max_length=512)]

@@ -16,7 +16,7 @@ import threading
 import urllib.parse
 from typing import Any, Iterator, Mapping
 
-from gastown.jsonlog import get_logger
+from gastown.core.jsonlog import get_logger
 
 log = get_logger("supervisor.objstore")
 

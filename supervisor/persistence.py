@@ -16,7 +16,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from gastown.jsonlog import get_logger
+from gastown.core.jsonlog import get_logger
 from supervisor.agent import AgentRecord
 from supervisor.objstore import ObjectStore, ObjectStoreError, open_store
 from supervisor.snapshots import AgentSnapshots, SnapshotError

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from gastown.jsonlog import get_logger
+from gastown.core.jsonlog import get_logger
 from supervisor.agent import AgentRecord
 from supervisor.kilo_client import KiloApiError, KiloClient
 from supervisor.kilo_env import AgentPaths

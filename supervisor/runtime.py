@@ -10,7 +10,7 @@ import asyncio
 import time
 from typing import Any, Awaitable, Callable
 
-from gastown.jsonlog import get_logger, register_secret, set_town_id
+from gastown.core.jsonlog import get_logger, register_secret, set_town_id
 from supervisor.agent import AgentRecord
 from supervisor.config import RuntimeConfig
 from supervisor.crashloop import CrashPolicy

@@ -31,8 +31,8 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from typing import Any, Callable, TypeVar
 
-from gastown.ids import is_valid_id
-from gastown.jsonlog import get_logger
+from gastown.core.ids import is_valid_id
+from gastown.core.jsonlog import get_logger
 from supervisor.objstore import (NotFound, ObjectStore, ObjectStoreError, PreconditionFailed,
                                  StoreUnavailable, fsync_dir, same_etag)
 

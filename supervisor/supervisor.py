@@ -14,7 +14,7 @@ from typing import Any, Awaitable, Callable
 
 import psutil
 
-from gastown.jsonlog import get_logger, register_secret, set_town_id
+from gastown.core.jsonlog import get_logger, register_secret, set_town_id
 from supervisor.agent import AgentRecord
 from supervisor.config import RuntimeConfig
 from supervisor.errors import AgentNotFound, AgentNotRunning, AgentUnreachable, InsufficientMemory, StartFailed, TownMismatch

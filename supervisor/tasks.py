@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Awaitable, Callable, Coroutine
 
-from gastown.jsonlog import get_logger
+from gastown.core.jsonlog import get_logger
 
 log = get_logger("supervisor.tasks")
 

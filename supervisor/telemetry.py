@@ -7,7 +7,7 @@ import time
 
 import psutil
 
-from gastown.jsonlog import get_logger
+from gastown.core.jsonlog import get_logger
 from supervisor.supervisor import Supervisor
 
 log = get_logger("container")

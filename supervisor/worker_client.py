@@ -11,7 +11,7 @@ from typing import Any
 
 import aiohttp
 
-from gastown.jsonlog import get_logger, register_secret
+from gastown.core.jsonlog import get_logger, register_secret
 
 log = get_logger("supervisor.worker_client")
 

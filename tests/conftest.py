@@ -16,7 +16,7 @@ from aiohttp.test_utils import TestServer
 from control_server.app import create_app
 from supervisor.config import RuntimeConfig, default_kilo_bin
 from supervisor.runtime import ContainerRuntime
-from tests.fakes.fake_llm import FakeLLM
+from gastown.local.scripted_model import FakeLLM
 
 CONTROL_TOKEN = "ctl-test-token-0123456789"
 KILO_BIN = default_kilo_bin()

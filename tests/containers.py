@@ -12,7 +12,7 @@ import aiohttp
 import psutil
 
 from tests.conftest import CONTROL_TOKEN
-from tests.s3servers import free_port
+from gastown.core.ports import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -5,7 +5,7 @@ import logging
 
 import pytest
 
-from gastown import jsonlog
+from gastown.core import jsonlog
 from tests.conftest import CONTROL_TOKEN, kilo_processes, start_body
 
 

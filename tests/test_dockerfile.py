@@ -10,7 +10,6 @@ import re
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gastown.core.ports import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
@@ -242,11 +242,6 @@ def test_build_stage_copies_every_python_package_and_the_context_stays_small() -
 
 # --- the image's layout, run for real --------------------------------------------------------------
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def _get(url: str, token: str | None = None) -> tuple[int, dict]:
     req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
@@ -322,7 +317,7 @@ def test_gastown_container_runs_from_the_image_layout(tmp_path: Path) -> None:
                            env=env, capture_output=True, text=True, check=True)
     assert Path(where.stdout.strip()).is_relative_to(root), "the copied sources must be the ones that run"
 
-    port = _free_port()
+    port = free_port()
     cmd = exec_form(FINAL.last("CMD"))
     assert shutil.which(cmd[0], path=env["PATH"]) == str(root / "opt/venv/bin/gastown")
     log = open(tmp_path / "container.log", "w+")

@@ -9,9 +9,9 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 
-from gastown.jsonlog import set_town_id
+from gastown.core.jsonlog import set_town_id
 from tests.conftest import ADMIN_TOKEN, JWT_SECRET, Worker
-from tests.fakes.fake_llm import Reply, ToolCall
+from gastown.local.scripted_model import Reply, ToolCall
 from tests.gitrepos import bare_origin
 from worker_api.app import create_app as create_worker_app
 

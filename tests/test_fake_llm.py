@@ -5,7 +5,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import sys
 import time
 from pathlib import Path
@@ -13,7 +12,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.fakes.fake_llm import Error, FakeLLM, Hang, Reply, Slow, ToolCall
+from gastown.core.ports import free_port
+from gastown.local.scripted_model import Error, FakeLLM, Hang, Reply, Slow, ToolCall
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV_PART = {"type": "text", "text": "<environment_details>\nCurrent time: now\nCwd: /x\n</environment_details>"}
@@ -208,16 +208,10 @@ async def test_hang_until_client_aborts_then_close_is_quick(http):
         await pending
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 async def test_standalone_cli_serves_and_exits_on_sigterm(http):
-    port = _free_port()
+    port = free_port()
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "tests.fakes.fake_llm", "--port", str(port), "--host", "127.0.0.1",
+        sys.executable, "-m", "gastown.local.scripted_model", "--port", str(port), "--host", "127.0.0.1",
         cwd=ROOT, stdout=asyncio.subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
         line = await asyncio.wait_for(proc.stdout.readline(), 15)

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from gastown import jsonlog
+from gastown.core import jsonlog
 
 
 @pytest.fixture(autouse=True)

@@ -10,7 +10,7 @@ import random
 import time
 from typing import Any
 
-from gastown.http import ApiError
+from gastown.core.http import ApiError
 from tests.test_reconciler_support import FakeClock, FakeContainer, Harness
 from worker_api import beads as bx
 from worker_api import drain, store

@@ -11,7 +11,7 @@ import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from gastown import jsonlog
+from gastown.core import jsonlog
 from supervisor.telemetry import log_memory
 from tests.conftest import kilo_processes
 

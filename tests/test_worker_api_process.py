@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,15 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from gastown.core.ports import free_port
 from tests.test_worker_api_support import ADMIN_TOKEN, CONTROL_TOKEN, JWT_SECRET
 
 GASTOWN = Path(sys.executable).parent / "gastown"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _get(url: str, token: str | None = None) -> tuple[int, dict]:
@@ -48,7 +42,7 @@ def _env(**extra: str) -> dict[str, str]:
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_worker_process_serves_and_exits_zero_on_signal(tmp_path: Path, sig: signal.Signals) -> None:
-    port = _free_port()
+    port = free_port()
     db = tmp_path / "sub" / "worker.db"
     proc = subprocess.Popen(
         [str(GASTOWN), "worker", "--port", str(port), "--db", str(db)],
@@ -91,7 +85,7 @@ def test_worker_process_serves_and_exits_zero_on_signal(tmp_path: Path, sig: sig
 
 def test_worker_refuses_to_start_without_its_secrets(tmp_path: Path) -> None:
     proc = subprocess.run(
-        [str(GASTOWN), "worker", "--port", str(_free_port()), "--db", str(tmp_path / "w.db")],
+        [str(GASTOWN), "worker", "--port", str(free_port()), "--db", str(tmp_path / "w.db")],
         env=_env(GASTOWN_ADMIN_TOKEN=ADMIN_TOKEN), capture_output=True, text=True, timeout=30,
     )
     assert proc.returncode == 2

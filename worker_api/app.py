@@ -1,7 +1,7 @@
 """Assembly of the worker API application (routes, middlewares, store lifecycle).
 
 Logging note: worker log lines name the town ``town=...``. The ``town_id`` key of
-``gastown.jsonlog`` is the process-wide town of a container; the worker serves many towns and
+``gastown.core.jsonlog`` is the process-wide town of a container; the worker serves many towns and
 leaves it unset (a ``town_id`` field would be shadowed by that null).
 """
 from __future__ import annotations
@@ -13,8 +13,8 @@ from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 
-from gastown.http import MAX_BODY_BYTES, error_middleware
-from gastown.jsonlog import get_logger, register_secret
+from gastown.core.http import MAX_BODY_BYTES, error_middleware
+from gastown.core.jsonlog import get_logger, register_secret
 from worker_api import routes_container, routes_tools, routes_towns, routes_user
 from worker_api import metrics as worker_metrics
 from worker_api.appkeys import ADMIN_TOKEN, CLOCK, DB, TOKENS

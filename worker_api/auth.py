@@ -17,8 +17,8 @@ from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 
-from gastown.http import ApiError, bearer_token, path_id
-from gastown.jsonlog import get_logger
+from gastown.core.http import ApiError, bearer_token, path_id
+from gastown.core.jsonlog import get_logger
 from worker_api import store
 from worker_api.appkeys import ADMIN_TOKEN, DB, PRINCIPAL, TOKENS, TOWN
 from worker_api.tokens import TokenClaims, TokenError

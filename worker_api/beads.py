@@ -12,7 +12,7 @@ import sqlite3
 from collections import defaultdict, deque
 from typing import Any, Callable, Iterable
 
-from gastown.http import ApiError
+from gastown.core.http import ApiError
 from worker_api.db import from_json, to_json
 
 BEAD_TYPES = ("issue", "message", "escalation", "merge_request", "convoy", "agent")

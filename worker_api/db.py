@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Sequence, TypeVar
 
-from gastown.jsonlog import get_logger
+from gastown.core.jsonlog import get_logger
 from worker_api.migrations import MIGRATIONS, Migration
 
 log = get_logger("worker_api.db")

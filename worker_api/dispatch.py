@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 import aiohttp
 
-from gastown.jsonlog import get_logger
+from gastown.core.jsonlog import get_logger
 from worker_api.reconciler.constants import (
     DISPATCH_TIMEOUT_S,
     MESSAGE_TIMEOUT_S,

@@ -16,7 +16,7 @@ import secrets
 import sqlite3
 from typing import Any
 
-from gastown.jsonlog import get_logger
+from gastown.core.jsonlog import get_logger
 from worker_api.store import kv_delete, kv_get, kv_set
 
 log = get_logger("worker_api.drain")

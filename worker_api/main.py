@@ -10,7 +10,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from gastown import jsonlog
+from gastown.core import jsonlog
 from worker_api.app import create_app
 from worker_api.scm.github import GitHubProvider
 from worker_api.db import SchemaTooNewError

@@ -13,8 +13,8 @@ from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from gastown.http import ApiError, parse_model
-from gastown.ids import is_valid_id
+from gastown.core.http import ApiError, parse_model
+from gastown.core.ids import is_valid_id
 
 MAX_REGISTRY_ENTRIES = 500
 

@@ -19,7 +19,7 @@ from aiohttp import web
 from pydantic import BaseModel
 from pydantic.json_schema import GenerateJsonSchema, models_json_schema
 
-from gastown.ids import ID_PATTERN
+from gastown.core.ids import ID_PATTERN
 from worker_api import beads as bx
 from worker_api import models as m
 from worker_api import routes_tools as tools

@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from typing import Any, Iterator
 
-from gastown.http import ApiError
+from gastown.core.http import ApiError
 from worker_api.models import RegistryEntry
 
 _SECRET_KEY = re.compile(

@@ -16,8 +16,8 @@ from typing import Any
 
 from aiohttp import web
 
-from gastown.http import ApiError, path_id, read_model
-from gastown.jsonlog import get_logger
+from gastown.core.http import ApiError, path_id, read_model
+from gastown.core.jsonlog import get_logger
 from worker_api import drain, events, nudges, store
 from worker_api.appkeys import DB, TOWN, now_ms
 from worker_api.auth import town_access

@@ -13,8 +13,8 @@ from typing import Annotated, Any, Literal, Optional
 from aiohttp import web
 from pydantic import Field
 
-from gastown.http import ApiError, path_id, read_model
-from gastown.jsonlog import get_logger
+from gastown.core.http import ApiError, path_id, read_model
+from gastown.core.jsonlog import get_logger
 from worker_api import beads as bx
 from worker_api import nudges, store
 from worker_api.appkeys import DB, TOWN, now_ms

@@ -11,8 +11,8 @@ from typing import Any
 
 from aiohttp import web
 
-from gastown.http import ApiError, read_json, read_model
-from gastown.jsonlog import get_logger, register_secret
+from gastown.core.http import ApiError, read_json, read_model
+from gastown.core.jsonlog import get_logger, register_secret
 from worker_api import drain, store
 from worker_api.appkeys import DB, PRINCIPAL, TOKENS, TOWN, now_ms
 from worker_api.auth import admin_only, public, refresh_access, town_access

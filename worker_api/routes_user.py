@@ -14,9 +14,9 @@ from typing import Annotated, Any, Literal, Optional
 from aiohttp import web
 from pydantic import AfterValidator, Field
 
-from gastown.http import ApiError, path_id, read_model
-from gastown.ids import is_valid_id
-from gastown.jsonlog import get_logger
+from gastown.core.http import ApiError, path_id, read_model
+from gastown.core.ids import is_valid_id
+from gastown.core.jsonlog import get_logger
 from worker_api import beads as bx
 from worker_api import drain, events
 from worker_api.appkeys import DB, TOWN, now_ms

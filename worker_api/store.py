@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
-from gastown.http import ApiError
+from gastown.core.http import ApiError
 from worker_api.db import from_json, to_json
 
 ROLES = ("mayor", "polecat", "refinery", "triage")

@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import jwt
 
-from gastown.ids import is_valid_id
+from gastown.core.ids import is_valid_id
 
 ALGORITHM = "HS256"
 SCOPE = "container"

@@ -15,7 +15,7 @@ from __future__ import annotations
 import sqlite3
 from typing import Any, Callable
 
-from gastown.jsonlog import get_logger
+from gastown.core.jsonlog import get_logger
 from worker_api import beads as bx
 from worker_api import events as ev
 from worker_api import store

@@ -11,7 +11,7 @@ import asyncio
 import time
 from typing import Awaitable, Callable
 
-from gastown.jsonlog import get_logger
+from gastown.core.jsonlog import get_logger
 from worker_api import store
 from worker_api.db import Database
 from worker_api.reconciler.constants import ACTIVE_INTERVAL_MS, IDLE_INTERVAL_MS

@@ -11,8 +11,8 @@ from typing import Annotated, Any, Optional
 from aiohttp import web
 from pydantic import Field
 
-from gastown.http import path_id, read_model
-from gastown.jsonlog import get_logger, register_secret
+from gastown.core.http import path_id, read_model
+from gastown.core.jsonlog import get_logger, register_secret
 from worker_api import beads as bx
 from worker_api.appkeys import DB, TOWN
 from worker_api.auth import admin_only, town_access

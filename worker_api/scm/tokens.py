@@ -9,7 +9,7 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
-from gastown.jsonlog import register_secret
+from gastown.core.jsonlog import register_secret
 from worker_api import store
 from worker_api.db import from_json, to_json
 

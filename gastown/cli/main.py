@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from gastown.cli.localtown import DEFAULT_DIR, state_dir
+
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gastown", description="Gas Town container runtime")
@@ -17,15 +19,27 @@ def _parser() -> argparse.ArgumentParser:
     w = sub.add_parser("worker", help="worker API (control plane) with its reconcilers")
     w.add_argument("--host", default="127.0.0.1")
     w.add_argument("--port", type=int, default=8787)
-    w.add_argument("--db", default=None, help="SQLite file (default: ./.gastown/worker.db)")
+    w.add_argument("--db", default=None, type=_sqlite_path,
+                   help="SQLite file path (default: ./.gastown/worker.db); no database URLs yet")
 
     sub.add_parser("plugin", help="MCP stdio server with the gt_* tools (spawned by kilo)")
 
     u = sub.add_parser("up", help="run a whole local town: S3 store + worker + container")
-    u.add_argument("--dir", default=".gastown/town", help="state directory")
+    u.add_argument("--dir", default=None, help=f"state directory (default $GASTOWN_TOWN_DIR or {DEFAULT_DIR})")
 
     _add_operator_commands(sub)
     return p
+
+
+def _sqlite_path(raw: str) -> str:
+    """A file path; a URL (``postgresql://…``, ``sqlite:///…``) is refused rather than taken as a
+    directory name."""
+    if "://" in raw or raw.startswith(("postgres:", "postgresql:", "sqlite:", "mysql:")):
+        scheme = raw.split(":", 1)[0]
+        raise argparse.ArgumentTypeError(f"{scheme}: URLs are not supported; give a SQLite file path")
+    if not raw.strip():
+        raise argparse.ArgumentTypeError("must not be empty")
+    return raw
 
 
 def _non_negative(raw: str) -> int:
@@ -36,12 +50,14 @@ def _non_negative(raw: str) -> int:
 
 
 def _add_operator_commands(sub: argparse._SubParsersAction) -> None:
-    """Read-only operator views over HTTP (see gastown/operator.py); exit 1 on any request failure."""
+    """Read-only operator views over HTTP (see gastown/cli/operator.py); exit 1 on any request failure."""
 
     def common(p: argparse.ArgumentParser, url_help: str, token_help: str) -> None:
         p.add_argument("--url", default=None, help=url_help)
         p.add_argument("--token", default=None, help=token_help)
         p.add_argument("--timeout", type=float, default=10.0, help="seconds per request (default 10)")
+        p.add_argument("--dir", default=None, help="state dir of a local `gastown up` town, read when no URL"
+                       f" or token is given (default $GASTOWN_TOWN_DIR or {DEFAULT_DIR})")
 
     control_url = "control server URL (default $GASTOWN_CONTROL_URL or http://127.0.0.1:8080)"
     control_token = "control token (default $GASTOWN_CONTROL_TOKEN)"
@@ -80,11 +96,11 @@ def main(argv: list[str] | None = None) -> int:
 
         return run_plugin()
     if args.cmd == "up":
-        from gastown.up import run_up
+        from gastown.cli.up import run_up
 
-        return run_up(state_dir=args.dir)
+        return run_up(state_dir=str(state_dir(args.dir)))
     if args.cmd in ("agents", "logs", "town"):
-        from gastown.operator import run_operator
+        from gastown.cli.operator import run_operator
 
         return run_operator(f"town {args.town_cmd}" if args.cmd == "town" else args.cmd, args)
     return 2

@@ -12,10 +12,10 @@ from typing import Any, TypeVar
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
-from gastown.ids import is_valid_id
-from gastown.jsonlog import get_logger
+from gastown.core.ids import is_valid_id
+from gastown.core.jsonlog import get_logger
 
-log = get_logger("gastown.http")
+log = get_logger("gastown.core.http")
 M = TypeVar("M", bound=BaseModel)
 
 MAX_BODY_BYTES = 1 << 20

@@ -4,7 +4,7 @@ Kilo 7.7.7 (provider npm `@ai-sdk/openai-compatible`) always POSTs /v1/chat/comp
 stream:true + stream_options.include_usage; we answer with the exact SSE shape it parses
 (role chunk, content/tool_call chunks, finish_reason chunk, usage chunk with choices: [], [DONE]).
 Behaviour is scripted per test with `enqueue(...)`, else keyed on the last user text
-(see `_default_response`). Standalone: `python -m tests.fakes.fake_llm --port 18080`.
+(see `_default_response`). Standalone: `python -m gastown.local.scripted_model --port 18080`.
 """
 from __future__ import annotations
 

@@ -16,6 +16,8 @@ from typing import Any, Callable
 import aiohttp
 from yarl import URL
 
+from gastown.cli.localtown import TownState, state_dir
+
 DEFAULT_CONTROL_URL = "http://127.0.0.1:8080"
 DEFAULT_WORKER_URL = "http://127.0.0.1:8787"
 EVENTS_PAGE = 500  # the control server returns at most this many events per call
@@ -206,10 +208,21 @@ def fmt_event(ev: dict[str, Any]) -> str:
 
 # --- commands -----------------------------------------------------------------------------------
 
+def _local_town(args: Any, url: str | None, token: str | None) -> TownState | None:
+    """The state ``gastown up`` left, used only when neither a URL nor a token was given (flag or
+    env): a token from the file must never be sent to a URL from elsewhere."""
+    if url or token:
+        return None
+    return TownState.load(state_dir(getattr(args, "dir", None)))
+
+
 def _control_api(args: Any) -> Api:
     token = args.token or os.environ.get("GASTOWN_CONTROL_TOKEN") or None
-    url = args.url or os.environ.get("GASTOWN_CONTROL_URL") or DEFAULT_CONTROL_URL
-    return Api(url, token, args.timeout, "$GASTOWN_CONTROL_TOKEN")
+    url = args.url or os.environ.get("GASTOWN_CONTROL_URL") or None
+    local = _local_town(args, url, token)
+    if local is not None:
+        url, token = local.container_url, local.control_token
+    return Api(url or DEFAULT_CONTROL_URL, token, args.timeout, "$GASTOWN_CONTROL_TOKEN")
 
 
 async def cmd_agents(args: Any) -> int:
@@ -229,7 +242,7 @@ async def cmd_agents(args: Any) -> int:
 
 
 async def cmd_logs(args: Any) -> int:
-    from gastown.ids import is_valid_id
+    from gastown.core.ids import is_valid_id
 
     if not is_valid_id(args.agent):
         raise OperatorError(f"invalid agent id {args.agent!r}")
@@ -258,11 +271,14 @@ def _counts(groups: dict[str, int] | None) -> str:
 
 async def cmd_town_status(args: Any) -> int:
     town_id = args.town or os.environ.get("GASTOWN_TOWN_ID")
-    if not town_id:
-        raise OperatorError("no town given: pass --town TOWN_ID or set $GASTOWN_TOWN_ID")
     token = args.token or os.environ.get("GASTOWN_ADMIN_TOKEN") or os.environ.get("GASTOWN_CONTAINER_TOKEN") or None
-    url = args.url or os.environ.get("GASTOWN_API_URL") or DEFAULT_WORKER_URL
-    async with Api(url, token, args.timeout, "$GASTOWN_ADMIN_TOKEN") as api:
+    url = args.url or os.environ.get("GASTOWN_API_URL") or None
+    local = _local_town(args, url, token)
+    if local is not None:
+        url, token, town_id = local.worker_url, local.admin_token, town_id or local.town_id
+    if not town_id:
+        raise OperatorError("no town given: pass --town TOWN_ID, set $GASTOWN_TOWN_ID or run gastown up first")
+    async with Api(url or DEFAULT_WORKER_URL, token, args.timeout, "$GASTOWN_ADMIN_TOKEN") as api:
         base = f"/api/towns/{town_id}"
         town, status, agents, convoys = await asyncio.gather(
             api.get(base), api.get(f"{base}/status"), api.get(f"{base}/agents"), api.get(f"{base}/convoys"))

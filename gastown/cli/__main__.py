@@ -1,0 +1,5 @@
+import sys
+
+from gastown.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,301 @@
+"""``gastown up``: a whole local town in one command (what ``make run`` calls).
+
+Starts, as child processes on loopback: the local scripted model (only when no real provider is
+configured), SeaweedFS, the worker API and the town's container; creates (or, on a rerun in the same
+state dir, reuses) the town and its mayor, gets the mayor's first reply and prints URLs, tokens and
+example commands. The state file (``localtown``) lets a rerun and the operator commands find it all.
+
+Stopping: SIGINT, SIGTERM or SIGHUP drains the container and stops every child in reverse order; a
+second signal kills them at once. Each child carries a parent-death signal, so even a SIGKILL of
+``gastown up`` leaves nothing running, and output to a closed pipe or terminal never aborts the
+cleanup (``make run | tee log`` + Ctrl-C kills ``tee`` first).
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from gastown.cli.localtown import STATE_FILE, TownState
+from gastown.cli.upprocs import Children, Output
+from gastown.core.ports import free_port, port_is_free
+
+STEP_TIMEOUT_S = 90.0
+GREETING = "Mayor ready. Greet the user in one short sentence."
+WELCOME_BACK = "The town was restarted. Greet the user again in one short sentence."
+
+
+class UpError(Exception):
+    """A step failed: one line for the user, then the cleanup."""
+
+
+class Town:
+    def __init__(self, state_dir: Path, out: Output) -> None:
+        self.dir = state_dir.resolve()
+        self.out = out
+        self.children = Children(self.dir)
+        self.http = aiohttp.ClientSession()
+        self.state: TownState | None = None
+
+    async def wait_http(self, url: str, timeout: float = STEP_TIMEOUT_S) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError):
+                async with self.http.get(url, timeout=aiohttp.ClientTimeout(total=2)) as r:
+                    if r.status == 200:
+                        return
+            self.children.check_alive()
+            await asyncio.sleep(0.25)
+        raise UpError(f"{url} did not answer within {timeout:.0f}s")
+
+    async def call(self, method: str, url: str, token: str, body: Any = None,
+                   ok: tuple[int, ...] = (200, 201, 202)) -> tuple[int, Any]:
+        async with self.http.request(method, url, json=body, headers={"Authorization": f"Bearer {token}"},
+                                     timeout=aiohttp.ClientTimeout(total=STEP_TIMEOUT_S)) as r:
+            data = await r.json(content_type=None)
+            if r.status not in ok:
+                raise UpError(f"{method} {url} -> {r.status}: {data}")
+            return r.status, data
+
+    async def close(self) -> None:
+        await self.children.stop_all()
+        await self.http.close()
+
+
+def _lock(directory: Path) -> int:
+    """One ``gastown up`` per state dir: a second one would fight over ports and the worker DB."""
+    fd = os.open(directory / "up.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise UpError(f"another gastown up is running with state dir {directory}") from None
+    return fd
+
+
+def _load_or_new_state(town: Town) -> TownState:
+    """Reuse the last run's ports and tokens when its state is whole and its ports are free again;
+    otherwise start a clean town (and say why), dropping the old worker DB, data and store."""
+    old = TownState.load(town.dir)
+    if old is not None and (town.dir / "worker.db").exists():
+        if port_is_free(old.worker_port) and port_is_free(old.container_port):
+            town.out.say(f"reusing the town of the previous run in {town.dir}")
+            return old
+        town.out.say(f"ports {old.worker_port}/{old.container_port} of the previous run are taken: starting a new town")
+    elif (town.dir / STATE_FILE).exists():
+        town.out.say("the previous run's state is incomplete: starting a new town")
+    for name in ("worker.db", "worker.db-wal", "worker.db-shm"):
+        (town.dir / name).unlink(missing_ok=True)
+    for name in ("data", "s3"):
+        shutil.rmtree(town.dir / name, ignore_errors=True)
+    return TownState.new(free_port(), free_port())
+
+
+async def _model_provider(town: Town, env: dict[str, str]) -> tuple[dict[str, str], str]:
+    """A real provider when configured; otherwise the local scripted model (labelled as such)."""
+    if os.environ.get("GASTOWN_KILO_PROVIDERS") or os.environ.get("KILOCODE_TOKEN"):
+        model = os.environ.get("GASTOWN_MODEL", "anthropic/claude-sonnet-4")
+        town.out.say(f"model: {model} (real provider from your environment)")
+        return {}, model
+    from gastown.local.scripted_model import provider_config_for
+
+    proc = await town.children.spawn("scripted-model", [sys.executable, "-m", "gastown.local.scripted_model", "--port", "0"],
+                                     env, stdout_pipe=True)
+    assert proc.stdout is not None
+    line = await asyncio.wait_for(proc.stdout.readline(), 20)
+    base_url = json.loads(line)["fake_llm"]
+    town.out.say(f"model: fake/m1 — LOCAL SCRIPTED MODEL at {base_url} (no real provider configured;"
+                 " set GASTOWN_KILO_PROVIDERS or KILOCODE_TOKEN for a real one)")
+    return {"GASTOWN_KILO_PROVIDERS": json.dumps(provider_config_for(base_url, ("m1", "m2")))}, "fake/m1"
+
+
+async def _object_store(town: Town, state: TownState) -> dict[str, str]:
+    """A local SeaweedFS (the real S3 server the tests use) when installed, else the file store."""
+    from gastown.local import s3servers
+
+    if not (s3servers.BIN_DIR / "weed").exists():
+        store = town.dir / "store"
+        store.mkdir(exist_ok=True)
+        town.out.say(f"snapshots: file store {store} (SeaweedFS not installed)")
+        return {"GASTOWN_SNAPSHOT_URL": f"file://{store}"}
+    server = s3servers.start_seaweedfs(town.dir / "s3", base_port=state.s3_base_port, wait=False)
+    town.children.adopt("seaweedfs", server.proc)
+    state.s3_base_port = server.ports[0]
+    await asyncio.to_thread(s3servers.wait_ready, server, 60)
+    created = await asyncio.to_thread(s3servers.ensure_bucket, server, "gastown")
+    town.out.say(f"snapshots: SeaweedFS S3 at {server.endpoint}, bucket gastown ({'created' if created else 'reused'})")
+    return {**s3servers.s3_env(server, "gastown"), "GASTOWN_SNAPSHOT_URL": "s3://gastown/snapshots"}
+
+
+async def _ensure_town(town: Town, state: TownState, model: str) -> tuple[str, str]:
+    """The town id and a fresh container token; the town is created when the worker has none."""
+    worker, admin = state.worker_url, state.admin_token
+    if state.town_id:
+        status, _ = await town.call("GET", f"{worker}/api/towns/{state.town_id}", admin, ok=(200, 404))
+        if status == 200:
+            _, tok = await town.call("POST", f"{worker}/api/towns/{state.town_id}/refresh-container-token", admin)
+            town.out.say(f"town {state.town_id}: reused")
+            return state.town_id, tok["token"]
+    _, created = await town.call("POST", f"{worker}/api/towns", admin, {
+        "name": "local town", "container_url": state.container_url, "control_token": state.control_token,
+        "default_model": model})
+    town.out.say(f"town {created['town_id']}: created")
+    return created["town_id"], created["container_token"]
+
+
+async def _ensure_mayor(town: Town, state: TownState) -> str:
+    url = f"{state.worker_url}/api/towns/{state.town_id}/agents"
+    _, listed = await town.call("GET", url, state.admin_token)
+    for agent in listed["agents"]:
+        if agent["role"] == "mayor":
+            return agent["agent_id"]
+    _, mayor = await town.call("POST", url, state.admin_token, {"agent_id": "mayor", "role": "mayor", "name": "Mayor"})
+    return mayor["agent_id"]
+
+
+async def _events_after(town: Town, state: TownState, agent_id: str, after: int) -> list[dict]:
+    _, data = await town.call("GET", f"{state.container_url}/agents/{agent_id}/events?after={after}", state.control_token)
+    return data["events"]
+
+
+async def _last_event_id(town: Town, state: TownState, agent_id: str) -> int:
+    status, data = await town.call("GET", f"{state.container_url}/agents/{agent_id}/events?after=0",
+                                   state.control_token, ok=(200, 404))
+    events = data.get("events", []) if status == 200 else []
+    while events:
+        last = events[-1]["id"]
+        events = await _events_after(town, state, agent_id, last)
+        if not events:
+            return last
+    return 0
+
+
+async def _greet(town: Town, state: TownState, mayor_id: str, model: str) -> str:
+    """Start the mayor, or message it when boot hydration already resumed it; its reply."""
+    s, body = await town.call("GET", f"{state.container_url}/agents/{mayor_id}/status", state.control_token, ok=(200, 404))
+    after = await _last_event_id(town, state, mayor_id)
+    prompted = False
+    if s != 200 or body.get("status") not in ("starting", "running"):
+        _, body = await town.call("POST", f"{state.container_url}/agents/start", state.control_token, {
+            "agent_id": mayor_id, "town_id": state.town_id, "rig_id": f"mayor-{state.town_id}", "role": "mayor",
+            "name": "Mayor", "model": model, "prompt": GREETING})
+        prompted = body.get("message_count", 0) > 0  # a resumed session is not given the start prompt
+    if not prompted:
+        await town.call("POST", f"{state.container_url}/agents/{mayor_id}/message", state.control_token,
+                        {"prompt": WELCOME_BACK})
+    deadline = time.monotonic() + STEP_TIMEOUT_S
+    texts: dict[str, str] = {}
+    while time.monotonic() < deadline:
+        for e in await _events_after(town, state, mayor_id, after):
+            after = e["id"]
+            part = (e.get("data") or {}).get("part") or {}
+            if e["type"] == "message.part.updated" and part.get("type") == "text" and part.get("text"):
+                texts[part["messageID"]] = part["text"]
+            if e["type"] == "session.idle" and texts:
+                return list(texts.values())[-1]
+        await asyncio.sleep(0.3)
+    raise UpError("the mayor did not answer in time")
+
+
+def _banner(town: Town, state: TownState) -> None:
+    say, c, ctl = town.out.say, state.container_url, state.control_token
+    say(json.dumps({"worker_url": state.worker_url, "container_url": c, "town_id": state.town_id,
+                    "admin_token": state.admin_token, "control_token": ctl}))
+    say(f"state: {town.dir / STATE_FILE} (gastown agents / logs / town status read it)")
+    say("try:")
+    say("  gastown agents")
+    say("  gastown town status")
+    say(f"  curl -s -X POST -H 'Authorization: Bearer {ctl}' -H 'Content-Type: application/json' "
+        f"-d '{{\"prompt\": \"What can you do?\"}}' {c}/agents/mayor/message")
+    say(f"  curl -s -H 'Authorization: Bearer {ctl}' '{c}/agents/mayor/events?after=0'")
+    say("town is up — Ctrl-C to stop")
+
+
+async def _bring_up(town: Town) -> None:
+    """Bring the town up, then serve until cancelled (the signal handler cancels this task)."""
+    base_env = {k: v for k, v in os.environ.items() if not k.startswith(("GASTOWN_", "AWS_"))}
+    gastown = [sys.executable, "-m", "gastown.cli"]
+    town.out.say(f"gastown up: state in {town.dir}")
+    state = town.state = _load_or_new_state(town)
+    provider_env, model = await _model_provider(town, base_env)
+    store_env = await _object_store(town, state)
+    state.save(town.dir)
+    town.out.say("starting worker API …")
+    worker_env = {**base_env, "GASTOWN_ADMIN_TOKEN": state.admin_token, "GASTOWN_JWT_SECRET": state.jwt_secret}
+    await town.children.spawn("worker", [*gastown, "worker", "--port", str(state.worker_port),
+                                         "--db", str(town.dir / "worker.db")], worker_env)
+    await town.wait_http(f"{state.worker_url}/alive")
+    state.town_id, container_token = await _ensure_town(town, state, model)
+    state.save(town.dir)
+    mayor_id = await _ensure_mayor(town, state)
+    container_env = {
+        **base_env, **provider_env, **store_env,
+        "GASTOWN_TOWN_ID": state.town_id, "GASTOWN_API_URL": state.worker_url, "GASTOWN_CONTAINER_TOKEN": container_token,
+        "GASTOWN_CONTROL_TOKEN": state.control_token, "GASTOWN_DATA_DIR": str(town.dir / "data"),
+    }
+    town.out.say("starting container runtime …")
+    # SIGKILL on parent death: a drain needs the worker, which dies with us too.
+    await town.children.spawn("container", [*gastown, "container", "--host", "127.0.0.1", "--port", str(state.container_port)],
+                              container_env, death_signal=signal.SIGKILL)
+    await town.wait_http(f"{state.container_url}/ready", timeout=600)
+    town.out.say("starting the mayor (kilo takes a few seconds) …")
+    t0 = time.monotonic()
+    reply = await _greet(town, state, mayor_id, model)
+    town.out.say(f"mayor replied after {time.monotonic() - t0:.1f}s: {reply}")
+    _banner(town, state)
+    await asyncio.get_running_loop().create_future()
+
+
+async def up(state_dir: Path) -> int:
+    state_dir.mkdir(parents=True, exist_ok=True)
+    out = Output(state_dir / "up.log")
+    try:
+        lock = _lock(state_dir)
+    except UpError as e:
+        out.say(f"gastown up: {e}")
+        return 2
+    town = Town(state_dir, out)
+    task = asyncio.ensure_future(_bring_up(town))
+    stopping = False
+
+    def on_signal(signum: int) -> None:
+        nonlocal stopping
+        if stopping:
+            town.children.kill_all()
+            return
+        stopping = True
+        out.say(f"{signal.Signals(signum).name}: stopping the town (again to kill at once) …")
+        task.cancel()
+
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        loop.add_signal_handler(sig, on_signal, sig)
+    code = 0
+    try:
+        await task
+    except asyncio.CancelledError:
+        if not stopping:
+            raise
+    except Exception as e:  # noqa: BLE001 - one line for the user, then the same cleanup
+        out.say(f"gastown up failed: {e}")
+        code = 1
+    finally:
+        out.say("stopping town …")
+        await town.close()
+        out.say("stopped")
+        os.close(lock)
+    return code
+
+
+def run_up(state_dir: str) -> int:
+    return asyncio.run(up(Path(state_dir)))

@@ -1,0 +1,1 @@
+"""Shared plumbing below every app: logging, HTTP errors, ids, ports, child processes."""

@@ -1,0 +1,1 @@
+"""Local stand-ins a town can run on one machine: the scripted model and a SeaweedFS store."""

@@ -1,0 +1,57 @@
+"""A SIGKILLed container runtime takes its kilo servers and their tool servers with it."""
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import psutil
+import pytest
+
+from tests.conftest import CONTROL_TOKEN
+from tests.containers import ContainerProc
+
+pytestmark = pytest.mark.kilo
+
+
+def _running(procs: list[psutil.Process]) -> list[str]:
+    out = []
+    for p in procs:
+        try:
+            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                out.append(f"{p.pid} {p.name()}")
+        except psutil.NoSuchProcess:
+            pass
+    return out
+
+
+async def test_sigkill_of_the_container_leaves_no_kilo_or_plugin_behind(worker, fake_llm, tmp_path):
+    town_id, token = await worker.create_town(default_model="fake/m1")
+    env = {
+        "PATH": os.environ["PATH"], "GASTOWN_TOWN_ID": town_id, "GASTOWN_API_URL": worker.url,
+        "GASTOWN_CONTAINER_TOKEN": token, "GASTOWN_CONTROL_TOKEN": CONTROL_TOKEN,
+        "GASTOWN_DATA_DIR": str(tmp_path / "data"), "GASTOWN_KILO_PROVIDERS": json.dumps(fake_llm.provider_config()),
+    }
+    c = ContainerProc(env)
+    try:
+        await c.wait_ready()
+        for agent in ("polecat-a", "polecat-b"):
+            code, body = await c.call("POST", "/agents/start", {"agent_id": agent, "town_id": town_id, "rig_id": "rig-1",
+                                                                 "role": "polecat", "name": agent, "model": "fake/m1",
+                                                                 "prompt": "say hi"})
+            assert code == 201, body
+        for agent in ("polecat-a", "polecat-b"):  # a finished turn: kilo has spawned the plugin by then
+            await c.wait_status(agent, lambda b: b["last_event_type"] in ("session.idle", "session.turn.close"))
+        tree = psutil.Process(c.proc.pid).children(recursive=True)
+        kilos = [p for p in tree if p.name() == "kilo"]
+        plugins = [p for p in tree if "plugin" in p.cmdline() and p.parent().name() == "kilo"]
+        assert len(kilos) == 2 and len(plugins) == 2, [p.cmdline() for p in tree]
+        c.proc.kill()
+        c.proc.wait(10)
+        deadline = time.monotonic() + 10
+        while _running(tree) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not _running(tree), _running(tree)
+    finally:
+        if c.proc.poll() is None:
+            c.proc.kill()

@@ -10,7 +10,12 @@ from control_server.openapi import OPENAPI_PATH, openapi_handler, public_openapi
 from gastown.core.http import ApiError, error_middleware, path_id, read_model
 from supervisor.errors import Draining, SupervisorError
 from supervisor.hotswap import hot_swap
-from supervisor.models import MessageRequest, ModelPatchRequest, RefreshTokenRequest, StartAgentRequest
+from supervisor.models import (
+    MessageRequest,
+    ModelPatchRequest,
+    RefreshTokenRequest,
+    StartAgentRequest,
+)
 from supervisor.runtime import ContainerRuntime
 
 RUNTIME = web.AppKey("runtime", ContainerRuntime)

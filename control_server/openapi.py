@@ -18,7 +18,12 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from gastown.core.ids import ID_PATTERN
-from supervisor.models import MessageRequest, ModelPatchRequest, RefreshTokenRequest, StartAgentRequest
+from supervisor.models import (
+    MessageRequest,
+    ModelPatchRequest,
+    RefreshTokenRequest,
+    StartAgentRequest,
+)
 
 OPENAPI_PATH = "/openapi.json"
 REQUEST_MODELS: tuple[type[BaseModel], ...] = (StartAgentRequest, MessageRequest, ModelPatchRequest, RefreshTokenRequest)

@@ -10,14 +10,9 @@ import os
 from dataclasses import dataclass, field
 from typing import Mapping
 
-ROLE = "GASTOWN_AGENT_ROLE"
-AGENT_ID = "GASTOWN_AGENT_ID"
-TOWN_ID = "GASTOWN_TOWN_ID"
-RIG_ID = "GASTOWN_RIG_ID"
-API_URL = "GASTOWN_API_URL"
-TOKEN = "GASTOWN_CONTAINER_TOKEN"
+from gastown.contract.agents import Role
+from gastown.contract.identity import AGENT_ID, API_URL, RIG_ID, ROLE, TOKEN, TOWN_ID
 
-MAYOR = "mayor"
 # The mayor works town-wide, so only rig agents need a rig id.
 _ALWAYS = (ROLE, AGENT_ID, TOWN_ID, API_URL, TOKEN)
 
@@ -34,7 +29,7 @@ class Identity:
 
     @property
     def is_mayor(self) -> bool:
-        return self.role == MAYOR
+        return self.role == Role.mayor.value
 
     @property
     def ok(self) -> bool:
@@ -56,7 +51,7 @@ def load_identity(env: Mapping[str, str] | None = None) -> Identity:
         return (src.get(name) or "").strip()
 
     role = get(ROLE)
-    required = _ALWAYS if role == MAYOR else (*_ALWAYS, RIG_ID)
+    required = _ALWAYS if role == Role.mayor.value else (*_ALWAYS, RIG_ID)
     missing = tuple(name for name in required if not get(name))
     return Identity(
         role=role,

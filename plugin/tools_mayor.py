@@ -12,7 +12,14 @@ from pydantic import BaseModel, Field
 from plugin import tools_shared
 from plugin.context import ToolContext, add_tools, drop_none, fail
 from plugin.text import (
-    agent_line, bead_line, convoy_line, items, join_ids, listing, pick, rig_line,
+    agent_line,
+    bead_line,
+    convoy_line,
+    items,
+    join_ids,
+    listing,
+    pick,
+    rig_line,
 )
 
 RigId = Annotated[str, Field(min_length=1, description="Rig id (see gt_list_rigs).")]

@@ -13,7 +13,16 @@ from pydantic import Field
 
 from plugin import tools_shared
 from plugin.context import ToolContext, add_tools, drop_none, fail
-from plugin.text import agent_line, bead_detail, bead_line, clip, items, listing, mail_line, pick
+from plugin.text import (
+    agent_line,
+    bead_detail,
+    bead_line,
+    clip,
+    items,
+    listing,
+    mail_line,
+    pick,
+)
 
 BeadId = Annotated[str, Field(min_length=1, description="Bead id, e.g. 'bd-1a2b'.")]
 Priority = Literal["low", "medium", "high", "critical"]

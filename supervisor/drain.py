@@ -13,16 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING
 
+from gastown.contract.agents import Role
 from gastown.core.jsonlog import get_logger
 from supervisor.agent import AgentRecord
 from supervisor.idle import DRAIN_IDLE_TIMEOUT_S
-from supervisor.models import Role
-from supervisor.workspace import WorkspaceError, _git, has_origin
-
-if TYPE_CHECKING:
-    from supervisor.runtime import ContainerRuntime
+from supervisor.runtime_view import RuntimeView
+from supervisor.workspace import WorkspaceError, git, has_origin
 
 log = get_logger("supervisor.drain")
 
@@ -39,17 +36,17 @@ def save_workspace(rec: AgentRecord) -> str | None:
     """Commit everything as WIP and push when there is an origin; returns the pushed branch."""
     env = {k: v for k, v in rec.child_env.items() if k in ("PATH", "HOME") or k.startswith("GIT_")}
     workdir = rec.paths.workdir
-    _git(["add", "-A"], workdir, env, timeout=60)
-    _git(["commit", "-q", "--allow-empty", "--no-verify", "-m", WIP_MESSAGE], workdir, env, timeout=60)
+    git(["add", "-A"], workdir, env, timeout=60)
+    git(["commit", "-q", "--allow-empty", "--no-verify", "-m", WIP_MESSAGE], workdir, env, timeout=60)
     if not has_origin(workdir, env):
         return None
-    branch = _git(["rev-parse", "--abbrev-ref", "HEAD"], workdir, env, timeout=10).strip()
-    _git(["push", "-q", "--set-upstream", "origin", "HEAD"], workdir, env, timeout=60)
+    branch = git(["rev-parse", "--abbrev-ref", "HEAD"], workdir, env, timeout=10).strip()
+    git(["push", "-q", "--set-upstream", "origin", "HEAD"], workdir, env, timeout=60)
     return branch
 
 
 class Drain:
-    def __init__(self, runtime: "ContainerRuntime") -> None:
+    def __init__(self, runtime: RuntimeView) -> None:
         self.rt = runtime
         self.sup = runtime.supervisor
         self.hard_stop = asyncio.Event()

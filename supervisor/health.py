@@ -12,17 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
+from gastown.contract.agents import Role
 from gastown.core.jsonlog import get_logger
 from supervisor.agent import AgentRecord
 from supervisor.crashloop import CrashPolicy
-from supervisor.models import Role
+from supervisor.kilo_process import KiloProcess
+from supervisor.runtime_view import RuntimeView
 from supervisor.states import AgentState
-
-if TYPE_CHECKING:
-    from supervisor.kilo_process import KiloProcess
-    from supervisor.runtime import ContainerRuntime
 
 log = get_logger("supervisor.health")
 
@@ -33,7 +31,7 @@ WEDGE_LOOP_WINDOW_S = 3600.0
 
 
 class HealthMonitor:
-    def __init__(self, runtime: "ContainerRuntime", *, failures: int = 3, probe_timeout_s: float = 2.0,
+    def __init__(self, runtime: RuntimeView, *, failures: int = 3, probe_timeout_s: float = 2.0,
                  policy: CrashPolicy | None = None, recycle_grace_s: float = RECYCLE_GRACE_S,
                  wedge_policy: CrashPolicy | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         self.rt = runtime
@@ -81,7 +79,7 @@ class HealthMonitor:
             self._grace[rec.agent_id] = self.recycle_grace_s * factor
             await self.recycle(rec, "wedged: /global/health unanswered")
 
-    async def give_up(self, rec: AgentRecord, proc: "KiloProcess") -> None:
+    async def give_up(self, rec: AgentRecord, proc: KiloProcess) -> None:
         """A wedge loop: recycling has not helped, so the agent fails and the worker is told why."""
         async with self.sup.lock(rec.agent_id):
             if rec.state != AgentState.running or rec.process is not proc:
@@ -96,7 +94,7 @@ class HealthMonitor:
             if self.rt.persistence is not None:
                 await self.rt.persistence.snapshot(rec, "wedge_loop")
         await self.rt.worker.completed(rec.agent_id, "failed", reason)
-        await self.sup._notify(rec, "failed")
+        await self.sup.notify(rec, "failed")
 
     async def recycle(self, rec: AgentRecord, reason: str) -> None:
         """Replace the agent's kilo with a new one on the same data dir and resume its session."""
@@ -128,7 +126,7 @@ class HealthMonitor:
             self.recycled += 1
             self._recycled_at[rec.agent_id] = self.clock()
             log.info("agent.recycled", agent_id=rec.agent_id, old_pid=old_proc.pid, new_pid=proc.pid, session_id=rec.session_id)
-        await self.sup._notify(rec, "recycled")
+        await self.sup.notify(rec, "recycled")
 
     # -- crash loop -----------------------------------------------------------------------------
     def _on_change(self, rec: AgentRecord, what: str) -> None:

@@ -48,8 +48,8 @@ async def _close(proc: KiloProcess, client: KiloClient) -> None:
 
 
 async def _provider_lists_model(client: KiloClient, provider: str, model_id: str) -> bool:
-    body = await client._request("GET", "/provider", timeout=STARTUP_CALL_TIMEOUT_S)
-    for p in (body or {}).get("all", []):
+    body = await client.providers(timeout=STARTUP_CALL_TIMEOUT_S)
+    for p in body.get("all", []):
         if p.get("id") == provider:
             return model_id in (p.get("models") or {})
     return False
@@ -83,7 +83,7 @@ async def hot_swap(sup: Supervisor, agent_id: str, *, reason: str, timeout: floa
         old_proc, old_client = rec.process, rec.client
         adopted = False
         try:
-            await client._request("GET", f"/session/{rec.session_id}", timeout=STARTUP_CALL_TIMEOUT_S)
+            await client.get_session(rec.session_id, timeout=STARTUP_CALL_TIMEOUT_S)
             if model is not None:
                 provider, model_id = sup.model_ref(model)
                 if not await _provider_lists_model(client, provider, model_id):
@@ -109,7 +109,7 @@ async def hot_swap(sup: Supervisor, agent_id: str, *, reason: str, timeout: floa
             await old_proc.stop(timeout=5.0)
         log.info("hotswap.completed", agent_id=agent_id, reason=reason, old_pid=old_proc.pid if old_proc else None,
                  new_pid=proc.pid, session_id=rec.session_id, duration_ms=int((time.monotonic() - t0) * 1000))
-    await sup._notify(rec, "swapped")
+    await sup.notify(rec, "swapped")
     return rec
 
 

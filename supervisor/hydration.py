@@ -19,8 +19,9 @@ from typing import Any, AsyncIterator, Callable
 
 import jwt
 
+from gastown.contract.agents import Role
 from gastown.core.jsonlog import get_logger
-from supervisor.models import Role, StartAgentRequest
+from supervisor.models import StartAgentRequest
 from supervisor.supervisor import Supervisor
 from supervisor.worker_client import WorkerError
 

@@ -13,9 +13,9 @@ import asyncio
 import time
 from typing import Any, Awaitable, Callable
 
+from gastown.contract.agents import Role
 from gastown.core.jsonlog import get_logger
 from supervisor.agent import AgentRecord
-from supervisor.models import Role
 from supervisor.states import AgentState
 from supervisor.supervisor import Supervisor
 from supervisor.tasks import Sleep, TaskOwner

@@ -104,8 +104,13 @@ class KiloClient:
         body = await self._request("GET", f"/session/{session_id}/message?limit=1")
         return bool(body)
 
-    async def get_session(self, session_id: str) -> dict[str, Any]:
-        return await self._request("GET", f"/session/{session_id}")
+    async def get_session(self, session_id: str, timeout: float | None = None) -> dict[str, Any]:
+        return await self._request("GET", f"/session/{session_id}", timeout=timeout)
+
+    async def providers(self, timeout: float | None = None) -> dict[str, Any]:
+        """``GET /provider``: every provider kilo knows, with its models (``{"all": [...]}``)."""
+        body = await self._request("GET", "/provider", timeout=timeout)
+        return body if isinstance(body, dict) else {}
 
     async def events(self) -> AsyncIterator[dict[str, Any]]:
         """Yield decoded events of the server-wide ``/event`` stream until it closes.

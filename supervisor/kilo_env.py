@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+from gastown.contract import identity as ident
 from supervisor.models import RESERVED_ENV_KEYS, StartAgentRequest
 
 INHERITED_ENV_KEYS = (
@@ -117,14 +118,9 @@ def _gateway_provider(token: str, organization_id: str | None, model_ids: list[s
 def identity_env(req: StartAgentRequest, api_url: str | None) -> dict[str, str]:
     """What the gastown plugin reads to know who it serves (non-secret; the token travels in the
     child env only)."""
-    env = {
-        "GASTOWN_AGENT_ID": req.agent_id,
-        "GASTOWN_AGENT_ROLE": req.role.value,
-        "GASTOWN_TOWN_ID": req.town_id,
-        "GASTOWN_RIG_ID": req.rig_id,
-    }
+    env = {ident.AGENT_ID: req.agent_id, ident.ROLE: req.role.value, ident.TOWN_ID: req.town_id, ident.RIG_ID: req.rig_id}
     if api_url:
-        env["GASTOWN_API_URL"] = api_url
+        env[ident.API_URL] = api_url
     return env
 
 

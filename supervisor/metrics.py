@@ -6,24 +6,22 @@ are never stale.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Iterable
+from typing import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from supervisor.agent import AgentRecord
+from supervisor.runtime_view import RuntimeView
 from supervisor.states import AgentState
 from supervisor.telemetry import runtime_rss_bytes
-
-if TYPE_CHECKING:
-    from supervisor.runtime import ContainerRuntime
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 class _Live(Collector):
-    def __init__(self, rt: "ContainerRuntime") -> None:
+    def __init__(self, rt: RuntimeView) -> None:
         self.rt = rt
 
     def collect(self) -> Iterable[GaugeMetricFamily]:
@@ -45,7 +43,7 @@ class _Live(Collector):
 
 
 class Metrics:
-    def __init__(self, rt: "ContainerRuntime") -> None:
+    def __init__(self, rt: RuntimeView) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
         self.starts = Counter("gastown_agent_starts_total", "Agent starts", ["role"], registry=r)

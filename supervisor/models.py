@@ -1,13 +1,14 @@
 """Request models of the container API (SPEC §4): one pydantic model per request body."""
 from __future__ import annotations
 
-import re
-from enum import Enum
 from typing import Annotated, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
+from gastown.contract.agents import Role
+from gastown.contract.git import check_git_ref, check_git_url
 from gastown.core.ids import ID_PATTERN
+from gastown.core.secrets import strip_secrets
 
 AgentId = Annotated[str, StringConstraints(pattern=ID_PATTERN)]
 NonEmpty = Annotated[str, StringConstraints(min_length=1, max_length=512)]
@@ -22,13 +23,6 @@ RESERVED_ENV_KEYS = frozenset(
         "GASTOWN_API_URL", "GASTOWN_CONTAINER_TOKEN", "GASTOWN_CONTROL_TOKEN",
     }
 )
-
-
-class Role(str, Enum):
-    mayor = "mayor"
-    polecat = "polecat"
-    refinery = "refinery"
-    triage = "triage"
 
 
 class StartAgentRequest(BaseModel):
@@ -55,31 +49,20 @@ class StartAgentRequest(BaseModel):
     @field_validator("git_url")
     @classmethod
     def _git_url_scheme(cls, v: Optional[str]) -> Optional[str]:
-        if v is None:
-            return v
-        if v.startswith("-") or not (
-            v.startswith(("https://", "http://", "ssh://", "git@", "file://")) or v.startswith("/")
-        ):
-            raise ValueError("git_url must be an https/ssh/file URL or an absolute path")
-        return v
+        return v if v is None else check_git_url(v)
 
     @field_validator("branch", "default_branch", "start_point")
     @classmethod
     def _git_ref(cls, v: Optional[str]) -> Optional[str]:
-        if v is not None and (v.startswith("-") or ".." in v or any(c in v for c in " ~^:?*[\\")):
-            raise ValueError("not a valid git ref name")
-        return v
-
-
-_SECRET_KEY = re.compile(r"(token|secret|password|passwd|credential|api_?key|private)", re.I)
-_CREDENTIAL_KEYS = frozenset({"GASTOWN_API_URL"})
+        return v if v is None else check_git_ref(v)
 
 
 def public_request(req: StartAgentRequest) -> dict:
-    """The request minus every secret-looking env var (and the worker credentials): what the
-    registry may store, and what decides whether two starts ask for the same work."""
-    out = req.model_dump(mode="json")
-    out["env_vars"] = {k: v for k, v in req.env_vars.items() if not _SECRET_KEY.search(k) and k not in _CREDENTIAL_KEYS}
+    """The request cleaned by the one secret policy (``gastown.core.secrets``): what the registry
+    may store, and what decides whether two starts ask for the same work. The worker URL is a
+    runtime credential, not the agent's: it comes from the container's config on resume."""
+    out, _ = strip_secrets(req.model_dump(mode="json"))
+    out["env_vars"].pop("GASTOWN_API_URL", None)
     return out
 
 

@@ -7,23 +7,36 @@ anything else replaces it, so a prewarmed mayor can never run with stale tools o
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import asyncio
+from typing import Protocol
 
 from gastown.core.jsonlog import get_logger
 from supervisor.agent import AgentRecord
+from supervisor.config import RuntimeConfig
 from supervisor.kilo_client import KiloApiError, KiloClient
 from supervisor.kilo_env import AgentPaths
 from supervisor.kilo_process import KiloProcess
 from supervisor.models import StartAgentRequest
 
-if TYPE_CHECKING:
-    from supervisor.supervisor import Supervisor
-
 log = get_logger("supervisor")
 
 
+class WarmHost(Protocol):
+    """The supervisor's bring-up steps the pool borrows (the supervisor owns the pool, so a port)."""
+
+    cfg: RuntimeConfig
+    agents: dict[str, AgentRecord]
+
+    def lock(self, agent_id: str) -> asyncio.Lock: ...
+    def build_launch(self, rec: AgentRecord, password: str) -> dict[str, str]: ...
+    def adopt_server(self, rec: AgentRecord, proc: KiloProcess, client: KiloClient) -> None: ...
+    async def prepare_workspace(self, rec: AgentRecord) -> None: ...
+    async def launch_server(self, rec: AgentRecord) -> tuple[KiloProcess, KiloClient]: ...
+    async def open_session(self, rec: AgentRecord) -> None: ...
+
+
 class PrewarmPool:
-    def __init__(self, supervisor: "Supervisor") -> None:
+    def __init__(self, supervisor: WarmHost) -> None:
         self.sup = supervisor
         self.entries: dict[str, tuple[AgentRecord, KiloProcess, KiloClient]] = {}
 

@@ -17,13 +17,13 @@ from supervisor.crashloop import CrashPolicy
 from supervisor.drain import Drain
 from supervisor.errors import Draining
 from supervisor.health import HealthMonitor
-from supervisor.metrics import Metrics
-from supervisor.models import StartAgentRequest
 from supervisor.heartbeat import CONTAINER_INSTANCE_ID, Heartbeats
 from supervisor.hotswap import refresh_all
 from supervisor.hydration import Hydrator
-from supervisor.persistence import Persistence
 from supervisor.idle import IdleManager
+from supervisor.metrics import Metrics
+from supervisor.models import StartAgentRequest
+from supervisor.persistence import Persistence
 from supervisor.registry import RegistrySync
 from supervisor.supervisor import Supervisor
 from supervisor.tasks import TaskOwner, every

@@ -33,8 +33,15 @@ from typing import Any, Callable, TypeVar
 
 from gastown.core.ids import is_valid_id
 from gastown.core.jsonlog import get_logger
-from supervisor.objstore import (NotFound, ObjectStore, ObjectStoreError, PreconditionFailed,
-                                 StoreUnavailable, fsync_dir, same_etag)
+from supervisor.objstore import (
+    NotFound,
+    ObjectStore,
+    ObjectStoreError,
+    PreconditionFailed,
+    StoreUnavailable,
+    fsync_dir,
+    same_etag,
+)
 
 log = get_logger("supervisor.snapshots")
 

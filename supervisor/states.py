@@ -5,19 +5,9 @@ silently corrupting the record.
 """
 from __future__ import annotations
 
-from enum import Enum
+from gastown.contract.agents import ACTIVE_STATES, STOPPED_STATES, AgentState
 
-
-class AgentState(str, Enum):
-    starting = "starting"
-    running = "running"
-    stopping = "stopping"
-    exited = "exited"
-    failed = "failed"
-
-
-ACTIVE_STATES = frozenset({AgentState.starting, AgentState.running})
-STOPPED_STATES = frozenset({AgentState.exited, AgentState.failed})
+__all__ = ["ACTIVE_STATES", "STOPPED_STATES", "AgentState", "IllegalTransition", "check_transition"]
 
 _ALLOWED: dict[AgentState, frozenset[AgentState]] = {
     AgentState.starting: frozenset({AgentState.running, AgentState.stopping, AgentState.failed, AgentState.exited}),

@@ -14,14 +14,29 @@ from typing import Any, Awaitable, Callable
 
 import psutil
 
+from gastown.contract.agents import Role
 from gastown.core.jsonlog import get_logger, register_secret, set_town_id
 from supervisor.agent import AgentRecord
 from supervisor.config import RuntimeConfig
-from supervisor.errors import AgentNotFound, AgentNotRunning, AgentUnreachable, InsufficientMemory, StartFailed, TownMismatch
+from supervisor.errors import (
+    AgentNotFound,
+    AgentNotRunning,
+    AgentUnreachable,
+    InsufficientMemory,
+    StartFailed,
+    TownMismatch,
+)
 from supervisor.kilo_client import KiloApiError, KiloClient
-from supervisor.kilo_env import AgentPaths, build_child_env, build_kilo_config, config_content, git_identity, split_model
+from supervisor.kilo_env import (
+    AgentPaths,
+    build_child_env,
+    build_kilo_config,
+    config_content,
+    git_identity,
+    split_model,
+)
 from supervisor.kilo_process import KiloProcess, KiloStartError, allocate_port
-from supervisor.models import Role, StartAgentRequest, public_request
+from supervisor.models import StartAgentRequest, public_request
 from supervisor.prewarm import PrewarmPool
 from supervisor.states import AgentState
 from supervisor.tasks import TaskOwner
@@ -65,7 +80,7 @@ class Supervisor:
     def active_agents(self) -> list[AgentRecord]:
         return [a for a in self.agents.values() if a.active]
 
-    async def _notify(self, rec: AgentRecord, what: str) -> None:
+    async def notify(self, rec: AgentRecord, what: str) -> None:
         for hook in self.change_hooks:
             try:
                 result = hook(rec, what)
@@ -121,7 +136,7 @@ class Supervisor:
             log.info("agent.started", agent_id=rec.agent_id, role=req.role.value, pid=rec.process.pid if rec.process else None,
                      port=rec.process.port if rec.process else None, session_id=rec.session_id, resumed=rec.resumed,
                      duration_ms=int((time.monotonic() - t0) * 1000))
-        await self._notify(rec, "started")
+        await self.notify(rec, "started")
         return rec, True
 
     def kilocode_token(self, req: StartAgentRequest) -> str | None:
@@ -251,7 +266,7 @@ class Supervisor:
         if rec.state != AgentState.failed:
             rec.transition(AgentState.failed, f"start failed: {error}")
         log.warning("agent.start_failed", agent_id=rec.agent_id, error=str(error), phase=getattr(error, "phase", None))
-        await self._notify(rec, "failed")
+        await self.notify(rec, "failed")
 
     # -- running --------------------------------------------------------------------------------
     async def follow_events(self, rec: AgentRecord) -> None:
@@ -302,7 +317,7 @@ class Supervisor:
         if rec.client is not None:
             await rec.client.close()
         await self.worker.completed(rec.agent_id, "failed", rec.exit_reason)
-        await self._notify(rec, "crashed")
+        await self.notify(rec, "crashed")
 
     async def send_message(self, agent_id: str, prompt: str) -> AgentRecord:
         rec = self.get(agent_id)
@@ -314,7 +329,7 @@ class Supervisor:
             raise AgentUnreachable(f"kilo of agent {agent_id} did not accept the message: {e}", upstream_status=e.status) from e
         rec.message_count += 1
         rec.last_activity_at = time.time()
-        await self._notify(rec, "message")
+        await self.notify(rec, "message")
         return rec
 
     # -- stop -----------------------------------------------------------------------------------
@@ -325,7 +340,7 @@ class Supervisor:
             if not rec.active or self.agents.get(agent_id) is not rec:
                 return False
             await self._stop_locked(rec, reason)
-        await self._notify(rec, "stopped")
+        await self.notify(rec, "stopped")
         return True
 
     async def _stop_locked(self, rec: AgentRecord, reason: str) -> None:

@@ -23,7 +23,7 @@ class WorkspaceError(RuntimeError):
     pass
 
 
-def _git(args: list[str], cwd: Path, env: Mapping[str, str], timeout: float = GIT_TIMEOUT_S) -> str:
+def git(args: list[str], cwd: Path, env: Mapping[str, str], timeout: float = GIT_TIMEOUT_S) -> str:
     try:
         out = subprocess.run(
             ["git", *args], cwd=str(cwd), env=dict(env), capture_output=True, text=True,
@@ -42,22 +42,22 @@ def prepare_workspace(req: StartAgentRequest, workdir: Path, env: Mapping[str, s
     if (workdir / ".git").exists():
         return workdir
     if req.git_url and not req.lightweight:
-        _git(["clone", "--quiet", "--", req.git_url, str(workdir)], workdir.parent, env)
+        git(["clone", "--quiet", "--", req.git_url, str(workdir)], workdir.parent, env)
         if req.branch:
             base = req.start_point or (f"origin/{req.default_branch}" if req.default_branch else None)
             checkout = ["checkout", "-q", "-B", req.branch] + ([base] if base else [])
             try:
-                _git(checkout, workdir, env)
+                git(checkout, workdir, env)
             except WorkspaceError:
-                _git(["checkout", "-q", "-B", req.branch], workdir, env)
+                git(["checkout", "-q", "-B", req.branch], workdir, env)
         return workdir
-    _git(["init", "-q", "-b", req.default_branch or "main"], workdir, env)
-    _git(["commit", "-q", "--allow-empty", "-m", f"gastown: workspace of {req.agent_id}"], workdir, {**env, **_ROOT_COMMIT_ENV})
+    git(["init", "-q", "-b", req.default_branch or "main"], workdir, env)
+    git(["commit", "-q", "--allow-empty", "-m", f"gastown: workspace of {req.agent_id}"], workdir, {**env, **_ROOT_COMMIT_ENV})
     return workdir
 
 
 def has_origin(workdir: Path, env: Mapping[str, str]) -> bool:
     try:
-        return bool(_git(["remote", "get-url", "origin"], workdir, env, timeout=10).strip())
+        return bool(git(["remote", "get-url", "origin"], workdir, env, timeout=10).strip())
     except WorkspaceError:
         return False

@@ -70,7 +70,7 @@ async def test_mayor_restart_that_fails_to_start_counts_toward_the_crash_loop(tm
     crashed.transition(AgentState.failed, "kilo exited unexpectedly (signal 9)")
     rt.supervisor.agents["mayor"] = crashed
     try:
-        await rt.supervisor._notify(crashed, "crashed")
+        await rt.supervisor.notify(crashed, "crashed")
         async with asyncio.timeout(60):
             while not rt.supervisor.agents["mayor"].fatal:
                 await asyncio.sleep(0.05)
@@ -168,7 +168,7 @@ async def test_kilo_that_keeps_wedging_is_failed_not_recycled_forever(tmp_path):
     assert rec.state == AgentState.failed and "wedge loop: 5 wedges" in rec.exit_reason
     assert stand_in.stopped and stand_in.closed
     rec2 = AgentRecord(request=rec.request, paths=rec.paths)
-    await rt.supervisor._notify(rec2, "started")  # a fresh start from the API clears the count
+    await rt.supervisor.notify(rec2, "started")  # a fresh start from the API clears the count
     assert monitor.wedge_policy.crash_count("polecat-1") == 0
     rt.supervisor.agents.clear()
     await rt.shutdown()

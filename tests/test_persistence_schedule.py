@@ -46,7 +46,7 @@ async def test_mayor_message_snapshot_taken_after_kilo_stored_it_not_at_prompt_a
     """kilo answers prompt_async with 204 before it writes the user message: a snapshot taken at that
     moment missed the message, and a container killed mid-turn lost it."""
     persistence, rec, _ = _setup(tmp_path)
-    await persistence.supervisor._notify(rec, "message")  # our prompt_async returned
+    await persistence.supervisor.notify(rec, "message")  # our prompt_async returned
     await persistence.flush(10)
     assert persistence.saved == 0, "a snapshot at prompt accept races kilo's own write"
     _write(rec.paths.kilo_db, "second question")
@@ -61,7 +61,7 @@ async def test_non_mayor_turns_are_not_snapshotted_until_stop(tmp_path):
     persistence, rec, _ = _setup(tmp_path, role="polecat")
     await _events(persistence, rec, "session.turn.open", "session.idle")
     assert persistence.saved == 0
-    await persistence.supervisor._notify(rec, "stopped")
+    await persistence.supervisor.notify(rec, "stopped")
     await persistence.flush(10)
     assert persistence.saved == 1
 

@@ -17,7 +17,7 @@ from tests.test_scm_support import (  # noqa: F401  (fixtures)
     minutes,
     provider,
 )
-from worker_api.reconciler import lifecycle as lc
+from worker_api import lifecycle as lc
 from worker_api.routes_user import ConvoyBead, CreateConvoy, _create_convoy_tx
 
 

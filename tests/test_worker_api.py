@@ -118,40 +118,46 @@ async def test_registry_round_trip(worker: Worker, town: tuple[str, str]) -> Non
     path = f"/api/towns/{town_id}/container-registry"
     assert await worker.call("GET", path, token=token) == (200, [])
     entries = [_entry("pc-1"), _entry("pc-2")]
-    assert await worker.call("POST", path, token=token, json=entries) == (200, {"stored": 2})
+    assert await worker.call("POST", path, token=token, json=entries) == (200, {"stored": 2, "dropped": []})
     assert await worker.call("GET", path, token=token) == (200, entries)
-    assert await worker.call("POST", path, token=token, json=[]) == (200, {"stored": 0})
+    assert await worker.call("POST", path, token=token, json=[]) == (200, {"stored": 0, "dropped": []})
     assert await worker.call("GET", path, token=token) == (200, [])
 
 
 @pytest.mark.parametrize(
-    "request_extra, where",
+    "request_extra, where, kept",
     [
-        ({"env_vars": {"GIT_TOKEN": "abc"}}, "request.env_vars.GIT_TOKEN"),
-        ({"env_vars": {"KILOCODE_TOKEN": "abc"}}, "request.env_vars.KILOCODE_TOKEN"),
-        ({"env_vars": {"KILO_SERVER_PASSWORD": "abc"}}, "request.env_vars.KILO_SERVER_PASSWORD"),
-        ({"env_vars": {"AWS_SECRET_ACCESS_KEY": "abc"}}, "request.env_vars.AWS_SECRET_ACCESS_KEY"),
-        ({"env_vars": {"GITHUB_CLI_PAT": "abc"}}, "request.env_vars.GITHUB_CLI_PAT"),
-        ({"env_vars": {"KILO_AUTH_CONTENT": "{}"}}, "request.env_vars.KILO_AUTH_CONTENT"),
-        ({"container_token": "abc"}, "request.container_token"),
-        ({"identity": {"github": {"api_key": "abc"}}}, "request.identity.github.api_key"),
-        ({"git_url": "https://x-access-token:ghs_abcdefghijklmnopqrstuvwxyz@github.com/a/b.git"}, "request.git_url"),
-        ({"prompt": "use ghp_abcdefghijklmnopqrstuvwxyz0123 please"}, "request.prompt"),
+        ({"env_vars": {"GIT_TOKEN": "abc", "LOG_LEVEL": "debug"}}, "request.env_vars.GIT_TOKEN", {"env_vars": {"LOG_LEVEL": "debug"}}),
+        ({"env_vars": {"KILOCODE_TOKEN": "abc"}}, "request.env_vars.KILOCODE_TOKEN", {"env_vars": {}}),
+        ({"env_vars": {"KILO_SERVER_PASSWORD": "abc"}}, "request.env_vars.KILO_SERVER_PASSWORD", {"env_vars": {}}),
+        ({"env_vars": {"AWS_SECRET_ACCESS_KEY": "abc"}}, "request.env_vars.AWS_SECRET_ACCESS_KEY", {"env_vars": {}}),
+        ({"env_vars": {"GITHUB_CLI_PAT": "abc"}}, "request.env_vars.GITHUB_CLI_PAT", {"env_vars": {}}),
+        ({"env_vars": {"GH_PAT": "abc"}}, "request.env_vars.GH_PAT", {"env_vars": {}}),
+        ({"env_vars": {"SESSION_COOKIE": "abc"}}, "request.env_vars.SESSION_COOKIE", {"env_vars": {}}),
+        ({"env_vars": {"KILO_AUTH_CONTENT": "{}"}}, "request.env_vars.KILO_AUTH_CONTENT", {"env_vars": {}}),
+        ({"container_token": "abc"}, "request.container_token", {}),
+        ({"identity": {"github": {"api_key": "abc", "user": "u"}}}, "request.identity.github.api_key",
+         {"identity": {"github": {"user": "u"}}}),
+        ({"git_url": "https://x-access-token:ghs_abcdefghijklmnopqrstuvwxyz@github.com/a/b.git"}, "request.git_url",
+         {"git_url": "https://github.com/a/b.git"}),
+        ({"prompt": "use ghp_abcdefghijklmnopqrstuvwxyz0123 please"}, "request.prompt", {"prompt": "use [redacted] please"}),
     ],
 )
-async def test_registry_rejects_secret_looking_entries(
-    worker: Worker, town: tuple[str, str], request_extra: dict, where: str
+async def test_registry_keeps_an_entry_and_drops_only_its_secret(
+    worker: Worker, town: tuple[str, str], request_extra: dict, where: str, kept: dict
 ) -> None:
+    """One secret-looking field used to reject the whole registry, so after a restart boot
+    hydration resumed a stale set of agents: now only that field goes."""
     town_id, token = town
     path = f"/api/towns/{town_id}/container-registry"
-    await worker.call("POST", path, token=token, json=[_entry("ok-1")])
     status, data = await worker.call("POST", path, token=token, json=[_entry("ok-2"), _entry("bad", **request_extra)])
-    assert status == 400
-    assert data["error"]["code"] == "SECRET_IN_REGISTRY"
-    assert data["error"]["path"] == where and data["error"]["entry"] == 1
-    assert "abcdefghij" not in json.dumps(data)  # the value is never echoed
-    # nothing of the rejected body was stored
-    assert await worker.call("GET", path, token=token) == (200, [_entry("ok-1")])
+    assert status == 200 and data == {"stored": 2, "dropped": [f"[1].{where}"]}, data
+    status, stored = await worker.call("GET", path, token=token)
+    assert status == 200 and stored[0] == _entry("ok-2")
+    assert stored[1]["agent_id"] == "bad"
+    for key, value in kept.items():
+        assert stored[1]["request"][key] == value, stored[1]
+    assert "abc" not in json.dumps(stored[1]["request"].get("env_vars", {})) and "abcdefghij" not in json.dumps(stored)
 
 
 async def test_registry_does_not_flag_git_author_identity(worker: Worker, town: tuple[str, str]) -> None:

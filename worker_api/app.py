@@ -15,8 +15,8 @@ from aiohttp import web
 
 from gastown.core.http import MAX_BODY_BYTES, error_middleware
 from gastown.core.jsonlog import get_logger, register_secret
-from worker_api import routes_container, routes_tools, routes_towns, routes_user
 from worker_api import metrics as worker_metrics
+from worker_api import routes_container, routes_tools, routes_towns, routes_user
 from worker_api.appkeys import ADMIN_TOKEN, CLOCK, DB, TOKENS
 from worker_api.auth import auth_middleware
 from worker_api.db import Database

@@ -3,7 +3,7 @@
 Like ``worker_api.store`` these run inside ``Database.run`` so callers compose them into one
 transaction, and every query filters on ``town_id``. They do plain bookkeeping only (rows, audit,
 cycle checks); *decisions* (what a status change implies for agents, MRs, convoys) live in
-``worker_api.reconciler.lifecycle`` so routes and the reconciler share one implementation.
+``worker_api.lifecycle`` so routes and the reconciler share one implementation.
 """
 from __future__ import annotations
 

@@ -20,14 +20,13 @@ from typing import Any, Protocol
 import aiohttp
 
 from gastown.core.jsonlog import get_logger
-from worker_api.reconciler.constants import (
-    DISPATCH_TIMEOUT_S,
-    MESSAGE_TIMEOUT_S,
-    STATUS_TIMEOUT_S,
-    STOP_TIMEOUT_S,
-)
 
 log = get_logger("worker_api.dispatch")
+
+DISPATCH_TIMEOUT_S = 60.0  # POST /agents/start may wait for boot hydration
+STATUS_TIMEOUT_S = 10.0
+STOP_TIMEOUT_S = 10.0
+MESSAGE_TIMEOUT_S = 10.0
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,8 @@ from aiohttp import web
 
 from gastown.core import jsonlog
 from worker_api.app import create_app
-from worker_api.scm.github import GitHubProvider
 from worker_api.db import SchemaTooNewError
+from worker_api.scm.github import GitHubProvider
 
 log = jsonlog.get_logger("worker_api.main")
 

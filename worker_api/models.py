@@ -13,13 +13,14 @@ from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from gastown.contract.agents import AgentStateName, RoleName
 from gastown.core.http import ApiError, parse_model
 from gastown.core.ids import is_valid_id
 
 MAX_REGISTRY_ENTRIES = 500
 
 
-def _check_id(v: str) -> str:
+def check_id(v: str) -> str:
     if not is_valid_id(v):
         raise ValueError("must match ^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
     return v
@@ -48,7 +49,7 @@ def _to_epoch_ms(v: int | float | str) -> int:
     return ms
 
 
-def _check_http_url(v: str) -> str:
+def check_http_url(v: str) -> str:
     parts = urlsplit(v)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise ValueError("must be an http(s) URL")
@@ -61,14 +62,14 @@ def _empty_to_none(v: str) -> str | None:
     return v or None
 
 
-Id = Annotated[str, Field(min_length=1, max_length=64), AfterValidator(_check_id)]
+Id = Annotated[str, Field(min_length=1, max_length=64), AfterValidator(check_id)]
 EpochMs = Annotated[int | float | str, AfterValidator(_to_epoch_ms)]
 ShortText = Annotated[str, Field(min_length=1, max_length=200)]
 # Optional text where the container may send "" for "nothing yet": stored as NULL, not refused.
 BlankableText = Annotated[str, Field(max_length=200), AfterValidator(_empty_to_none)]
-HttpUrl = Annotated[str, Field(max_length=2048), AfterValidator(_check_http_url)]
-Role = Literal["mayor", "polecat", "refinery", "triage"]
-ContainerStatus = Literal["starting", "running", "stopping", "exited", "failed"]
+HttpUrl = Annotated[str, Field(max_length=2048), AfterValidator(check_http_url)]
+Role = RoleName
+ContainerStatus = AgentStateName
 
 
 class Body(BaseModel):

@@ -19,6 +19,7 @@ from aiohttp import web
 from pydantic import BaseModel
 from pydantic.json_schema import GenerateJsonSchema, models_json_schema
 
+from gastown.contract.git import check_git_ref, check_git_url
 from gastown.core.ids import ID_PATTERN
 from worker_api import beads as bx
 from worker_api import models as m
@@ -32,10 +33,10 @@ _REF = "#/components/schemas/{model}"
 
 # Extra JSON Schema for pydantic AfterValidators: what the validator enforces, said in the schema.
 _VALIDATOR_HINTS: dict[Any, dict[str, Any]] = {
-    m._check_id: {"pattern": ID_PATTERN},
-    m._check_http_url: {"pattern": "^https?://[^/?#@\\s]+"},
-    user._git_url: {"pattern": "^(https?://|ssh://|git@|file://|/)"},
-    user._ref: {"pattern": r"^[^-\s~^:?*\[\\][^\s~^:?*\[\\]*$"},
+    m.check_id: {"pattern": ID_PATTERN},
+    m.check_http_url: {"pattern": "^https?://[^/?#@\\s]+"},
+    check_git_url: {"pattern": "^(https?://|ssh://|git@|file://|/)"},
+    check_git_ref: {"pattern": r"^[^-\s~^:?*\[\\][^\s~^:?*\[\\]*$"},
 }
 
 
@@ -242,8 +243,9 @@ def operations() -> list[tuple[str, str, dict[str, Any]]]:
         _op("post", f"{T}/agents", "createAgent", "admin", 201, ref("Agent"), body=m.CreateAgent, errors=(409,)),
         _op("get", f"{T}/agents", "listAgents", "town", 200, obj({"agents": {"type": "array", "items": ref("Agent")}})),
         _op("get", f"{T}/container-registry", "getRegistry", "town", 200, registry),
-        _op("post", f"{T}/container-registry", "putRegistry", "town", 200, obj({"stored": {"type": "integer", "minimum": 0}}),
-            body=registry, summary="Replace the registry (StartAgentRequests without secrets; SECRET_IN_REGISTRY otherwise)"),
+        _op("post", f"{T}/container-registry", "putRegistry", "town", 200,
+            obj({"stored": {"type": "integer", "minimum": 0}, "dropped": {"type": "array", "items": S}}),
+            body=registry, summary="Replace the registry; secret-looking fields are dropped (their paths in `dropped`)"),
         _op("get", f"{T}/prewarm-context", "prewarmContext", "town", 200,
             obj({"agent_id": S_NULL, "model": S_NULL, "small_model": S_NULL, "organization_id": S_NULL})),
         _op("post", f"{T}/refresh-container-token", "refreshContainerToken", "refresh", 200, obj({"token": S}),

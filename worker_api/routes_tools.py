@@ -20,9 +20,14 @@ from worker_api import nudges, store
 from worker_api.appkeys import DB, TOWN, now_ms
 from worker_api.auth import town_access
 from worker_api.db import from_json, to_json
+from worker_api.lifecycle import (
+    create_escalation,
+    set_agent_idle,
+    transition_bead,
+    unhook_agent,
+)
 from worker_api.models import Body, Id, ShortText
 from worker_api.reconciler.constants import MAX_REWORK_ROUNDS
-from worker_api.reconciler.lifecycle import create_escalation, set_agent_idle, transition_bead, unhook_agent
 from worker_api.reconciler.service import arm_new_work
 from worker_api.routes_user import bead_view
 

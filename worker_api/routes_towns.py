@@ -103,15 +103,12 @@ async def get_registry(request: web.Request) -> web.Response:
 @town_access
 async def put_registry(request: web.Request) -> web.Response:
     town_id = request[TOWN]["town_id"]
-    try:
-        entries = check_entries(parse_registry(await read_json(request)))
-    except ApiError as e:
-        if e.code == "SECRET_IN_REGISTRY":
-            log.warning("registry.secret_rejected", town=town_id, path=e.extra.get("path"))
-        raise
+    entries, removed = check_entries(parse_registry(await read_json(request)))
+    if removed:
+        log.warning("registry.secrets_dropped", town=town_id, paths=removed[:50])
     await request.app[DB].run(store.put_registry, town_id, entries, now_ms(request))
     log.info("registry.stored", town=town_id, entries=len(entries))
-    return web.json_response({"stored": len(entries)})
+    return web.json_response({"stored": len(entries), "dropped": removed})
 
 
 def _prewarm_tx(conn: sqlite3.Connection, town: dict[str, Any]) -> dict[str, Any]:

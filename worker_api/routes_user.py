@@ -3,7 +3,7 @@
 Auth: the admin token or the town's container token (the mayor's tools call these from the
 container). Handlers validate, run one transaction, and *arm* the town's reconciler when they
 created work, so a sling is dispatched at the next tick instead of after an idle interval.
-Status changes go through ``reconciler.lifecycle`` so a route can never skip a consequence the
+Status changes go through ``worker_api.lifecycle`` so a route can never skip a consequence the
 reconciler relies on (unhooking agents, failing moot MRs, finishing convoys).
 """
 from __future__ import annotations
@@ -14,17 +14,18 @@ from typing import Annotated, Any, Literal, Optional
 from aiohttp import web
 from pydantic import AfterValidator, Field
 
+from gastown.contract.git import check_git_ref, check_git_url
 from gastown.core.http import ApiError, path_id, read_model
 from gastown.core.ids import is_valid_id
 from gastown.core.jsonlog import get_logger
 from worker_api import beads as bx
 from worker_api import drain, events
 from worker_api.appkeys import DB, TOWN, now_ms
-from worker_api.db import to_json
 from worker_api.auth import town_access
+from worker_api.db import to_json
+from worker_api.lifecycle import finish_convoy, transition_bead
 from worker_api.models import Body, Id, ShortText
 from worker_api.reconciler.invariants import check_invariants
-from worker_api.reconciler.lifecycle import finish_convoy, transition_bead
 from worker_api.reconciler.prompts import feature_branch
 from worker_api.reconciler.service import RECONCILER, arm_new_work
 
@@ -35,23 +36,11 @@ Priority = Literal["low", "medium", "high", "critical"]
 MAX_CONVOY_BEADS = 200
 
 
-def _git_url(v: str) -> str:
-    if v.startswith("-") or not (v.startswith(("https://", "http://", "ssh://", "git@", "file://")) or v.startswith("/")):
-        raise ValueError("must be an https/ssh/file URL or an absolute path")
-    return v
-
-
-def _ref(v: str) -> str:
-    if v.startswith("-") or ".." in v or any(c in v for c in " ~^:?*[\\"):
-        raise ValueError("not a valid git ref name")
-    return v
-
-
 class CreateRig(Body):
     rig_id: Optional[Id] = None
     name: ShortText
-    git_url: Annotated[str, Field(min_length=1, max_length=2048), AfterValidator(_git_url)]
-    default_branch: Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_ref)] = "main"
+    git_url: Annotated[str, Field(min_length=1, max_length=2048), AfterValidator(check_git_url)]
+    default_branch: Annotated[str, Field(min_length=1, max_length=200), AfterValidator(check_git_ref)] = "main"
     max_dispatch_attempts: Optional[Annotated[int, Field(ge=1, le=50)]] = None
 
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
+from gastown.contract.agents import ROLES
 from gastown.core.http import ApiError
 from worker_api.db import from_json, to_json
 
-ROLES = ("mayor", "polecat", "refinery", "triage")
 AGENT_STATUSES = ("idle", "working", "waiting", "stalled", "dead")
 
 

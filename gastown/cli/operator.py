@@ -17,11 +17,12 @@ import aiohttp
 from yarl import URL
 
 from gastown.cli.localtown import TownState, state_dir
+from gastown.contract.agents import STOPPED_STATES
 
 DEFAULT_CONTROL_URL = "http://127.0.0.1:8080"
 DEFAULT_WORKER_URL = "http://127.0.0.1:8787"
+STOPPED = {s.value for s in STOPPED_STATES}
 EVENTS_PAGE = 500  # the control server returns at most this many events per call
-ACTIVE_STATES = ("starting", "running", "stopping")
 
 
 class OperatorError(Exception):
@@ -140,7 +141,7 @@ def agent_rows(agents: list[dict[str, Any]], now: float) -> list[list[str]]:
         if a.get("fatal"):
             state += " (fatal)"
         started = a.get("started_at")
-        uptime = fmt_duration(now - started) if state.split()[0] in ACTIVE_STATES and started else "-"
+        uptime = fmt_duration(now - started) if a.get("status") not in STOPPED and started else "-"
         rss = a.get("rss_bytes") or 0
         last_at, last_type = a.get("last_event_at"), a.get("last_event_type")
         last_event = f"{last_type} ({fmt_duration(now - last_at)} ago)" if last_type and last_at else "-"

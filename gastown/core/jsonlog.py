@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import sys
 import threading
 import time
 import traceback
 from typing import Any
 
-_SECRET_KEY = re.compile(r"(token|secret|password|passwd|authorization|api_?key|credential)", re.I)
-_REDACTED = "[redacted]"
+from gastown.core.secrets import REDACTED, is_secret_key
 
 _state_lock = threading.Lock()
 _town_id: str | None = None
@@ -42,8 +40,8 @@ def register_secret(value: str | None) -> None:
 
 def redact(value: Any, key: str | None = None) -> Any:
     """Return ``value`` with secret-named keys replaced, recursively."""
-    if key is not None and _SECRET_KEY.search(key) and value not in (None, "", False):
-        return _REDACTED
+    if key is not None and is_secret_key(key) and value not in (None, "", False):
+        return REDACTED
     if isinstance(value, dict):
         return {k: redact(v, str(k)) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -56,7 +54,7 @@ def scrub(text: str) -> str:
         secrets = sorted(_secrets, key=len, reverse=True)
     for s in secrets:
         if s in text:
-            text = text.replace(s, _REDACTED)
+            text = text.replace(s, REDACTED)
     return text
 
 
@@ -120,16 +118,18 @@ class _StderrHandler(logging.StreamHandler):
         super().emit(record)
 
 
+_handler: logging.Handler | None = None
+
+
 def configure(level: str = "INFO", stream: Any = None) -> None:
     """Route the root logger to JSON lines on stderr (idempotent)."""
+    global _handler
     root = logging.getLogger()
-    for h in list(root.handlers):
-        if getattr(h, "_gastown", False):
-            root.removeHandler(h)
-    handler = logging.StreamHandler(stream) if stream is not None else _StderrHandler()
-    handler.setFormatter(JsonFormatter())
-    handler._gastown = True  # type: ignore[attr-defined]
-    root.addHandler(handler)
+    if _handler is not None:
+        root.removeHandler(_handler)
+    _handler = logging.StreamHandler(stream) if stream is not None else _StderrHandler()
+    _handler.setFormatter(JsonFormatter())
+    root.addHandler(_handler)
     root.setLevel(level.upper())
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     logging.getLogger("botocore").setLevel(logging.WARNING)

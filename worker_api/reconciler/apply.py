@@ -14,10 +14,10 @@ from typing import Any, Callable
 
 from gastown.core.jsonlog import get_logger
 from worker_api import beads as bx
+from worker_api import lifecycle as lc
 from worker_api import nudges, store
 from worker_api.db import from_json, to_json
 from worker_api.reconciler import actions as A
-from worker_api.reconciler import lifecycle as lc
 from worker_api.reconciler.prompts import build_start_request, slug
 
 log = get_logger("worker_api.reconciler")

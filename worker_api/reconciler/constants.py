@@ -24,10 +24,6 @@ BACKOFF_MS = (30 * SECOND, 30 * SECOND, MINUTE, 2 * MINUTE, 5 * MINUTE, 10 * MIN
 CIRCUIT_BREAKER_BEADS = 20               # this many beads failing dispatch ...
 CIRCUIT_BREAKER_WINDOW_MS = 30 * MINUTE  # ... within this window suppress every dispatch in the town
 MAX_ACTIVE_POLECATS = 10                 # ours: one container cannot run thousands of kilo processes
-DISPATCH_TIMEOUT_S = 60.0                # POST /agents/start may wait for boot hydration
-STATUS_TIMEOUT_S = 10.0
-STOP_TIMEOUT_S = 10.0
-MESSAGE_TIMEOUT_S = 10.0
 
 MR_STUCK_MS = 30 * MINUTE                # R2: in_progress MR without PR and without a working agent
 MR_ABANDONED_MS = 2 * MINUTE             # R3: in_progress MR without PR and nobody hooked

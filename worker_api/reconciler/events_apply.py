@@ -15,11 +15,12 @@ from __future__ import annotations
 import sqlite3
 from typing import Any, Callable
 
+from gastown.contract.agents import DEAD_STATUSES
 from gastown.core.jsonlog import get_logger
 from worker_api import beads as bx
 from worker_api import events as ev
+from worker_api import lifecycle as lc
 from worker_api import store
-from worker_api.reconciler import lifecycle as lc
 from worker_api.reconciler.apply import ApplyContext
 from worker_api.reconciler.constants import (
     COMPLETION_RACE_MS,
@@ -32,7 +33,6 @@ from worker_api.reconciler.constants import (
 log = get_logger("worker_api.reconciler")
 
 DIRECT_CLOSE_LABELS = frozenset({"gt:rework", "gt:pr-fixup", "gt:pr-conflict", "gt:pr-feedback", "gt:triage"})
-DEAD_STATUSES = frozenset({"exited", "failed", "not_found"})
 
 
 class EventTerminal(Exception):

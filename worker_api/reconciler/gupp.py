@@ -7,7 +7,12 @@ agents past the 2.5 h release are left to the release rule (reference bug 30).
 """
 from __future__ import annotations
 
-from worker_api.reconciler.actions import CreateEscalation, SendNudge, StopAgent, TransitionAgent
+from worker_api.reconciler.actions import (
+    CreateEscalation,
+    SendNudge,
+    StopAgent,
+    TransitionAgent,
+)
 from worker_api.reconciler.constants import (
     GUPP_ESCALATE_MS,
     GUPP_FORCE_STOP_MS,

@@ -4,7 +4,12 @@ vanished gives its bead back (Rule 3), and the per-bead attempt cap ends retry l
 """
 from __future__ import annotations
 
-from worker_api.reconciler.actions import ClearBeadAssignee, DispatchAgent, TransitionBead, UnhookAgent
+from worker_api.reconciler.actions import (
+    ClearBeadAssignee,
+    DispatchAgent,
+    TransitionBead,
+    UnhookAgent,
+)
 from worker_api.reconciler.constants import STALE_IN_PROGRESS_MS
 from worker_api.reconciler.plan import HOLD_LABELS, Plan, by_priority
 

@@ -15,7 +15,11 @@ from aiohttp import web
 
 from worker_api.appkeys import DB
 from worker_api.dispatch import ContainerClient, ContainerProvider, HttpContainerClient
-from worker_api.reconciler.loop import CALLBACK_DELAY_S, NEW_WORK_DELAY_S, ReconcilerService
+from worker_api.reconciler.loop import (
+    CALLBACK_DELAY_S,
+    NEW_WORK_DELAY_S,
+    ReconcilerService,
+)
 from worker_api.reconciler.tick import TickDeps
 from worker_api.scm.base import ScmProvider
 

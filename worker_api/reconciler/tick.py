@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from gastown.contract.agents import DEAD_STATUSES
 from gastown.core.jsonlog import get_logger
 from worker_api import beads as bx
 from worker_api import events as ev
@@ -28,7 +29,7 @@ from worker_api.reconciler.constants import (
     EVENTS_PER_TICK,
     HOUR,
 )
-from worker_api.reconciler.events_apply import DEAD_STATUSES, drain_events
+from worker_api.reconciler.events_apply import drain_events
 from worker_api.reconciler.invariants import check_invariants
 from worker_api.reconciler.reconcile import has_active_work, reconcile
 from worker_api.reconciler.state import load_state

@@ -25,8 +25,8 @@ from typing import Any, Callable
 from gastown.core.jsonlog import get_logger
 from worker_api import beads as bx
 from worker_api import events as ev
+from worker_api import lifecycle as lc
 from worker_api.db import Database
-from worker_api.reconciler import lifecycle as lc
 from worker_api.scm import gating, tokens
 from worker_api.scm.base import MergeResult, PrStatus, ScmError, ScmProvider
 

@@ -1,0 +1,36 @@
+"""Roles and agent states, as both sides name them on the wire."""
+from __future__ import annotations
+
+from enum import Enum
+from typing import Literal, get_args
+
+
+class Role(str, Enum):
+    mayor = "mayor"
+    polecat = "polecat"
+    refinery = "refinery"
+    triage = "triage"
+
+
+class AgentState(str, Enum):
+    """A kilo-backed agent's state in its container (``status`` in AgentStatus and heartbeats)."""
+
+    starting = "starting"
+    running = "running"
+    stopping = "stopping"
+    exited = "exited"
+    failed = "failed"
+
+
+# The same names as literal types, for the worker's strict request models.
+RoleName = Literal["mayor", "polecat", "refinery", "triage"]
+AgentStateName = Literal["starting", "running", "stopping", "exited", "failed"]
+assert get_args(RoleName) == tuple(r.value for r in Role)
+assert get_args(AgentStateName) == tuple(s.value for s in AgentState)
+
+ROLES: tuple[str, ...] = get_args(RoleName)
+ACTIVE_STATES = frozenset({AgentState.starting, AgentState.running})
+STOPPED_STATES = frozenset({AgentState.exited, AgentState.failed})
+# The worker's view of a container's answer: stopped, or unknown to the container at all.
+NOT_FOUND = "not_found"
+DEAD_STATUSES = frozenset({*(s.value for s in STOPPED_STATES), NOT_FOUND})

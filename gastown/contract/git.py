@@ -1,0 +1,17 @@
+"""Git names both sides accept: they end up in ``git`` argv, so an option-like or odd one is refused."""
+from __future__ import annotations
+
+_URL_PREFIXES = ("https://", "http://", "ssh://", "git@", "file://")
+_REF_FORBIDDEN = " ~^:?*[\\"
+
+
+def check_git_url(v: str) -> str:
+    if v.startswith("-") or not (v.startswith(_URL_PREFIXES) or v.startswith("/")):
+        raise ValueError("git_url must be an https/ssh/file URL or an absolute path")
+    return v
+
+
+def check_git_ref(v: str) -> str:
+    if v.startswith("-") or ".." in v or any(c in v for c in _REF_FORBIDDEN):
+        raise ValueError("not a valid git ref name")
+    return v

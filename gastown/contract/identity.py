@@ -1,0 +1,9 @@
+"""The env an agent's kilo (and so its gastown plugin) is given to know whom it acts for."""
+from __future__ import annotations
+
+ROLE = "GASTOWN_AGENT_ROLE"
+AGENT_ID = "GASTOWN_AGENT_ID"
+TOWN_ID = "GASTOWN_TOWN_ID"
+RIG_ID = "GASTOWN_RIG_ID"
+API_URL = "GASTOWN_API_URL"
+TOKEN = "GASTOWN_CONTAINER_TOKEN"

@@ -1,8 +1,8 @@
 """HTTP client for the worker routes behind the tools.
 
 One shared container token per town, with an 8 h expiry: a long agent turn can outlive it. On a 401
-we refresh it once (the refresh route accepts an expired token) and retry once; a second 401 is an
-error, never a loop. Every failure becomes a :class:`WorkerError` with a short code and message the
+the shared :class:`gastown.core.bearer.BearerAuth` middleware refreshes it once (the refresh route
+accepts an expired token) and retries once; a second 401 is an error, never a loop. Every failure becomes a :class:`WorkerError` with a short code and message the
 model can read; the token never appears in errors or logs.
 """
 from __future__ import annotations
@@ -15,7 +15,8 @@ from urllib.parse import quote
 
 import aiohttp
 
-from gastown.core.jsonlog import get_logger, register_secret
+from gastown.core.bearer import BearerAuth
+from gastown.core.jsonlog import get_logger
 from plugin.identity import Identity
 
 log = get_logger("plugin.client")
@@ -58,65 +59,62 @@ class WorkerClient:
 
     def __init__(self, ident: Identity, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
         self._ident = ident
-        self._token = ident.token
+        self._auth = BearerAuth(ident.token, self._refresh)
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._timeout_s = timeout_s
         self._session: aiohttp.ClientSession | None = None
-        self._refresh_lock = asyncio.Lock()
-        register_secret(self._token)
 
     @property
     def town_path(self) -> str:
         return f"/api/towns/{seg(self._ident.town_id)}"
 
-    def _headers(self, token: str) -> dict[str, str]:
-        headers = {"Authorization": f"Bearer {token}", "X-Gastown-Agent-Id": self._ident.agent_id}
+    def _headers(self) -> dict[str, str]:
+        headers = {"X-Gastown-Agent-Id": self._ident.agent_id}
         if self._ident.rig_id:
             headers["X-Gastown-Rig-Id"] = self._ident.rig_id
         return headers
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(timeout=self._timeout)
+            self._session = aiohttp.ClientSession(timeout=self._timeout, middlewares=(self._auth,))
         return self._session
 
     async def aclose(self) -> None:
         if self._session is not None and not self._session.closed:
             await self._session.close()
 
-    async def _send(
-        self, method: str, path: str, token: str, body: Any, params: Mapping[str, str] | None
-    ) -> tuple[int, bytes]:
+    async def _send(self, method: str, path: str, body: Any, params: Mapping[str, str] | None) -> tuple[int, bytes]:
         url = self._ident.api_url + path
         try:
-            async with self._http().request(
-                method, url, json=body, params=params, headers=self._headers(token)
-            ) as resp:
+            async with self._http().request(method, url, json=body, params=params, headers=self._headers()) as resp:
                 return resp.status, await resp.read()
         except asyncio.TimeoutError:
             raise WorkerError("TIMEOUT", f"the worker did not answer within {self._timeout_s:g} s") from None
         except aiohttp.ClientError as e:
             raise WorkerError("NETWORK", f"cannot reach the worker: {type(e).__name__}") from None
 
-    async def _refresh(self, used_token: str) -> None:
-        """Swap in a fresh token; if a concurrent call already did, reuse its result."""
-        async with self._refresh_lock:
-            if self._token != used_token:
-                return
-            status, raw = await self._send("POST", f"{self.town_path}/refresh-container-token", used_token, {}, None)
-            if not 200 <= status < 300:
-                err = _error_from_body(status, raw)
-                log.warning("token.refresh_failed", status=status, code=err.code)
-                raise WorkerError("UNAUTHORIZED", f"container token rejected and refresh failed ({err.code})", status)
-            try:
-                token = json.loads(raw).get("token")
-            except (ValueError, AttributeError):
-                token = None
-            if not isinstance(token, str) or not token:
-                raise WorkerError("UNAUTHORIZED", "token refresh returned no token", status)
-            register_secret(token)
-            self._token = token
-            log.info("token.refreshed")
+    async def _refresh(self, session: aiohttp.ClientSession, used_token: str) -> str:
+        """A fresh token for the one the worker refused (a 401 on it is one refresh, then an error)."""
+        url = f"{self._ident.api_url}{self.town_path}/refresh-container-token"
+        headers = {**self._headers(), "Authorization": f"Bearer {used_token}"}
+        try:
+            async with session.post(url, json={}, headers=headers, middlewares=()) as resp:
+                status, raw = resp.status, await resp.read()
+        except asyncio.TimeoutError:
+            raise WorkerError("TIMEOUT", f"the worker did not answer within {self._timeout_s:g} s") from None
+        except aiohttp.ClientError as e:
+            raise WorkerError("NETWORK", f"cannot reach the worker: {type(e).__name__}") from None
+        if not 200 <= status < 300:
+            err = _error_from_body(status, raw)
+            log.warning("token.refresh_failed", status=status, code=err.code)
+            raise WorkerError("UNAUTHORIZED", f"container token rejected and refresh failed ({err.code})", status)
+        try:
+            token = json.loads(raw).get("token")
+        except (ValueError, AttributeError):
+            token = None
+        if not isinstance(token, str) or not token:
+            raise WorkerError("UNAUTHORIZED", "token refresh returned no token", status)
+        return token
 
     async def call(
         self, method: str, path: str, body: Any = None, *, params: Mapping[str, str] | None = None
@@ -124,12 +122,7 @@ class WorkerClient:
         """Send one request (``path`` starts with ``/api/``); return the decoded JSON (``None`` for
         an empty body); raise :class:`WorkerError` on anything else."""
         started = time.monotonic()
-        token = self._token
-        status, raw = await self._send(method, path, token, body, params)
-        if status == 401:
-            log.info("token.rejected", path=path)
-            await self._refresh(token)
-            status, raw = await self._send(method, path, self._token, body, params)
+        status, raw = await self._send(method, path, body, params)
         log.debug("worker.call", method=method, path=path, status=status,
                  ms=int((time.monotonic() - started) * 1000))
         if status >= 400:

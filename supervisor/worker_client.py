@@ -11,7 +11,8 @@ from typing import Any
 
 import aiohttp
 
-from gastown.core.jsonlog import get_logger, register_secret
+from gastown.core.bearer import BearerAuth
+from gastown.core.jsonlog import get_logger
 
 log = get_logger("supervisor.worker_client")
 
@@ -27,14 +28,16 @@ class WorkerError(RuntimeError):
 class WorkerClient:
     def __init__(self, api_url: str | None, token: str | None, town_id: str | None, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
         self.api_url = api_url.rstrip("/") if api_url else None
-        self.token = token
+        self.auth = BearerAuth(token, self._refresh)
         self.town_id = town_id
         self.token_issued_at: float | None = None
         self._timeout = aiohttp.ClientTimeout(total=timeout_s, connect=min(5.0, timeout_s))
         self._session: aiohttp.ClientSession | None = None
-        self._refresh_lock = asyncio.Lock()
         self._skipped: set[str] = set()
-        register_secret(token)
+
+    @property
+    def token(self) -> str | None:
+        return self.auth.token
 
     @property
     def configured(self) -> bool:
@@ -47,8 +50,7 @@ class WorkerClient:
         if town_id:
             self.town_id = town_id
         if token:
-            register_secret(token)
-            self.token = token
+            self.auth.set_token(token)
             if issued_at is not None:
                 self.token_issued_at = issued_at
 
@@ -59,22 +61,20 @@ class WorkerClient:
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(timeout=self._timeout)
+            self._session = aiohttp.ClientSession(timeout=self._timeout, middlewares=(self.auth,))
         return self._session
 
     async def _send(self, method: str, path: str, body: Any, timeout: float | None) -> tuple[int, Any]:
         url = f"{self.api_url}/api/towns/{self.town_id}{path}"
-        headers = {"Authorization": f"Bearer {self.token}"}
         to = aiohttp.ClientTimeout(total=timeout) if timeout else None
-        async with self._http().request(method, url, json=body, headers=headers, timeout=to) as resp:
+        async with self._http().request(method, url, json=body, timeout=to) as resp:
             try:
                 data = await resp.json(content_type=None)
             except ValueError:
                 data = None
             return resp.status, data
 
-    async def call(self, method: str, path: str, body: Any = None, *, timeout: float | None = None,
-                   refresh_on_401: bool = True) -> Any:
+    async def call(self, method: str, path: str, body: Any = None, *, timeout: float | None = None) -> Any:
         if not self.configured:
             if path not in self._skipped:
                 self._skipped.add(path)
@@ -82,8 +82,6 @@ class WorkerClient:
             return None
         try:
             status, data = await self._send(method, path, body, timeout)
-            if status == 401 and refresh_on_401 and await self.refresh_token():
-                status, data = await self._send(method, path, body, timeout)
         except (aiohttp.ClientError, asyncio.TimeoutError) as e:
             raise WorkerError(f"{method} {path}: {e!r}") from e
         if status >= 400:
@@ -101,21 +99,26 @@ class WorkerClient:
 
     async def refresh_token(self) -> bool:
         """Exchange the current (possibly expired) token for a fresh one; one refresh at a time."""
-        async with self._refresh_lock:
-            old = self.token
-            try:
-                status, data = await self._send("POST", "/refresh-container-token", {}, None)
-            except (aiohttp.ClientError, asyncio.TimeoutError) as e:
-                log.warning("token_refresh.network_error", error=repr(e))
-                return False
-            token = data.get("token") if isinstance(data, dict) else None
-            if status != 200 or not isinstance(token, str) or not token:
-                log.warning("token_refresh.failed", status=status)
-                return False
-            if self.token == old:
-                self.update(token=token)
-            log.info("token_refresh.succeeded")
-            return True
+        if not self.configured:
+            return False
+        return await self.auth.refresh(self._http()) is not None
+
+    async def _refresh(self, session: aiohttp.ClientSession, used: str) -> str | None:
+        url = f"{self.api_url}/api/towns/{self.town_id}/refresh-container-token"
+        try:
+            async with session.post(url, json={}, headers={"Authorization": f"Bearer {used}"},
+                                    middlewares=()) as resp:
+                status = resp.status
+                data = await resp.json(content_type=None) if status == 200 else None
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as e:
+            log.warning("token_refresh.network_error", error=repr(e))
+            return None
+        token = data.get("token") if isinstance(data, dict) else None
+        if status != 200 or not isinstance(token, str) or not token:
+            log.warning("token_refresh.failed", status=status)
+            return None
+        log.info("token_refresh.succeeded")
+        return token
 
     # Typed helpers for the routes the container uses.
     async def heartbeat(self, agent_id: str, body: dict[str, Any]) -> Any:

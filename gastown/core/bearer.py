@@ -64,7 +64,11 @@ class BearerAuth:
         if resp.status != 401 or not used:
             return resp
         log.info("token.rejected", path=req.url.path)
-        fresh = await self.refresh(req.session, used)
+        try:
+            fresh = await self.refresh(req.session, used)
+        except BaseException:  # the refresh's own error wins; free the refused response first
+            resp.release()
+            raise
         if not fresh:
             return resp
         resp.release()

@@ -15,7 +15,7 @@ import pytest
 from gastown.core.ports import free_port
 from gastown.local.scripted_model import Error, FakeLLM, Hang, Reply, Slow, ToolCall
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 ENV_PART = {"type": "text", "text": "<environment_details>\nCurrent time: now\nCwd: /x\n</environment_details>"}
 
 

@@ -16,7 +16,7 @@ from tests.containers import ContainerProc
 from tests.s3servers import free_port, new_bucket, s3_env, seaweedfs  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.kilo
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _env(tmp: Path, name: str, worker, town_id: str, token: str, fake_llm, store: dict[str, str], url: str) -> dict[str, str]:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.test_reconciler_rules import NOW, mr, of, review, town
+from tests.unit.test_reconciler_rules import NOW, mr, of, review, town
 from worker_api.reconciler import actions as A
 from worker_api.reconciler.constants import MINUTE
 from worker_api.reconciler.reconcile import reconcile

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from gastown.core.ports import free_port
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
 TOKEN = "ctl-docker-layout-token-0123"
 

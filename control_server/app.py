@@ -116,10 +116,11 @@ async def refresh_token(request: web.Request) -> web.Response:
 
 
 async def agent_events(request: web.Request) -> web.Response:
-    rec = _rt(request).supervisor.get(path_id(request, "agent_id"))
+    agent_id = path_id(request, "agent_id")
     raw = request.query.get("after", "0")
-    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:  # input first, then existence
         raise ApiError(400, "INVALID_REQUEST", "after must be a non-negative integer")
+    rec = _rt(request).supervisor.get(agent_id)
     return web.json_response({"events": rec.events.after(int(raw))})
 
 

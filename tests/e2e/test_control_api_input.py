@@ -65,11 +65,16 @@ async def test_alive_and_ready_need_no_token(container):
     assert await container.request("GET", "/ready", token=None) == (200, {"status": "ready"})
 
 
-@pytest.mark.parametrize("path", ["/agents/..%2Fx/status", "/agents/" + "a" * 200 + "/status", "/agents/a.b/stop"])
-async def test_bad_path_ids_are_400(container, path):
-    method = "POST" if path.endswith("stop") else "GET"
-    status, resp = await container.request(method, path)
-    assert status in (400, 404) and "error" in resp
+@pytest.mark.parametrize("method, path, body", [
+    ("GET", "/agents/..%2Fx/status", None), ("GET", "/agents/" + "a" * 200 + "/status", None),
+    ("POST", "/agents/a.b/stop", None), ("POST", "/agents/a%20b/message", {"prompt": "x"}),
+    ("GET", "/agents/-x/events", None), ("PATCH", "/agents/a.b/model", {"model": "fake/m1"}),
+])
+async def test_bad_path_ids_are_400_invalid_id_not_a_404(container, method, path, body):
+    """An id that can never exist is a bad request, told apart from an unknown agent (404): with
+    ``path_id`` a no-op these routes answered AGENT_NOT_FOUND and the old check still passed."""
+    status, resp = await container.request(method, path, json=body)
+    assert status == 400 and resp["error"]["code"] == "INVALID_ID", (path, resp)
 
 
 async def test_unknown_agent_is_404(container):
@@ -86,10 +91,14 @@ async def test_unknown_route_and_method_are_json_4xx(container):
     assert status == 405 and resp["error"]["code"] == "METHOD_NOT_ALLOWED"
 
 
-async def test_events_after_must_be_integer(container):
-    for after in ("-1", "abc", "1e9"):
+async def test_events_after_must_be_integer_even_for_an_unknown_agent(container):
+    """The bad cursor is a 400 whatever the agent: the old check accepted the 404 of the unknown
+    agent and stayed green with the validation removed."""
+    for after in ("-1", "abc", "1e9", "%C2%B2", "9" * 19):
         status, resp = await container.request("GET", f"/agents/x/events?after={after}")
-        assert status in (400, 404)
+        assert status == 400 and resp["error"]["code"] == "INVALID_REQUEST", (after, resp)
+    status, resp = await container.request("GET", "/agents/x/events?after=5")
+    assert status == 404 and resp["error"]["code"] == "AGENT_NOT_FOUND"
 
 
 async def test_town_mismatch_is_409(container, runtime_config):

@@ -4,14 +4,21 @@ server keeps answering."""
 from __future__ import annotations
 
 import asyncio
-import socket
 from pathlib import Path
 from typing import Any, AsyncIterator
 
 import pytest
 import pytest_asyncio
 
-from tests.test_plugin_support import TOKEN, TOWN, FakeWorker, Plugin, Reply, identity_env
+from gastown.core.ports import free_port
+from tests.test_plugin_support import (
+    TOKEN,
+    TOWN,
+    FakeWorker,
+    Plugin,
+    Reply,
+    identity_env,
+)
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -145,9 +152,7 @@ async def test_empty_success_body_is_fine(shared: Plugin, worker: FakeWorker) ->
 
 
 async def test_unreachable_worker_is_a_network_error(tmp_path: Path) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]  # closed again below: nothing listens there
+    port = free_port()  # bound and closed again: nothing listens there
     async with Plugin(identity_env(f"http://127.0.0.1:{port}"), tmp_path / "err.log") as p:
         is_error, text = await p.call("gt_prime")
         assert is_error and text.startswith("error: NETWORK: cannot reach the worker"), text

@@ -17,6 +17,7 @@ from aiohttp import web
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
+from gastown.contract.agents import AgentState
 from gastown.core.ids import ID_PATTERN
 from supervisor.models import (
     MessageRequest,
@@ -140,7 +141,7 @@ def agent_status_schema() -> dict[str, Any]:
             "rig_id": {"type": "string", "pattern": ID_PATTERN},
             "role": ref("Role"),
             "name": {"type": "string"},
-            "status": {"type": "string", "enum": ["starting", "running", "stopping", "exited", "failed"]},
+            "status": {"type": "string", "enum": [s.value for s in AgentState]},
             "pid": {"type": ["integer", "null"]},
             "server_port": {"type": ["integer", "null"]},
             "session_id": str_or_null,

@@ -38,7 +38,6 @@ class AgentRecord:
     session_id: str | None = None
     resumed: bool = False
     restored: bool = False
-    fatal: bool = False
     restarts: int = 0
     prewarmed: bool = False
     config_json: str = ""
@@ -75,7 +74,7 @@ class AgentRecord:
             return
         check_transition(old, new)
         self.state = new
-        if reason is not None:
+        if reason is not None and new != AgentState.backoff:  # backoff keeps the crash's reason
             self.exit_reason = reason if new not in ACTIVE_STATES else None
         log.info(
             "agent.state_changed", agent_id=self.agent_id, run_id=self.run_id, role=self.request.role.value,
@@ -147,7 +146,7 @@ class AgentRecord:
             "last_snapshot": self.last_snapshot,
             "rss_bytes": self.rss_bytes() if live else 0,
             "restarts": self.restarts,
-            "fatal": self.fatal,
+            "fatal": self.state == AgentState.fatal,
         }
 
     def spawn_task(self, coro: Any, name: str) -> asyncio.Task:

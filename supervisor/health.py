@@ -21,6 +21,7 @@ from supervisor.crashloop import CrashPolicy
 from supervisor.kilo_process import KiloProcess
 from supervisor.runtime_view import RuntimeView
 from supervisor.states import AgentState
+from supervisor.tasks import Sleep
 
 log = get_logger("supervisor.health")
 
@@ -33,7 +34,8 @@ WEDGE_LOOP_WINDOW_S = 3600.0
 class HealthMonitor:
     def __init__(self, runtime: RuntimeView, *, failures: int = 3, probe_timeout_s: float = 2.0,
                  policy: CrashPolicy | None = None, recycle_grace_s: float = RECYCLE_GRACE_S,
-                 wedge_policy: CrashPolicy | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+                 wedge_policy: CrashPolicy | None = None, clock: Callable[[], float] = time.monotonic,
+                 sleep: Sleep = asyncio.sleep) -> None:
         self.rt = runtime
         self.sup = runtime.supervisor
         self.failures = failures
@@ -41,6 +43,7 @@ class HealthMonitor:
         self.policy = policy or CrashPolicy()
         self.recycle_grace_s = recycle_grace_s
         self.clock = clock
+        self.sleep = sleep
         self.wedge_policy = wedge_policy or CrashPolicy(
             max_crashes=WEDGE_LOOP_MAX, window_s=WEDGE_LOOP_WINDOW_S, base_delay_s=1.0,
             max_delay_s=RECYCLE_GRACE_MAX_S / RECYCLE_GRACE_S, clock=lambda: self.clock())
@@ -138,25 +141,40 @@ class HealthMonitor:
             self._crashed(rec)
 
     def _crashed(self, rec: AgentRecord) -> None:
-        """One more crash of the mayor: restart it after the backoff, or FATAL after a crash loop.
-        Once per process life: a kilo killed mid-start is seen both exiting and failing its start."""
+        """One more crash of the mayor: BACKOFF and a restart after the delay, or FATAL after a crash
+        loop. Once per process life: a kilo killed mid-start is seen both exiting and failing its start."""
         if self.rt.draining or rec.run_id in self._crashed_runs:
             return
         self._crashed_runs.add(rec.run_id)
         delay = self.policy.record_crash(rec.agent_id)
+        crashes = self.policy.crash_count(rec.agent_id)
         if delay is None:
-            rec.fatal = True
-            rec.exit_reason = f"crash loop: {self.policy.crash_count(rec.agent_id)} crashes; FATAL until cleared"
-            log.error("agent.fatal", agent_id=rec.agent_id, crashes=self.policy.crash_count(rec.agent_id))
+            rec.transition(AgentState.fatal, f"crash loop: {crashes} crashes; FATAL until cleared")
+            log.error("agent.fatal", agent_id=rec.agent_id, crashes=crashes, decay_s=self.policy.decay_s)
             self.rt.tasks.spawn(self.rt.worker.completed(rec.agent_id, "failed", rec.exit_reason), f"fatal:{rec.agent_id}")
+            self.rt.tasks.spawn(self._decay_later(rec), f"decay:{rec.agent_id}")
             return
-        log.warning("agent.restart_scheduled", agent_id=rec.agent_id, delay_s=delay, crashes=self.policy.crash_count(rec.agent_id))
+        rec.transition(AgentState.backoff, f"restart in {delay:g}s")
+        log.warning("agent.restart_scheduled", agent_id=rec.agent_id, delay_s=delay, crashes=crashes)
         self.rt.tasks.spawn(self._restart_later(rec, delay), f"restart:{rec.agent_id}")
 
+    def _still(self, rec: AgentRecord, state: AgentState) -> bool:
+        return not self.rt.draining and self.sup.agents.get(rec.agent_id) is rec and rec.state == state
+
     async def _restart_later(self, rec: AgentRecord, delay: float) -> None:
-        await asyncio.sleep(delay)
-        if self.rt.draining or self.sup.agents.get(rec.agent_id) is not rec or rec.state != AgentState.failed:
-            return
+        await self.sleep(delay)
+        if self._still(rec, AgentState.backoff):
+            await self._restart(rec)
+
+    async def _decay_later(self, rec: AgentRecord) -> None:
+        """FATAL decays: after the quiet period the crash history is forgotten and the agent gets a
+        fresh start (supervisord would wait for an operator; a town's mayor should come back)."""
+        await self.sleep(self.policy.decay_s)
+        if self._still(rec, AgentState.fatal) and not self.policy.is_fatal(rec.agent_id):
+            log.info("agent.fatal_decayed", agent_id=rec.agent_id, decay_s=self.policy.decay_s)
+            await self._restart(rec)
+
+    async def _restart(self, rec: AgentRecord) -> None:
         t0 = time.monotonic()
         try:
             new, _ = await self.sup.start(rec.request, restart_of=rec)

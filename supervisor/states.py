@@ -15,7 +15,11 @@ _ALLOWED: dict[AgentState, frozenset[AgentState]] = {
     AgentState.running: frozenset({AgentState.starting, AgentState.stopping, AgentState.failed, AgentState.exited}),
     AgentState.stopping: frozenset({AgentState.exited, AgentState.failed}),
     AgentState.exited: frozenset({AgentState.starting}),
-    AgentState.failed: frozenset({AgentState.starting}),
+    # failed -> backoff | fatal: the crash policy's verdict on an agent restarted in place.
+    AgentState.failed: frozenset({AgentState.starting, AgentState.backoff, AgentState.fatal}),
+    # backoff -> exited: stopped while waiting; -> fatal: its restart failed and ended the loop.
+    AgentState.backoff: frozenset({AgentState.starting, AgentState.exited, AgentState.fatal}),
+    AgentState.fatal: frozenset({AgentState.starting, AgentState.exited}),
 }
 
 

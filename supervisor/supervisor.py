@@ -337,9 +337,14 @@ class Supervisor:
         """Stop a live agent; ``False`` when it was not running (stop is idempotent)."""
         rec = self.get(agent_id)
         async with self.lock(agent_id):
-            if not rec.active or self.agents.get(agent_id) is not rec:
+            if self.agents.get(agent_id) is not rec:
                 return False
-            await self._stop_locked(rec, reason)
+            if rec.state in (AgentState.backoff, AgentState.fatal):  # no process: only the restart to call off
+                rec.transition(AgentState.exited, reason)
+            elif not rec.active:
+                return False
+            else:
+                await self._stop_locked(rec, reason)
         await self.notify(rec, "stopped")
         return True
 

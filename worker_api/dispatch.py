@@ -169,5 +169,5 @@ class LocalProcessProvider:
         pid = self._pids.get(town_id)
         if pid is None:
             raise RuntimeError("no container process registered for this town")
-        os.kill(pid, signal.SIGTERM)  # the container drains on SIGTERM (SPEC §1)
+        os.kill(pid, signal.SIGTERM)  # the container drains on SIGTERM (docs/contract.md §2)
         log.info("container.stop_requested", town=town_id, pid=pid)

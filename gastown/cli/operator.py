@@ -138,8 +138,6 @@ def agent_rows(agents: list[dict[str, Any]], now: float) -> list[list[str]]:
     rows = []
     for a in agents:
         state = str(a.get("status"))
-        if a.get("fatal"):
-            state += " (fatal)"
         started = a.get("started_at")
         uptime = fmt_duration(now - started) if a.get("status") not in STOPPED and started else "-"
         rss = a.get("rss_bytes") or 0

@@ -70,14 +70,14 @@ async def test_agents_table_shows_state_uptime_and_last_exit(container: Containe
                 last_event_type="session.idle", last_event_at=now - 7200,
                 last_exit={"code": None, "signal": 9, "at": now - 3 * 3600 - 300, "oom_suspected": True,
                            "stderr_tail": ""})
-    fake_record(container, "mayor", state=AgentState.failed, fatal=True,
+    fake_record(container, "mayor", state=AgentState.fatal,
                 last_exit={"code": 1, "signal": None, "at": now - 5, "oom_suspected": False, "stderr_tail": "boom"})
     rc, out, err = await gastown("agents", "--url", container.url, "--token", CONTROL_TOKEN)
     assert rc == 0, err
     header, *rows = out.strip().splitlines()
     assert header.split() == ["AGENT", "ROLE", "STATE", "UPTIME", "RSS_MB", "MSGS", "LAST", "EVENT", "LAST", "EXIT"]
     assert [r.split()[0] for r in rows] == ["mayor", "polecat-7"]
-    assert "failed (fatal)" in rows[0] and "code 1" in rows[0]
+    assert " fatal " in rows[0] and "code 1" in rows[0]
     polecat = rows[1].split()
     assert polecat[1:5] == ["polecat", "exited", "-", "-"]  # no uptime nor RSS once exited
     # ages in hours: stable however long the CLI takes to start on a loaded machine

@@ -59,7 +59,7 @@ async def test_mayor_crash_loop_ends_fatal_then_can_start_again(town, fake_llm):
             assert st["restarts"] == crash + 1 and st["session_id"] == body["session_id"]
             pid = st["pid"]
     st = await container.wait_status("mayor-1", lambda b: b["fatal"] is True, timeout=30)
-    assert st["status"] == "failed" and "crash loop" in st["exit_reason"]
+    assert st["status"] == "fatal" and "crash loop" in st["exit_reason"]
     await asyncio.sleep(1.0)
     assert kilo_processes() == []
     events = await worker.events(town_id)

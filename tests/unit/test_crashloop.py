@@ -72,10 +72,10 @@ async def test_mayor_restart_that_fails_to_start_counts_toward_the_crash_loop(tm
     try:
         await rt.supervisor.notify(crashed, "crashed")
         async with asyncio.timeout(60):
-            while not rt.supervisor.agents["mayor"].fatal:
+            while rt.supervisor.agents["mayor"].state != AgentState.fatal:
                 await asyncio.sleep(0.05)
         final = rt.supervisor.agents["mayor"]
-        assert final.restarts == 2 and final.state == AgentState.failed  # crash, 2 failed restarts → FATAL at 3
+        assert final.restarts == 2 and final.status()["fatal"]  # crash, 2 failed restarts → FATAL at 3
         assert rt.health_monitor.policy.crash_count("mayor") == 3
     finally:
         await rt.shutdown()
@@ -172,3 +172,94 @@ async def test_kilo_that_keeps_wedging_is_failed_not_recycled_forever(tmp_path):
     assert monitor.wedge_policy.crash_count("polecat-1") == 0
     rt.supervisor.agents.clear()
     await rt.shutdown()
+
+
+async def test_backoff_and_fatal_are_states_and_fatal_decays_with_the_clock(tmp_path):
+    """BACKOFF used to be a sleeping task and FATAL a flag on a 'failed' agent, and FATAL never
+    decayed outside the tests of CrashPolicy. Injected clock and sleep: no real waiting."""
+    import asyncio
+
+    from supervisor.agent import AgentRecord
+    from supervisor.config import RuntimeConfig
+    from supervisor.kilo_env import AgentPaths
+    from supervisor.models import StartAgentRequest
+    from supervisor.runtime import ContainerRuntime
+    from supervisor.states import AgentState
+    from tests.conftest import start_body
+
+    now = [1000.0]
+    decay_gate, backoff_gate = asyncio.Event(), asyncio.Event()
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        await (decay_gate if seconds >= 900 else backoff_gate).wait()
+
+    cfg = RuntimeConfig(data_dir=tmp_path / "d", kilo_bin="/bin/false", crash_loop_max=2, crash_backoff_s=0.5)
+    rt = ContainerRuntime(cfg)
+    hm = rt.health_monitor
+    hm.sleep, hm.policy.clock = sleep, lambda: now[0]
+    req = StartAgentRequest.model_validate(start_body(agent_id="mayor", role="mayor", rig_id="mayor-town-test"))
+    crashed = AgentRecord(request=req, paths=AgentPaths.for_agent(cfg.data_dir, "mayor"))
+    crashed.transition(AgentState.failed, "kilo exited unexpectedly (signal 9)")
+    rt.supervisor.agents["mayor"] = crashed
+
+    async def until(state: AgentState) -> dict:
+        async with asyncio.timeout(30):
+            while rt.supervisor.agents["mayor"].state != state:
+                await asyncio.sleep(0.01)
+        return rt.supervisor.agents["mayor"].status()
+
+    try:
+        await rt.supervisor.notify(crashed, "crashed")
+        st = await until(AgentState.backoff)
+        await asyncio.sleep(0.01)  # the restart task is waiting in its backoff sleep
+        assert st["status"] == "backoff" and st["exit_reason"] == "kilo exited unexpectedly (signal 9)" and slept == [0.5]
+        backoff_gate.set()  # the restart runs, /bin/false fails it: the second crash ends the loop
+        st = await until(AgentState.fatal)
+        await asyncio.sleep(0.01)
+        assert st["fatal"] is True and "crash loop: 2 crashes" in st["exit_reason"] and slept[-1] == hm.policy.decay_s
+        backoff_gate.clear()
+        decay_gate.set()  # the decay sleep returns, but the clock has not moved: still FATAL
+        await asyncio.sleep(0.1)
+        assert rt.supervisor.agents["mayor"].state == AgentState.fatal
+        now[0] += hm.policy.decay_s
+        hm.rt.tasks.spawn(hm._decay_later(rt.supervisor.agents["mayor"]), "decay-again")
+        st = await until(AgentState.backoff)  # decayed: a fresh start (failing again) is a first crash
+        assert hm.policy.crash_count("mayor") == 1 and st["restarts"] == 2
+    finally:
+        backoff_gate.set()
+        await rt.shutdown()
+
+
+async def test_stop_during_backoff_calls_the_restart_off(tmp_path):
+    import asyncio
+
+    from supervisor.agent import AgentRecord
+    from supervisor.config import RuntimeConfig
+    from supervisor.kilo_env import AgentPaths
+    from supervisor.models import StartAgentRequest
+    from supervisor.runtime import ContainerRuntime
+    from supervisor.states import AgentState
+    from tests.conftest import start_body
+
+    gate = asyncio.Event()
+
+    async def sleep(seconds: float) -> None:
+        await gate.wait()
+
+    rt = ContainerRuntime(RuntimeConfig(data_dir=tmp_path / "d", kilo_bin="/bin/false", crash_backoff_s=5))
+    rt.health_monitor.sleep = sleep
+    req = StartAgentRequest.model_validate(start_body(agent_id="mayor", role="mayor", rig_id="mayor-town-test"))
+    rec = AgentRecord(request=req, paths=AgentPaths.for_agent(rt.cfg.data_dir, "mayor"))
+    rec.transition(AgentState.failed, "kilo exited unexpectedly (signal 9)")
+    rt.supervisor.agents["mayor"] = rec
+    try:
+        await rt.supervisor.notify(rec, "crashed")
+        assert rec.state == AgentState.backoff
+        assert await rt.supervisor.stop("mayor") is True
+        gate.set()
+        await asyncio.sleep(0.1)
+        assert rt.supervisor.agents["mayor"] is rec and rec.state == AgentState.exited and rec.restarts == 0
+    finally:
+        await rt.shutdown()

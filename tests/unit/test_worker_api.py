@@ -232,6 +232,20 @@ async def test_heartbeat_updates_the_agent_watermark(worker: Worker, town: tuple
     assert await worker.db.run(events.list_events, town_id) == []
 
 
+@pytest.mark.parametrize("state", ["backoff", "fatal"])
+async def test_heartbeat_with_a_crash_policy_state_is_understood(worker: Worker, town: tuple[str, str], state: str) -> None:
+    """BACKOFF and FATAL are container states now: a heartbeat carrying one is stored, not a 400,
+    and the reconciler counts BACKOFF as alive (about to restart) and FATAL as dead."""
+    from gastown.contract.agents import DEAD_STATUSES
+
+    town_id, token = town
+    await worker.create_agent(town_id, agent_id="pc-1")
+    status, _ = await worker.call("POST", f"/api/towns/{town_id}/agents/pc-1/heartbeat", token=token, json=_hb(status=state))
+    assert status == 200
+    assert (await worker.db.run(store.get_agent, town_id, "pc-1"))["container_status"] == state
+    assert (state in DEAD_STATUSES) is (state == "fatal")
+
+
 async def test_heartbeat_accepts_iso_timestamps(worker: Worker, town: tuple[str, str]) -> None:
     town_id, token = town
     await worker.create_agent(town_id, agent_id="pc-1")

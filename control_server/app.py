@@ -1,4 +1,4 @@
-"""The container's HTTP API (SPEC §4), a thin layer over the runtime: parse, validate, call, map errors."""
+"""The container's HTTP API (docs/contract.md §4), a thin layer over the runtime: parse, validate, call, map errors."""
 from __future__ import annotations
 
 import asyncio

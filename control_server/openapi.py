@@ -1,4 +1,4 @@
-"""OpenAPI 3.1 document of the control server (SPEC §4), served at ``GET /openapi.json``.
+"""OpenAPI 3.1 document of the control server (docs/contract.md §4), served at ``GET /openapi.json``.
 
 Request bodies are generated from the pydantic models the handlers validate with
 (``supervisor.models``), so the document cannot drift from what is accepted. Response shapes are
@@ -363,7 +363,7 @@ def _document() -> dict[str, Any]:
         "info": {
             "title": "gastown container control server",
             "version": "1",
-            "description": "The per-town container's HTTP API (SPEC §4). Errors are "
+            "description": "The per-town container's HTTP API (docs/contract.md §4). Errors are "
             '{"error": {"code", "message"}} with a fitting status; never a 500 for bad input.',
         },
         "servers": [{"url": "/"}],

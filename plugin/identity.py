@@ -1,7 +1,7 @@
 """Who this plugin acts for, read once from the environment kilo gave us at spawn.
 
-Kilo passes no session id to MCP tools (reference/kilo-serve.md §9), so the agent identity must come
-from env. A missing variable must never make the agent silently tool-less (reference bug: the
+Kilo passes no session id to MCP tools (docs/kilo-serve.md §9), so the agent identity must come
+from env. A missing variable must never make the agent silently tool-less (docs/original-system.md bug 5: the
 prewarmed mayor lost all its tools): we record what is missing and every tool reports it instead.
 """
 from __future__ import annotations

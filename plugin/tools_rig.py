@@ -1,7 +1,7 @@
 """Rig tools: what polecats, refineries (and every role but the mayor) use to work a bead.
 
 Role limits (e.g. only a refinery may request changes) are enforced by the worker, not here: the
-tool set is the same for every rig role, as in the system we re-imagine (reference §3.12).
+tool set is the same for every rig role, as in the system we re-imagine (docs/original-system.md §3.12).
 """
 from __future__ import annotations
 

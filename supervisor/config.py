@@ -1,4 +1,4 @@
-"""Runtime configuration, read once from the environment (SPEC §3).
+"""Runtime configuration, read once from the environment (docs/contract.md §3).
 
 The runtime never mutates ``os.environ``: children get an env built explicitly per agent, so
 everything the runtime needs later is captured here at boot.

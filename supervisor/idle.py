@@ -1,4 +1,4 @@
-"""What happens when an agent's session goes idle (SPEC §5).
+"""What happens when an agent's session goes idle (docs/contract.md §5).
 
 Non-mayor: deliver the first pending nudge as a new turn; if there is none, arm the idle timer
 (refinery longer, 10 s while draining). Work starting again cancels it; on expiry the agent is

@@ -1,4 +1,4 @@
-"""Build one agent's child environment and ``KILO_CONFIG_CONTENT`` (SPEC §5).
+"""Build one agent's child environment and ``KILO_CONFIG_CONTENT`` (docs/contract.md §5).
 
 Pure functions of (request, runtime config, paths): the real start and the mayor prewarm call the
 same code, so a prewarmed server's env is identical to what the start would build, and comparing
@@ -23,7 +23,7 @@ INHERITED_ENV_KEYS = (
     "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy",
 )
 
-# Verified on these machines to keep kilo 7.7.7 fully offline (reference/kilo-serve.md §3).
+# Verified on these machines to keep kilo 7.7.7 fully offline (docs/kilo-serve.md §3).
 HERMETIC_ENV = {
     "KILO_DISABLE_MODELS_FETCH": "1",
     "KILO_DISABLE_AUTOUPDATE": "1",

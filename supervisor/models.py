@@ -1,4 +1,4 @@
-"""Request models of the container API (SPEC §4): one pydantic model per request body."""
+"""Request models of the container API (docs/contract.md §4): one pydantic model per request body."""
 from __future__ import annotations
 
 from typing import Annotated, Optional

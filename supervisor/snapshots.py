@@ -1,4 +1,4 @@
-"""Per-agent kilo.db snapshots in the object store (SPEC §7).
+"""Per-agent kilo.db snapshots in the object store (docs/contract.md §7).
 
 The rules come from the data-loss bugs of the system we re-imagine and from Litestream's issues:
 copy only *through SQLite* (a raw copy of a live WAL database is behind its WAL), integrity-check

@@ -1,4 +1,4 @@
-"""Calls from the container to the worker API (SPEC §6).
+"""Calls from the container to the worker API (docs/contract.md §6).
 
 Holds the town's credentials (api url, container token), which may arrive late: in the boot env, in
 a start request or via ``/refresh-token``. Every call has a timeout; a 401 triggers one token refresh

@@ -1,6 +1,6 @@
 """Calls from the worker to a town's container, and the ContainerProvider interface.
 
-``ContainerClient`` speaks the control-server API (SPEC §4) with ``Authorization: Bearer <control
+``ContainerClient`` speaks the control-server API (docs/contract.md §4) with ``Authorization: Bearer <control
 token>``; every call has a timeout. Results are classified, never raised, because the reconciler
 must decide from them, and one rule matters above all (#1358): a *timeout* or transport error on
 ``/agents/start`` does not mean the agent did not start. The caller leaves the agent ``working`` and
@@ -131,7 +131,7 @@ class HttpContainerClient:
 
 
 class ContainerProvider(Protocol):
-    """Lifecycle of a town's container, for the idle stop (reference §5.6)."""
+    """Lifecycle of a town's container, for the idle stop (docs/original-system.md §5.6)."""
 
     async def state(self, town_id: str) -> str: ...   # running | healthy | stopped | unknown
     async def stop(self, town_id: str) -> None: ...     # raises on failure

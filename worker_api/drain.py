@@ -1,7 +1,7 @@
 """Drain (container eviction) handshake state, persisted in ``kv`` so it survives a restart.
 
 A container being evicted calls ``container-eviction``: the town is *draining* (the reconciler must
-not dispatch) until one of (reference §5.5, bug #21 "a stale heartbeat from the dying container
+not dispatch) until one of (docs/original-system.md §5.5, bug #21 "a stale heartbeat from the dying container
 cleared the drain early"):
 1. the new container acknowledges with the matching nonce (``container-ready``);
 2. a heartbeat arrives from a *different* container instance than the one last recorded (the

@@ -2,7 +2,7 @@
 
 Strict types (no ``"5"`` → 5, no ``true`` → 1) and bounded lengths so garbage is a 400, never a 500
 or a row of junk. Unknown fields are ignored: the container may send more than we read (the
-reference heartbeat also sent ``agentId``/``timestamp``), and that must not break it.
+original heartbeat also sent ``agentId``/``timestamp``), and that must not break it.
 Times are normalised to epoch milliseconds (see :data:`EpochMs`).
 """
 from __future__ import annotations

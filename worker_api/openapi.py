@@ -1,4 +1,4 @@
-"""OpenAPI 3.1 document of the worker API (SPEC §6 and the issue-defined user/tool routes),
+"""OpenAPI 3.1 document of the worker API (docs/contract.md §6 and the issue-defined user/tool routes),
 served at ``GET /openapi.json``.
 
 Request bodies are generated from the pydantic models the handlers validate with, so accepted
@@ -326,7 +326,7 @@ def _document() -> dict[str, Any]:
         "info": {
             "title": "gastown worker API",
             "version": "1",
-            "description": "Towns, agents, beads and the container-facing routes (SPEC §6). Errors are "
+            "description": "Towns, agents, beads and the container-facing routes (docs/contract.md §6). Errors are "
             '{"error": {"code", "message"}}. Auth per operation in x-gastown-auth: public (none), admin '
             "(GASTOWN_ADMIN_TOKEN), town (admin token or a container token of the path town), refresh "
             "(like town, but the container token may be expired).",

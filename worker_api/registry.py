@@ -1,6 +1,6 @@
 """Guard for the container registry: it must never hold a secret, and one secret never costs the rest.
 
-The reference serialised each agent's full env, tokens included, into durable storage (§4.1,
+The original serialised each agent's full env, tokens included, into durable storage (docs/original-system.md §4.1,
 bug 32). Here the container sends the StartAgentRequest already cleaned, and the worker cleans it
 again with the same policy (``gastown.core.secrets``) rather than trusting it: a secret-named key
 (``GH_PAT``, ``SESSION_COOKIE``) is dropped with its value, a secret inside a value (credentials in

@@ -110,7 +110,7 @@ async def completed(request: web.Request) -> web.Response:
 
 def _waiting_tx(conn: sqlite3.Connection, town_id: str, agent_id: str, fired_at: int, now: int) -> bool:
     """Mayor working → waiting, unless the idle callback fired before the mayor was last marked
-    working: such a callback belongs to an earlier turn (reference §4.6, bug 31)."""
+    working: such a callback belongs to an earlier turn (docs/original-system.md §4.6, bug 31)."""
     agent = _require_agent(conn, town_id, agent_id)
     since = agent["working_since"]
     applied = False

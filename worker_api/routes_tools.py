@@ -2,7 +2,7 @@
 
 The container token is town-scoped and the container is trusted within its town, so the path agent
 is not re-authenticated; role rules that protect the merge flow are enforced here, e.g. only a
-refinery hooked to an MR may request changes (reference bug 23: a refinery that lost its hook fell
+refinery hooked to an MR may request changes (docs/original-system.md bug 23: a refinery that lost its hook fell
 back to ``gt_done`` and merged what it meant to reject).
 """
 from __future__ import annotations

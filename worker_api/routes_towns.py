@@ -123,7 +123,7 @@ def _prewarm_tx(conn: sqlite3.Connection, town: dict[str, Any]) -> dict[str, Any
 
 @town_access
 async def prewarm_context(request: web.Request) -> web.Response:
-    """Exactly what the mayor's real start will use (reference bug 7: a guessed model caused
+    """Exactly what the mayor's real start will use (docs/original-system.md bug 7: a guessed model caused
     eviction churn), so the container may prewarm only with these values."""
     ctx = await request.app[DB].run(_prewarm_tx, request[TOWN], write=False)
     return web.json_response(ctx)

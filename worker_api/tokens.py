@@ -5,7 +5,7 @@ One token per town, shared by every agent of its container. Time checks use an i
 refresh path can accept an expired token on purpose:
 * :meth:`ContainerTokens.verify` — strict: signature, algorithm, scope, claims, not expired;
 * :meth:`ContainerTokens.verify_allow_expired` — refresh only: a correctly signed container token
-  up to ``max_age`` (7 days) after issue. The reference accepted *any* age (no cap), so a leaked
+  up to ``max_age`` (7 days) after issue. The original (docs/original-system.md §5.1) accepted *any* age (no cap), so a leaked
   token could be refreshed for ever; the cap bounds that.
 """
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Operator commands: ``gastown agents``, ``gastown logs AGENT``, ``gastown town status``.
 
-They are thin HTTP clients of the control server (SPEC §4) and the worker API, for a person at a
+They are thin HTTP clients of the control server (docs/contract.md §4) and the worker API, for a person at a
 terminal: every failure (connection, timeout, auth, HTTP error) becomes one line on stderr and exit
 status 1, never a traceback. Tokens come from flags or the environment and are never printed.
 """
@@ -155,7 +155,7 @@ def _clip(text: str, n: int = 100) -> str:
 
 
 def summarize_event(etype: str, data: Any) -> str:
-    """One short human summary of a kilo event's ``properties`` (see reference/kilo-serve.md §7)."""
+    """One short human summary of a kilo event's ``properties`` (see docs/kilo-serve.md §7)."""
     d = data if isinstance(data, dict) else {}
     if etype == "message.part.delta":
         return _clip(json.dumps(d.get("delta", ""), ensure_ascii=False))

@@ -1,6 +1,6 @@
-"""Timing and limit constants of the town reconciler (reference §5.4–5.9). Times are milliseconds.
+"""Timing and limit constants of the town reconciler (docs/original-system.md §5.4–5.9). Times are milliseconds.
 
-Each value is the reference's unless noted; the comments say what breaks if it is changed.
+Each value is the original system's (docs/original-system.md) unless noted; the comments say what breaks if it is changed.
 """
 from __future__ import annotations
 

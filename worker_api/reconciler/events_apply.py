@@ -2,7 +2,7 @@
 
 Routes only record facts; this is where a fact changes state. Rules that keep the queue healthy:
 * an event about a bead or agent that no longer exists is **terminal**: marked processed with a
-  warning, never retried (reference bug 29: a ``bead_cancelled`` for a deleted bead errored on
+  warning, never retried (docs/original-system.md bug 29: a ``bead_cancelled`` for a deleted bead errored on
   every tick for ever);
 * any other error rolls back that event alone (a SAVEPOINT) and is retried on the next ticks, up to
   ``EVENT_MAX_ATTEMPTS``, then it is marked processed with its error: no event is stuck;
@@ -117,7 +117,7 @@ def on_agent_done(conn: sqlite3.Connection, ctx: ApplyContext, event: dict[str, 
                 bx.record(conn, t, bead["bead_id"], "review_completed", now, agent["agent_id"], merged=True)
                 lc.transition_bead(conn, t, bead["bead_id"], "closed", now, reason="merged", actor=agent["agent_id"])
         elif not p.get("pr_url"):
-            # An unhooked refinery cannot prove it merged what it was asked to (reference bug 23).
+            # An unhooked refinery cannot prove it merged what it was asked to (docs/original-system.md bug 23).
             lc.create_escalation(conn, t, title=f"Refinery {agent['name']} reported done without an MR",
                                  body=f"gt_done on branch {p.get('branch')} while not hooked to an MR; nothing merged.",
                                  now=now, agent_id=agent["agent_id"], severity="high", ids=ctx.ids)

@@ -3,7 +3,7 @@
 Activity is the agent's last kilo event (``last_event_at``), else its watermark. Heartbeats keep
 arriving from a hung session, so they cannot be the measure. Each tier fires at most once per hour
 per agent (``gupp_fired``). Skipped while draining (heartbeats and events freeze), and stalled
-agents past the 2.5 h release are left to the release rule (reference bug 30).
+agents past the 2.5 h release are left to the release rule (docs/original-system.md bug 30).
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Invariants checked after every tick (reported, not enforced; reference §5.9 plus ours).
+"""Invariants checked after every tick (reported, not enforced; docs/original-system.md §5.9 plus ours).
 
 A violation means a rule or a route left the town in a state the rules do not expect; it is logged,
 counted, and served by ``GET /api/towns/{t}/invariants`` so tests and operators see it at once.

@@ -1,6 +1,6 @@
-"""The StartAgentRequest (SPEC §4) for a dispatch: who, where (repo, branch) and what (prompt).
+"""The StartAgentRequest (docs/contract.md §4) for a dispatch: who, where (repo, branch) and what (prompt).
 
-Branches follow the reference: ``gt/<slug(name)>/<bead8>``; a review-then-land convoy bead works on
+Branches follow the original system (docs/original-system.md): ``gt/<slug(name)>/<bead8>``; a review-then-land convoy bead works on
 ``convoy/<slug>/<id8>/gt/<slug>/<bead8>``, a *sibling* of the feature branch
 ``convoy/<slug>/<id8>/head`` (git refs are files: a ref at X blocks refs under X/). The request
 carries no secret: the container holds its own tokens.

@@ -28,7 +28,7 @@ def reconcile(state: TownState) -> list[Action]:
 
 
 def has_active_work(state: TownState) -> bool:
-    """Whether the town needs the 5 s cadence (reference §5.7 ``hasActiveWork``)."""
+    """Whether the town needs the 5 s cadence (docs/original-system.md §5.7 ``hasActiveWork``)."""
     now = state.now
     for a in state.agents.values():
         if a.status == "working" or (a.status == "idle" and a.hook):

@@ -1,4 +1,4 @@
-"""One reconciler tick for one town (reference §5.7), network outside transactions.
+"""One reconciler tick for one town (docs/original-system.md §5.7), network outside transactions.
 
 1. pre-phase: ask the container about every working/stalled agent; a dead one becomes a
    ``container_status`` event (so its handling goes through the same queue as everything else);
@@ -167,7 +167,7 @@ async def _housekeeping(db: Database, town_id: str, now: int) -> None:
 
 async def _maybe_stop_container(db: Database, town_id: str, provider: ContainerProvider, draining: bool,
                                 mayor: Any, now: int) -> None:
-    """Stop an idle town's container (reference §5.6); the throttle is recorded only on success."""
+    """Stop an idle town's container (docs/original-system.md §5.6); the throttle is recorded only on success."""
     if draining or (mayor is not None and mayor.status in ("working", "stalled")):
         return
     if mayor is not None and mayor.last_activity_at is not None and now - mayor.last_activity_at < CONTAINER_IDLE_STOP_MS:

@@ -11,7 +11,7 @@ from typing import Protocol
 
 # Error kinds that can never succeed on a retry: the merge request fails at once.
 PERMANENT_KINDS = frozenset({"no_token", "unrecognized_url", "host_mismatch", "not_found"})
-# Consecutive failures tolerated before the merge request fails (reference §5.8, PR polling).
+# Consecutive failures tolerated before the merge request fails (docs/original-system.md §5.8, PR polling).
 FAILURE_LIMITS = {"invalid_response": 3, "http": 3}
 TRANSIENT_LIMIT = 10
 

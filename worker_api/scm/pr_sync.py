@@ -1,6 +1,6 @@
 """The ``poll_pr`` / ``merge_pr`` side effects: ask the code host, then record what it said.
 
-Network outside transactions (reference §5.7): read the MR's context, call the provider, then one
+Network outside transactions (docs/original-system.md §5.7): read the MR's context, call the provider, then one
 short write. What a poll records on the MR's metadata (``gating.metadata_for``) is what the review
 rules read on the next tick: ``awaiting_approval`` exempts the MR from the orphan timeout (R4) and
 from refinery redispatch (R6), and keeps a failed landing MR from being respawned.

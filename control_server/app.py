@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import AsyncIterator
 
 from aiohttp import web
 
@@ -130,12 +131,21 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=_rt(request).metrics.render(), headers={"Content-Type": CONTENT_TYPE})
 
 
+async def _runtime_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The runtime (and so every agent and background task) lives exactly as long as the app."""
+    runtime = app[RUNTIME]
+    await runtime.start()
+    yield
+    await runtime.shutdown()
+
+
 def create_app(runtime: ContainerRuntime) -> web.Application:
     app = web.Application(
         middlewares=[error_middleware, public_openapi(auth_middleware(runtime.cfg.control_token)), supervisor_errors],
         client_max_size=2 * 1024 * 1024,
     )
     app[RUNTIME] = runtime
+    app.cleanup_ctx.append(_runtime_ctx)
     app.router.add_get("/alive", alive)
     app.router.add_get("/ready", ready)
     app.router.add_get("/health", health)

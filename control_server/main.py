@@ -40,7 +40,7 @@ async def serve(cfg: RuntimeConfig, host: str, port: int) -> int:
     runtime = ContainerRuntime(cfg)
     app = create_app(runtime)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
-    await runner.setup()
+    await runner.setup()  # starts the runtime (the app's cleanup context)
     site = web.TCPSite(runner, host, port)
     await site.start()
     stop = asyncio.Event()
@@ -53,17 +53,13 @@ async def serve(cfg: RuntimeConfig, host: str, port: int) -> int:
             drain_task = loop.create_task(runtime.drain())
             drain_task.add_done_callback(lambda _: stop.set())
         else:
-            loop.create_task(runtime.drain())  # second SIGTERM: cut the drain short
+            runtime.tasks.spawn(runtime.drain(), "drain:cut-short")  # second SIGTERM: cut the drain short
 
     loop.add_signal_handler(signal.SIGTERM, on_sigterm)
     loop.add_signal_handler(signal.SIGINT, stop.set)
-    await runtime.start()
     log.info("container.listening", host=host, port=port)
     await stop.wait()
-    try:
-        await runtime.shutdown("container eviction" if drain_task is not None else "container shutdown")
-    finally:
-        await runner.cleanup()
+    await runner.cleanup()  # stops listening, then shuts the runtime down (eviction if it drained)
     return 0
 
 

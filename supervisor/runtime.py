@@ -48,6 +48,7 @@ class ContainerRuntime:
         self.tasks = TaskOwner("runtime")
         self.hydrated = asyncio.Event()
         self.draining = False
+        self._started = self._stopped = False
         self.hydration_steps: list[Callable[[], Awaitable[None]]] = []
         self.idle = IdleManager(self.supervisor, is_draining=lambda: self.draining)
         self.persistence = Persistence.from_url(self.supervisor, cfg.snapshot_url, CONTAINER_INSTANCE_ID, cfg.store_env)
@@ -69,6 +70,10 @@ class ContainerRuntime:
             self.tasks.spawn(self.heartbeats.beat(rec), f"heartbeat:{rec.agent_id}")
 
     async def start(self) -> None:
+        """Begin serving: every loop below belongs to ``self.tasks``. Idempotent."""
+        if self._started:
+            return
+        self._started = True
         log.info("container.cold_start", instance_id=CONTAINER_INSTANCE_ID, data_dir=str(self.cfg.data_dir),
                  kilo_bin=self.cfg.kilo_bin, worker_configured=self.worker.configured)
         self.cfg.data_dir.mkdir(parents=True, exist_ok=True)
@@ -145,7 +150,12 @@ class ContainerRuntime:
         except Exception:
             log.error("drain.failed", exc_info=True)
 
-    async def shutdown(self, reason: str = "container shutdown") -> None:
+    async def shutdown(self, reason: str | None = None) -> None:
+        """Stop every agent, then every owned task, in dependency order. Idempotent."""
+        if self._stopped:
+            return
+        self._stopped = True
+        reason = reason or ("container eviction" if self._drain is not None else "container shutdown")
         self.draining = True
         await self.supervisor.stop_all(reason)
         await self.supervisor.kill_all()

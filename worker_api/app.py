@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
@@ -33,13 +33,13 @@ def _control_tokens(conn) -> list[str]:  # type: ignore[no-untyped-def]
     return [r[0] for r in conn.execute("SELECT control_token FROM towns")]
 
 
-async def _register_stored_secrets(app: web.Application) -> None:
-    """Control tokens already in the store must be scrubbed from logs after a restart too."""
+async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The store lives as long as the app; the reconciler's context nests inside this one, so its
+    loops stop before the store closes. Control tokens already stored are scrubbed from logs after
+    a restart too."""
     for token in await app[DB].run(_control_tokens, write=False):
         register_secret(token)
-
-
-async def _close_db(app: web.Application) -> None:
+    yield
     await app[DB].aclose()
 
 
@@ -84,10 +84,9 @@ def create_app(
     routes_tools.add_routes(app)
     scm_routes.add_routes(app)
     app.router.add_get(OPENAPI_PATH, openapi_handler)
+    app.cleanup_ctx.append(_store_ctx)
     reconciler_service.install(
         app, run=run_reconciler if run_reconciler is not None else now is time.time, clock=now, sleep=sleep,
         container=container_client, provider=container_provider, scm=scm_provider,
     )
-    app.on_startup.append(_register_stored_secrets)
-    app.on_cleanup.append(_close_db)
     return app

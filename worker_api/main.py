@@ -36,7 +36,7 @@ async def _serve(host: str, port: int, db_path: str, admin_token: str, jwt_secre
         await stop.wait()
         log.info("worker.stopping")
     finally:
-        await runner.cleanup()  # closes the store via on_cleanup
+        await runner.cleanup()  # unwinds the cleanup contexts: reconciler loops, then the store
     log.info("worker.stopped")
 
 

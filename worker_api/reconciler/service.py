@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Awaitable, Callable
+from typing import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
@@ -47,17 +47,16 @@ async def arm_middleware(request: web.Request, handler: Callable[[web.Request], 
 def install(app: web.Application, *, run: bool, clock: Callable[[], float] = time.time,
             sleep: Callable[[float], Awaitable[None]] = asyncio.sleep, container: ContainerClient | None = None,
             provider: ContainerProvider | None = None, scm: ScmProvider | None = None) -> ReconcilerService:
-    """Create the service (always: routes use it) and, when ``run``, start/stop it with the app."""
+    """Create the service (always: routes use it) and, when ``run``, run its loops in a cleanup
+    context of the app (install after the store's context: contexts unwind in reverse)."""
     deps = TickDeps(container=container or HttpContainerClient(), provider=provider, scm=scm)
     service = ReconcilerService(app[DB], deps, clock=clock, sleep=sleep)
     app[RECONCILER] = service
     if run:
-        async def _start(app: web.Application) -> None:
+        async def _loops(app: web.Application) -> AsyncIterator[None]:
             await service.start()
-
-        async def _stop(app: web.Application) -> None:
+            yield
             await service.stop()
 
-        app.on_startup.append(_start)
-        app.on_cleanup.insert(0, _stop)  # before the store closes
+        app.cleanup_ctx.append(_loops)
     return service

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import os
 import re
@@ -26,7 +25,6 @@ import sqlite3
 import tempfile
 import threading
 import time
-import urllib.parse
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from typing import Any, Callable, TypeVar
@@ -42,6 +40,7 @@ from supervisor.objstore import (
     fsync_dir,
     same_etag,
 )
+from supervisor.sqlitefile import consistent_copy, digest, quick_check
 
 log = get_logger("supervisor.snapshots")
 
@@ -90,32 +89,6 @@ class _Definitive(Exception):
 
 def _now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def _sqlite_uri(path: str, query: str) -> str:
-    return "file:" + urllib.parse.quote(os.path.abspath(path)) + "?" + query
-
-
-def quick_check(path: str) -> str:
-    """``PRAGMA quick_check`` on a private file, opened immutable so it never grows a -wal/-shm."""
-    try:
-        conn = sqlite3.connect(_sqlite_uri(path, "mode=ro&immutable=1"), uri=True, timeout=5)
-        try:
-            rows = conn.execute("PRAGMA quick_check").fetchall()
-        finally:
-            conn.close()
-    except sqlite3.DatabaseError as e:
-        return f"sqlite error: {e}"
-    return "ok" if rows == [("ok",)] else "; ".join(str(r[0]) for r in rows[:5])
-
-
-def _digest(path: str) -> tuple[int, str]:
-    h, size = hashlib.sha256(), 0
-    with open(path, "rb") as f:
-        while chunk := f.read(1024 * 1024):
-            h.update(chunk)
-            size += len(chunk)
-    return size, h.hexdigest()
 
 
 class AgentSnapshots:
@@ -172,18 +145,7 @@ class AgentSnapshots:
                 delay = min(delay * 2, self._backoff_max)
 
     def _copy(self, db_path: str, dest: str) -> None:
-        """Consistent copy via the backup API: one step under a read transaction, so a concurrent
-        writer in WAL mode is neither blocked nor able to tear the copy."""
-        src = sqlite3.connect(_sqlite_uri(db_path, "mode=ro"), uri=True, timeout=self._busy)
-        try:
-            src.execute(f"PRAGMA busy_timeout = {int(self._busy * 1000)}")
-            dst = sqlite3.connect(dest)
-            try:
-                src.backup(dst, pages=-1)
-            finally:
-                dst.close()
-        finally:
-            src.close()
+        consistent_copy(db_path, dest, busy_s=self._busy)
 
     def _stale(self, expected: str | None, current: str | None, orphan: str | None) -> StaleWriter:
         self._pending = None
@@ -277,7 +239,7 @@ class AgentSnapshots:
             check = quick_check(copy)
             if check != "ok":
                 raise SnapshotFailed("integrity_check_failed", check)
-            size, sha = _digest(copy)
+            size, sha = digest(copy)
             expected, previous = self._etag, self._generation
             current = self._retry("head_manifest", lambda: self.store.head(self.manifest_key))
             if not same_etag(current, expected):
@@ -358,7 +320,7 @@ class AgentSnapshots:
                 self._retry("get_data", lambda: self.store.download_file(self.base + m["key"], tmp))
             except NotFound:
                 raise _Definitive("data_object_missing") from None
-            size, sha = _digest(tmp)
+            size, sha = digest(tmp)
             if size != m["bytes"]:
                 kind = "truncated" if size < m["bytes"] else "size_mismatch"
                 raise _Definitive(f"{kind}: got {size} bytes, manifest says {m['bytes']}")

@@ -112,7 +112,7 @@ def errors(*codes: int) -> dict[str, Any]:
 
 def agent_status_schema() -> dict[str, Any]:
     """What ``supervisor.agent.AgentRecord.status()`` returns (never a token or secret env)."""
-    num_or_null = {"type": ["number", "null"]}
+    num_or_null = {"type": ["integer", "null"]}  # epoch ms (gastown/contract/wire.py)
     str_or_null = {"type": ["string", "null"]}
     last_exit = obj(
         {
@@ -146,7 +146,7 @@ def agent_status_schema() -> dict[str, Any]:
             "server_port": {"type": ["integer", "null"]},
             "session_id": str_or_null,
             "model": {"type": "string"},
-            "started_at": {"type": "number"},
+            "started_at": {"type": "integer", "description": "epoch ms"},
             "last_activity_at": num_or_null,
             "last_event_type": str_or_null,
             "last_event_at": num_or_null,
@@ -172,14 +172,14 @@ def response_schemas() -> dict[str, Any]:
                 "agents": {"type": "integer", "minimum": 0, "description": "active agents"},
                 "servers": {"type": "integer", "minimum": 0, "description": "running kilo servers (prewarmed included)"},
                 "uptime_ms": {"type": "integer", "minimum": 0},
-                "started_at": {"type": "number"},
+                "started_at": {"type": "integer", "description": "epoch ms"},
                 "hydrated": {"type": "boolean"},
                 "draining": {"type": "boolean"},
-                "mayor_ready_at": {"type": ["number", "null"]},
+                "mayor_ready_at": {"type": ["integer", "null"]},
             }
         ),
         "AgentEvent": obj(
-            {"id": {"type": "integer"}, "type": {"type": "string"}, "data": {}, "ts": {"type": "number"}}
+            {"id": {"type": "integer"}, "type": {"type": "string"}, "data": {}, "ts": {"type": "integer"}}
         ),
         "RefreshResult": obj(
             {

@@ -11,6 +11,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from gastown.contract.wire import epoch_ms
 from gastown.core.jsonlog import get_logger
 from supervisor.events import SERVER_EVENTS, EventBuffer, event_session_id
 from supervisor.kilo_client import KiloClient
@@ -135,10 +136,10 @@ class AgentRecord:
             "server_port": proc.port if live else None,
             "session_id": self.session_id,
             "model": self.model,
-            "started_at": self.started_at,
-            "last_activity_at": self.last_activity_at,
+            "started_at": epoch_ms(self.started_at),
+            "last_activity_at": epoch_ms(self.last_activity_at),
             "last_event_type": self.last_event_type,
-            "last_event_at": self.last_event_at,
+            "last_event_at": epoch_ms(self.last_event_at),
             "active_tools": sorted(set(self.active_tools.values())),
             "message_count": self.message_count,
             "exit_reason": self.exit_reason,

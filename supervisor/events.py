@@ -7,6 +7,8 @@ import time
 from collections import deque
 from typing import Any
 
+from gastown.contract.wire import epoch_ms
+
 BUFFER_SIZE = 2000
 _ids = itertools.count(1)
 
@@ -16,7 +18,7 @@ class EventBuffer:
         self._events: deque[dict[str, Any]] = deque(maxlen=size)
 
     def append(self, type_: str, data: Any) -> dict[str, Any]:
-        event = {"id": next(_ids), "type": type_, "data": data, "ts": time.time()}
+        event = {"id": next(_ids), "type": type_, "data": data, "ts": epoch_ms(time.time())}
         self._events.append(event)
         return event
 

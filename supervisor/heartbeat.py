@@ -30,7 +30,7 @@ class Heartbeats:
             "name": st["name"],
             "rig_id": st["rig_id"],
             "last_event_type": st["last_event_type"],
-            "last_event_at": int(st["last_event_at"] * 1000) if st["last_event_at"] else None,
+            "last_event_at": st["last_event_at"],
             "active_tools": st["active_tools"],
             "message_count": st["message_count"],
             "container_instance_id": CONTAINER_INSTANCE_ID,

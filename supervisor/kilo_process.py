@@ -17,6 +17,7 @@ from typing import Mapping
 
 import psutil
 
+from gastown.contract.wire import epoch_ms
 from gastown.core.jsonlog import get_logger, scrub
 from gastown.core.ports import free_port
 from gastown.core.procs import die_with_parent
@@ -54,7 +55,7 @@ class ExitInfo:
         return {
             "code": self.code,
             "signal": self.signal,
-            "at": self.at,
+            "at": epoch_ms(self.at),
             "oom_suspected": self.oom_suspected,
             "stderr_tail": self.stderr_tail,
         }

@@ -16,6 +16,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from gastown.contract.wire import epoch_ms
 from gastown.core.jsonlog import get_logger
 from supervisor.agent import AgentRecord
 from supervisor.objstore import ObjectStore, ObjectStoreError, open_store
@@ -38,13 +39,15 @@ def remove_local_db(db: Path) -> None:
 
 
 def status_snapshot(info: dict[str, Any]) -> dict[str, Any]:
-    """AgentStatus.last_snapshot with ``at`` in epoch seconds, like every other status time."""
+    """AgentStatus.last_snapshot with ``at`` in epoch ms, like every other time on the wire."""
     at = info.get("at")
     if isinstance(at, str):
         try:
-            at = datetime.fromisoformat(at.replace("Z", "+00:00")).timestamp()
+            at = epoch_ms(datetime.fromisoformat(at.replace("Z", "+00:00")).timestamp())
         except ValueError:
             at = None
+    elif isinstance(at, (int, float)):
+        at = epoch_ms(at)
     return {"at": at, "bytes": info.get("bytes"), "sha256": info.get("sha256"), "generation": info.get("generation")}
 
 

@@ -10,6 +10,7 @@ import asyncio
 import time
 from typing import Any, Awaitable, Callable
 
+from gastown.contract.wire import epoch_ms
 from gastown.core.jsonlog import get_logger, register_secret, set_town_id
 from supervisor.agent import AgentRecord
 from supervisor.config import RuntimeConfig
@@ -117,10 +118,10 @@ class ContainerRuntime:
             "servers": sum(1 for a in sup.agents.values() if a.process is not None and a.process.running)
             + len(sup.prewarm_pool.entries),
             "uptime_ms": int((time.time() - self.started_at) * 1000),
-            "started_at": self.started_at,
+            "started_at": epoch_ms(self.started_at),
             "hydrated": self.hydrated.is_set(),
             "draining": self.draining,
-            "mayor_ready_at": sup.mayor_ready_at,
+            "mayor_ready_at": epoch_ms(sup.mayor_ready_at),
         }
 
     async def refresh_token(self, token: str, issued_at: float | None) -> dict[str, Any]:

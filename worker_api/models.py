@@ -31,8 +31,9 @@ MAX_COUNT = 2**53  # counters beyond JSON's exact integers are garbage, and 2**6
 
 
 def _to_epoch_ms(v: int | float | str) -> int:
-    """Numbers are epoch ms (values below 1e11, i.e. before 1973 in ms, are taken as seconds);
-    strings are ISO-8601 (``Z`` or an offset; naive means UTC)."""
+    """Numbers are epoch ms, the one unit on the wire (``gastown/contract/wire.py``); strings are
+    ISO-8601 (``Z`` or an offset; naive means UTC). Numbers are never guessed to be seconds (the
+    container used to mix units; a value below 1e11 was scaled by 1000)."""
     if isinstance(v, str):
         try:
             dt = datetime.fromisoformat(v)
@@ -43,7 +44,7 @@ def _to_epoch_ms(v: int | float | str) -> int:
         return int(dt.timestamp() * 1000)
     if v < 0 or v != v or v in (float("inf"), float("-inf")):
         raise ValueError("must be a non-negative finite number")
-    ms = int(v * 1000) if v < 1e11 else int(v)
+    ms = int(v)
     if ms > MAX_EPOCH_MS:
         raise ValueError("must be a time before year 10000")
     return ms

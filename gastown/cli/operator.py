@@ -18,6 +18,7 @@ from yarl import URL
 
 from gastown.cli.localtown import TownState, state_dir
 from gastown.contract.agents import STOPPED_STATES
+from gastown.contract.wire import epoch_s
 
 DEFAULT_CONTROL_URL = "http://127.0.0.1:8080"
 DEFAULT_WORKER_URL = "http://127.0.0.1:8787"
@@ -125,7 +126,7 @@ def fmt_exit(last_exit: dict[str, Any] | None, now: float) -> str:
     if last_exit.get("oom_suspected"):
         what += " OOM?"
     at = last_exit.get("at")
-    return f"{what} ({fmt_duration(now - at)} ago)" if isinstance(at, (int, float)) else what
+    return f"{what} ({fmt_duration(now - epoch_s(at))} ago)" if isinstance(at, (int, float)) else what
 
 
 def table(headers: list[str], rows: list[list[str]]) -> str:
@@ -138,10 +139,10 @@ def agent_rows(agents: list[dict[str, Any]], now: float) -> list[list[str]]:
     rows = []
     for a in agents:
         state = str(a.get("status"))
-        started = a.get("started_at")
+        started = epoch_s(a.get("started_at"))
         uptime = fmt_duration(now - started) if a.get("status") not in STOPPED and started else "-"
         rss = a.get("rss_bytes") or 0
-        last_at, last_type = a.get("last_event_at"), a.get("last_event_type")
+        last_at, last_type = epoch_s(a.get("last_event_at")), a.get("last_event_type")
         last_event = f"{last_type} ({fmt_duration(now - last_at)} ago)" if last_type and last_at else "-"
         rows.append([str(a.get("agent_id")), str(a.get("role")), state, uptime,
                      f"{rss / 1048576:.1f}" if rss else "-", str(a.get("message_count", 0)),
@@ -197,10 +198,10 @@ def summarize_event(etype: str, data: Any) -> str:
 
 
 def fmt_event(ev: dict[str, Any]) -> str:
-    ts = ev.get("ts")
+    ts = ev.get("ts")  # epoch ms
     when = "--:--:--.---"
     if isinstance(ts, (int, float)):
-        when = time.strftime("%H:%M:%S", time.localtime(ts)) + f".{int(ts * 1000) % 1000:03d}"
+        when = time.strftime("%H:%M:%S", time.localtime(ts / 1000)) + f".{int(ts) % 1000:03d}"
     summary = summarize_event(str(ev.get("type")), ev.get("data"))
     return f"{when}  #{ev.get('id')}  {ev.get('type')}" + (f"  {summary}" if summary else "")
 

@@ -68,10 +68,10 @@ async def test_agents_table_shows_state_uptime_and_last_exit(container: Containe
     now = time.time()
     fake_record(container, "polecat-7", state=AgentState.exited, started_at=now - 400, message_count=3,
                 last_event_type="session.idle", last_event_at=now - 7200,
-                last_exit={"code": None, "signal": 9, "at": now - 3 * 3600 - 300, "oom_suspected": True,
+                last_exit={"code": None, "signal": 9, "at": int((now - 3 * 3600 - 300) * 1000), "oom_suspected": True,
                            "stderr_tail": ""})
     fake_record(container, "mayor", state=AgentState.fatal,
-                last_exit={"code": 1, "signal": None, "at": now - 5, "oom_suspected": False, "stderr_tail": "boom"})
+                last_exit={"code": 1, "signal": None, "at": int((now - 5) * 1000), "oom_suspected": False, "stderr_tail": "boom"})
     rc, out, err = await gastown("agents", "--url", container.url, "--token", CONTROL_TOKEN)
     assert rc == 0, err
     header, *rows = out.strip().splitlines()

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import signal
 import subprocess
 import sys
@@ -11,10 +13,31 @@ from pathlib import Path
 import aiohttp
 import psutil
 
-from tests.conftest import CONTROL_TOKEN
 from gastown.core.ports import free_port
+from tests.conftest import CONTROL_TOKEN
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def container_env(worker, fake_llm, town_id: str, token: str, data_dir: Path, **extra: str) -> dict[str, str]:
+    """The env of a ``gastown container`` wired to the in-process worker and the scripted model."""
+    return {
+        "PATH": os.environ["PATH"], "GASTOWN_TOWN_ID": town_id, "GASTOWN_API_URL": worker.url,
+        "GASTOWN_CONTAINER_TOKEN": token, "GASTOWN_CONTROL_TOKEN": CONTROL_TOKEN, "GASTOWN_DATA_DIR": str(data_dir),
+        "GASTOWN_KILO_PROVIDERS": json.dumps(fake_llm.provider_config()), **extra,
+    }
+
+
+def still_running(procs: list[psutil.Process]) -> list[str]:
+    """The processes of ``procs`` that are alive (zombies count as gone), as ``pid cmdline``."""
+    out = []
+    for p in procs:
+        try:
+            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                out.append(f"{p.pid} {' '.join(p.cmdline())[:120]}")
+        except psutil.NoSuchProcess:
+            pass
+    return out
 
 
 class ContainerProc:

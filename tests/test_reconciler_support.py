@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
 
 from worker_api import beads as bx
 from worker_api import events as ev
@@ -117,3 +120,13 @@ class Harness:
 
     def beads(self, town_id: str | None = None, **kw: Any) -> list[dict[str, Any]]:
         return self.sync(bx.list_beads, town_id or self.town_id, limit=100000, **kw)
+
+
+@pytest.fixture
+def h(tmp_path: Path) -> Iterator[Harness]:
+    """A town with a rig and a mayor in a real SQLite store, on a fake clock and container."""
+    db = Database(tmp_path / "w.db")
+    harness = Harness(db, FakeClock(), FakeContainer())
+    harness.setup_town(mayor=True)
+    yield harness
+    db.close()

@@ -3,16 +3,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import subprocess
 import time
 
 import psutil
 import pytest
 
+from tests.containers import ContainerProc, container_env
 from tests.gitrepos import bare_origin
-from tests.conftest import CONTROL_TOKEN
-from tests.containers import ContainerProc
 
 pytestmark = pytest.mark.kilo
 
@@ -25,12 +23,8 @@ async def test_sigterm_drain_completes_idle_freezes_working_and_exits_clean(work
     origin = bare_origin(tmp_path)
     store = tmp_path / "store"
     drain_timeout = 40
-    env = {
-        "PATH": os.environ["PATH"], "GASTOWN_TOWN_ID": town_id, "GASTOWN_API_URL": worker.url,
-        "GASTOWN_CONTAINER_TOKEN": token, "GASTOWN_CONTROL_TOKEN": CONTROL_TOKEN,
-        "GASTOWN_DATA_DIR": str(tmp_path / "data"), "GASTOWN_SNAPSHOT_URL": f"file://{store}",
-        "GASTOWN_KILO_PROVIDERS": json.dumps(fake_llm.provider_config()), "GASTOWN_DRAIN_TIMEOUT_S": str(drain_timeout),
-    }
+    env = container_env(worker, fake_llm, town_id, token, tmp_path / "data", GASTOWN_SNAPSHOT_URL=f"file://{store}",
+                        GASTOWN_DRAIN_TIMEOUT_S=str(drain_timeout))
     c = ContainerProc(env)
     base = {"town_id": town_id, "rig_id": "rig-1", "role": "polecat", "model": "fake/m1"}
     try:
@@ -82,12 +76,7 @@ async def test_sigterm_drain_completes_idle_freezes_working_and_exits_clean(work
 
 async def test_second_sigterm_cuts_drain_short_and_leaves_no_process(worker, fake_llm, tmp_path):
     town_id, token = await worker.create_town(default_model="fake/m1")
-    env = {
-        "PATH": os.environ["PATH"], "GASTOWN_TOWN_ID": town_id, "GASTOWN_API_URL": worker.url,
-        "GASTOWN_CONTAINER_TOKEN": token, "GASTOWN_CONTROL_TOKEN": CONTROL_TOKEN,
-        "GASTOWN_DATA_DIR": str(tmp_path / "data"), "GASTOWN_KILO_PROVIDERS": json.dumps(fake_llm.provider_config()),
-        "GASTOWN_DRAIN_TIMEOUT_S": "300",
-    }
+    env = container_env(worker, fake_llm, town_id, token, tmp_path / "data", GASTOWN_DRAIN_TIMEOUT_S="300")
     c = ContainerProc(env)
     try:
         await c.wait_ready()

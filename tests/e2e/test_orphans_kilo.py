@@ -1,37 +1,19 @@
 """A SIGKILLed container runtime takes its kilo servers and their tool servers with it."""
 from __future__ import annotations
 
-import json
-import os
 import time
 
 import psutil
 import pytest
 
-from tests.conftest import CONTROL_TOKEN
-from tests.containers import ContainerProc
+from tests.containers import ContainerProc, container_env, still_running
 
 pytestmark = pytest.mark.kilo
 
 
-def _running(procs: list[psutil.Process]) -> list[str]:
-    out = []
-    for p in procs:
-        try:
-            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
-                out.append(f"{p.pid} {p.name()}")
-        except psutil.NoSuchProcess:
-            pass
-    return out
-
-
 async def test_sigkill_of_the_container_leaves_no_kilo_or_plugin_behind(worker, fake_llm, tmp_path):
     town_id, token = await worker.create_town(default_model="fake/m1")
-    env = {
-        "PATH": os.environ["PATH"], "GASTOWN_TOWN_ID": town_id, "GASTOWN_API_URL": worker.url,
-        "GASTOWN_CONTAINER_TOKEN": token, "GASTOWN_CONTROL_TOKEN": CONTROL_TOKEN,
-        "GASTOWN_DATA_DIR": str(tmp_path / "data"), "GASTOWN_KILO_PROVIDERS": json.dumps(fake_llm.provider_config()),
-    }
+    env = container_env(worker, fake_llm, town_id, token, tmp_path / "data")
     c = ContainerProc(env)
     try:
         await c.wait_ready()
@@ -49,9 +31,9 @@ async def test_sigkill_of_the_container_leaves_no_kilo_or_plugin_behind(worker, 
         c.proc.kill()
         c.proc.wait(10)
         deadline = time.monotonic() + 10
-        while _running(tree) and time.monotonic() < deadline:
+        while still_running(tree) and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert not _running(tree), _running(tree)
+        assert not still_running(tree), still_running(tree)
     finally:
         if c.proc.poll() is None:
             c.proc.kill()

@@ -4,14 +4,11 @@ whole registry for one ``GH_PAT``, so a restarted container resumed a stale set 
 from __future__ import annotations
 
 import asyncio
-import json
-import os
 import time
 
 import pytest
 
-from tests.conftest import CONTROL_TOKEN
-from tests.containers import ContainerProc
+from tests.containers import ContainerProc, container_env
 
 pytestmark = pytest.mark.kilo
 
@@ -33,12 +30,7 @@ async def _registry(worker, town_id: str, pred, timeout: float = 30) -> list[dic
 
 async def test_agent_started_with_a_secret_env_var_is_resumed_after_a_crash_without_it(worker, fake_llm, tmp_path):
     town_id, token = await worker.create_town(default_model="fake/m1")
-    env = {
-        "PATH": os.environ["PATH"], "GASTOWN_TOWN_ID": town_id, "GASTOWN_API_URL": worker.url,
-        "GASTOWN_CONTAINER_TOKEN": token, "GASTOWN_CONTROL_TOKEN": CONTROL_TOKEN,
-        "GASTOWN_DATA_DIR": str(tmp_path / "data"), "GASTOWN_KILO_PROVIDERS": json.dumps(fake_llm.provider_config()),
-        "GASTOWN_IDLE_TIMEOUT_S": "3600",
-    }
+    env = container_env(worker, fake_llm, town_id, token, tmp_path / "data", GASTOWN_IDLE_TIMEOUT_S="3600")
     first = ContainerProc(env)
     try:
         await first.wait_ready()

@@ -14,6 +14,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+from tests.containers import still_running
+
 pytestmark = pytest.mark.kilo
 GASTOWN = Path(sys.executable).parent / "gastown"
 BANNER = "Ctrl-C to stop"
@@ -53,17 +55,6 @@ class PipedUp:
         return psutil.Process(self.shell.pid).children(recursive=True)
 
 
-def _alive(procs: list[psutil.Process]) -> list[str]:
-    out = []
-    for p in procs:
-        try:
-            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
-                out.append(f"{p.pid} {' '.join(p.cmdline())[:120]}")
-        except psutil.NoSuchProcess:
-            pass
-    return out
-
-
 def _of_this_run(root: Path) -> list[str]:
     """Every live process started from the run's directory: by command line or working directory
     (kilo and its tool server run in an agent workspace under it; the rest inherit it)."""
@@ -82,9 +73,9 @@ def _of_this_run(root: Path) -> list[str]:
 
 def _wait_gone(procs: list[psutil.Process], root: Path, timeout: float) -> None:
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and (_alive(procs) or _of_this_run(root)):
+    while time.monotonic() < deadline and (still_running(procs) or _of_this_run(root)):
         time.sleep(0.2)
-    assert not _alive(procs), _alive(procs)
+    assert not still_running(procs), still_running(procs)
     assert not _of_this_run(root), _of_this_run(root)
 
 

@@ -7,25 +7,11 @@ bypassing the rules that keep it) and must show up, and the clean town reports n
 from __future__ import annotations
 
 import sqlite3
-from pathlib import Path
-from typing import Iterator
 
-import pytest
-
-from tests.test_reconciler_support import FakeClock, FakeContainer, Harness
-from worker_api.db import Database
+from tests.test_reconciler_support import Harness, h  # noqa: F401 (fixture)
 from worker_api.reconciler.invariants import check_invariants
 
 T = "town-1"
-
-
-@pytest.fixture
-def h(tmp_path: Path) -> Iterator[Harness]:
-    db = Database(tmp_path / "w.db")
-    harness = Harness(db, FakeClock(), FakeContainer())
-    harness.setup_town(mayor=True)
-    yield harness
-    db.close()
 
 
 def _bead(conn: sqlite3.Connection, bead_id: str, type_: str, status: str, rig: str | None = "rig-1") -> None:

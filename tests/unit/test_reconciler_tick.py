@@ -1,26 +1,13 @@
 """Ticks against a real store and a fake container: events, dispatch, regressions of reference §7."""
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-import pytest
-
-from tests.test_reconciler_support import CONTROL, FakeClock, FakeContainer, Harness
+from tests.test_reconciler_support import CONTROL, FakeClock, FakeContainer, Harness, h  # noqa: F401 (fixture)
 from worker_api import beads as bx
 from worker_api import events as ev
-from worker_api.db import Database
 from worker_api.reconciler.invariants import check_invariants
 from worker_api.reconciler.prompts import short_id
-
-
-@pytest.fixture
-def h(tmp_path: Path) -> Iterator[Harness]:
-    db = Database(tmp_path / "w.db")
-    harness = Harness(db, FakeClock(), FakeContainer())
-    harness.setup_town(mayor=True)
-    yield harness
-    db.close()
 
 
 def violations(h: Harness) -> list:

@@ -20,7 +20,7 @@ from supervisor.agent import AgentRecord
 from supervisor.crashloop import CrashPolicy
 from supervisor.kilo_process import KiloProcess
 from supervisor.runtime_view import RuntimeView
-from supervisor.states import AgentState
+from supervisor.states import AgentState, Change
 from supervisor.tasks import Sleep
 
 log = get_logger("supervisor.health")
@@ -97,7 +97,7 @@ class HealthMonitor:
             if self.rt.persistence is not None:
                 await self.rt.persistence.snapshot(rec, "wedge_loop")
         await self.rt.worker.completed(rec.agent_id, "failed", reason)
-        await self.sup.notify(rec, "failed")
+        await self.sup.notify(rec, Change.failed)
 
     async def recycle(self, rec: AgentRecord, reason: str) -> None:
         """Replace the agent's kilo with a new one on the same data dir and resume its session."""
@@ -129,15 +129,15 @@ class HealthMonitor:
             self.recycled += 1
             self._recycled_at[rec.agent_id] = self.clock()
             log.info("agent.recycled", agent_id=rec.agent_id, old_pid=old_proc.pid, new_pid=proc.pid, session_id=rec.session_id)
-        await self.sup.notify(rec, "recycled")
+        await self.sup.notify(rec, Change.recycled)
 
     # -- crash loop -----------------------------------------------------------------------------
-    def _on_change(self, rec: AgentRecord, what: str) -> None:
-        if what == "started" and rec.restarts == 0:
+    def _on_change(self, rec: AgentRecord, what: Change) -> None:
+        if what == Change.started and rec.restarts == 0:
             self.policy.clear(rec.agent_id)  # a start from the API clears FATAL and the wedge count
             self.wedge_policy.clear(rec.agent_id)
             self._grace.pop(rec.agent_id, None)
-        if what == "crashed" and rec.request.role == Role.mayor:
+        if what == Change.crashed and rec.request.role == Role.mayor:
             self._crashed(rec)
 
     def _crashed(self, rec: AgentRecord) -> None:

@@ -16,7 +16,7 @@ from supervisor.agent import AgentRecord
 from supervisor.errors import AgentNotRunning, ModelUpdateFailed
 from supervisor.kilo_client import KiloClient
 from supervisor.kilo_process import KiloProcess
-from supervisor.states import AgentState
+from supervisor.states import AgentState, Change
 from supervisor.supervisor import Supervisor
 
 log = get_logger("supervisor.hotswap")
@@ -109,7 +109,7 @@ async def hot_swap(sup: Supervisor, agent_id: str, *, reason: str, timeout: floa
             await old_proc.stop(timeout=5.0)
         log.info("hotswap.completed", agent_id=agent_id, reason=reason, old_pid=old_proc.pid if old_proc else None,
                  new_pid=proc.pid, session_id=rec.session_id, duration_ms=int((time.monotonic() - t0) * 1000))
-    await sup.notify(rec, "swapped")
+    await sup.notify(rec, Change.swapped)
     return rec
 
 

@@ -16,7 +16,7 @@ from typing import Any, Awaitable, Callable
 from gastown.contract.agents import Role
 from gastown.core.jsonlog import get_logger
 from supervisor.agent import AgentRecord
-from supervisor.states import AgentState
+from supervisor.states import AgentState, Change
 from supervisor.supervisor import Supervisor
 from supervisor.tasks import Sleep, TaskOwner
 from supervisor.worker_client import WorkerError
@@ -53,7 +53,7 @@ class IdleManager:
         supervisor.event_hooks.append(self.on_event)
         supervisor.change_hooks.append(self._on_change)
 
-    def _on_change(self, rec: AgentRecord, what: str) -> None:
+    def _on_change(self, rec: AgentRecord, what: Change) -> None:
         if not rec.active:
             self.cancel(rec.agent_id)
 

@@ -14,7 +14,7 @@ from prometheus_client.registry import Collector
 
 from supervisor.agent import AgentRecord
 from supervisor.runtime_view import RuntimeView
-from supervisor.states import AgentState
+from supervisor.states import AgentState, Change
 from supervisor.telemetry import runtime_rss_bytes
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -58,18 +58,18 @@ class Metrics:
         r.register(_Live(rt))
         rt.supervisor.change_hooks.append(self._on_change)
 
-    def _on_change(self, rec: AgentRecord, what: str) -> None:
+    def _on_change(self, rec: AgentRecord, what: Change) -> None:
         role = rec.request.role.value
-        if what == "started":
+        if what == Change.started:
             self.starts.labels(role).inc()
             self.start_seconds.observe(max(0.0, time.time() - rec.started_at))
             if rec.restarts:
                 self.restarts.labels("crash").inc()
-        elif what == "crashed":
+        elif what == Change.crashed:
             self.crashes.labels(role).inc()
-        elif what in ("swapped", "recycled"):
+        elif what in (Change.swapped, Change.recycled):
             self.restarts.labels(what).inc()
-        elif what == "stopped":
+        elif what == Change.stopped:
             self.stops.labels(rec.exit_reason or "stopped").inc()
 
     def snapshot_done(self, ok: bool, nbytes: int, seconds: float) -> None:

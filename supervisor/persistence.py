@@ -21,6 +21,7 @@ from gastown.core.jsonlog import get_logger
 from supervisor.agent import AgentRecord
 from supervisor.objstore import ObjectStore, ObjectStoreError, open_store
 from supervisor.snapshots import AgentSnapshots, SnapshotError
+from supervisor.states import Change
 from supervisor.supervisor import Supervisor
 from supervisor.tasks import TaskOwner
 
@@ -126,8 +127,8 @@ class Persistence:
         log.warning("snapshot.stale_db_discarded", agent_id=rec.agent_id)
 
     # -- snapshot -----------------------------------------------------------------------------
-    def _on_change(self, rec: AgentRecord, what: str) -> None:
-        if what in ("stopped", "crashed"):
+    def _on_change(self, rec: AgentRecord, what: Change) -> None:
+        if what in (Change.stopped, Change.crashed):
             self.schedule(rec, what)
 
     def _on_event(self, rec: AgentRecord, event: dict[str, Any]) -> None:

@@ -26,6 +26,7 @@ from supervisor.metrics import Metrics
 from supervisor.models import StartAgentRequest
 from supervisor.persistence import Persistence
 from supervisor.registry import RegistrySync
+from supervisor.states import Change
 from supervisor.supervisor import Supervisor
 from supervisor.tasks import TaskOwner, every
 from supervisor.telemetry import log_memory
@@ -65,9 +66,9 @@ class ContainerRuntime:
         self.hydration_steps.append(self.hydrator.run)
         self.supervisor.change_hooks.append(self._on_change)
 
-    async def _on_change(self, rec: AgentRecord, what: str) -> None:
+    async def _on_change(self, rec: AgentRecord, what: Change) -> None:
         self.registry.mark_dirty()
-        if what == "started":
+        if what == Change.started:
             self.tasks.spawn(self.heartbeats.beat(rec), f"heartbeat:{rec.agent_id}")
 
     async def start(self) -> None:

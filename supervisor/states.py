@@ -5,9 +5,24 @@ silently corrupting the record.
 """
 from __future__ import annotations
 
+from enum import Enum
+
 from gastown.contract.agents import ACTIVE_STATES, STOPPED_STATES, AgentState
 
-__all__ = ["ACTIVE_STATES", "STOPPED_STATES", "AgentState", "IllegalTransition", "check_transition"]
+__all__ = ["ACTIVE_STATES", "STOPPED_STATES", "AgentState", "Change", "IllegalTransition", "check_transition"]
+
+
+class Change(str, Enum):
+    """What happened to an agent, told once to every change hook of the supervisor (heartbeats,
+    registry sync, metrics, idle timers, persistence, the health monitor)."""
+
+    started = "started"  # serving: a start, an in-place restart, a resume or an adopted prewarm
+    failed = "failed"  # a start that did not come up, or a wedge loop
+    crashed = "crashed"  # kilo exited on its own
+    message = "message"  # a message was delivered to the session
+    stopped = "stopped"
+    swapped = "swapped"  # a hot swap (model or token) put a new server in place
+    recycled = "recycled"  # a wedged kilo was replaced
 
 _ALLOWED: dict[AgentState, frozenset[AgentState]] = {
     AgentState.starting: frozenset({AgentState.running, AgentState.stopping, AgentState.failed, AgentState.exited}),

@@ -38,7 +38,7 @@ from supervisor.kilo_env import (
 from supervisor.kilo_process import KiloProcess, KiloStartError, allocate_port
 from supervisor.models import StartAgentRequest, public_request
 from supervisor.prewarm import PrewarmPool
-from supervisor.states import AgentState
+from supervisor.states import AgentState, Change
 from supervisor.tasks import TaskOwner
 from supervisor.worker_client import WorkerClient
 from supervisor.workspace import prepare_workspace
@@ -47,7 +47,7 @@ log = get_logger("supervisor")
 
 SPAWN_ATTEMPTS = 2
 
-ChangeHook = Callable[[AgentRecord, str], Awaitable[None] | None]
+ChangeHook = Callable[[AgentRecord, Change], Awaitable[None] | None]
 EventHook = Callable[[AgentRecord, dict[str, Any]], Awaitable[None] | None]
 
 
@@ -80,7 +80,7 @@ class Supervisor:
     def active_agents(self) -> list[AgentRecord]:
         return [a for a in self.agents.values() if a.active]
 
-    async def notify(self, rec: AgentRecord, what: str) -> None:
+    async def notify(self, rec: AgentRecord, what: Change) -> None:
         for hook in self.change_hooks:
             try:
                 result = hook(rec, what)
@@ -136,7 +136,7 @@ class Supervisor:
             log.info("agent.started", agent_id=rec.agent_id, role=req.role.value, pid=rec.process.pid if rec.process else None,
                      port=rec.process.port if rec.process else None, session_id=rec.session_id, resumed=rec.resumed,
                      duration_ms=int((time.monotonic() - t0) * 1000))
-        await self.notify(rec, "started")
+        await self.notify(rec, Change.started)
         return rec, True
 
     def kilocode_token(self, req: StartAgentRequest) -> str | None:
@@ -266,7 +266,7 @@ class Supervisor:
         if rec.state != AgentState.failed:
             rec.transition(AgentState.failed, f"start failed: {error}")
         log.warning("agent.start_failed", agent_id=rec.agent_id, error=str(error), phase=getattr(error, "phase", None))
-        await self.notify(rec, "failed")
+        await self.notify(rec, Change.failed)
 
     # -- running --------------------------------------------------------------------------------
     async def follow_events(self, rec: AgentRecord) -> None:
@@ -317,7 +317,7 @@ class Supervisor:
         if rec.client is not None:
             await rec.client.close()
         await self.worker.completed(rec.agent_id, "failed", rec.exit_reason)
-        await self.notify(rec, "crashed")
+        await self.notify(rec, Change.crashed)
 
     async def send_message(self, agent_id: str, prompt: str) -> AgentRecord:
         rec = self.get(agent_id)
@@ -329,7 +329,7 @@ class Supervisor:
             raise AgentUnreachable(f"kilo of agent {agent_id} did not accept the message: {e}", upstream_status=e.status) from e
         rec.message_count += 1
         rec.last_activity_at = time.time()
-        await self.notify(rec, "message")
+        await self.notify(rec, Change.message)
         return rec
 
     # -- stop -----------------------------------------------------------------------------------
@@ -345,7 +345,7 @@ class Supervisor:
                 return False
             else:
                 await self._stop_locked(rec, reason)
-        await self.notify(rec, "stopped")
+        await self.notify(rec, Change.stopped)
         return True
 
     async def _stop_locked(self, rec: AgentRecord, reason: str) -> None:

@@ -1,13 +1,19 @@
-"""The container's HTTP API (docs/contract.md §4), a thin layer over the runtime: parse, validate, call, map errors."""
+"""The container's HTTP API (docs/contract.md §4), a thin layer over the runtime: parse, validate,
+call, map errors. Every route is declared once in :data:`ROUTES` (``gastown.core.api``): the
+router, the public paths of the auth middleware and ``/openapi.json`` all come from it."""
 from __future__ import annotations
 
 import asyncio
-from typing import AsyncIterator
+import copy
+import json
+from functools import lru_cache
+from typing import Any, AsyncIterator
 
 from aiohttp import web
 
 from control_server.auth import auth_middleware
-from control_server.openapi import OPENAPI_PATH, openapi_handler, public_openapi
+from gastown.contract import container_api as ans
+from gastown.core.api import Reply, Route, mount, openapi
 from gastown.core.http import ApiError, error_middleware, path_id, read_model
 from supervisor.errors import Draining, SupervisorError
 from supervisor.hotswap import hot_swap
@@ -139,24 +145,86 @@ async def _runtime_ctx(app: web.Application) -> AsyncIterator[None]:
     await runtime.shutdown()
 
 
+OPENAPI_PATH = "/openapi.json"
+ERRORS = {
+    400: "Invalid request: bad JSON, a body failing validation, or a bad path id (INVALID_JSON, INVALID_REQUEST, INVALID_ID)",
+    401: "Missing or wrong bearer token (UNAUTHORIZED)",
+    404: "Unknown agent (AGENT_NOT_FOUND)",
+    409: "Conflict (AGENT_NOT_RUNNING, TOWN_MISMATCH)",
+    413: "Body larger than the limit (PAYLOAD_TOO_LARGE)",
+    422: "The provider does not offer the requested model (MODEL_NOT_AVAILABLE)",
+    502: "kilo could not be brought up, swapped or reached (AGENT_START_FAILED, MODEL_UPDATE_FAILED, AGENT_UNREACHABLE); details in extra error keys",
+    503: "Draining, boot hydration not finished in time, or not enough memory (DRAINING, HYDRATING, INSUFFICIENT_MEMORY)",
+}
+AFTER = {"name": "after", "in": "query", "required": False,
+         "schema": {"type": "integer", "minimum": 0, "maximum": 999_999_999_999_999_999, "default": 0}}
+
+
+async def openapi_json(request: web.Request) -> web.Response:
+    return web.Response(body=_document_bytes(), content_type="application/json")
+
+
+ROUTES: tuple[Route, ...] = (
+    Route("GET", "/alive", alive, "alive", {200: Reply("Alive", ans.Alive)},
+          summary="Liveness: 200 while the process runs", public=True),
+    Route("GET", "/ready", ready, "ready", {200: Reply("Ready", ans.Ready), 503: Reply("Hydrating or draining", ans.NotReady)},
+          summary="Readiness: boot hydration finished and not draining", public=True),
+    Route("GET", "/health", health, "health", {200: Reply("Health", ans.Health)}, summary="Runtime summary", errors=(401,)),
+    Route("POST", "/agents/start", start_agent, "startAgent",
+          {201: Reply("Started", ans.AgentStatus), 200: Reply("Already running with the same request", ans.AgentStatus)},
+          summary="Start an agent (waits for boot hydration)", request=StartAgentRequest,
+          description="The same request on a running agent returns it with 200 (no second process or session); "
+          "a different request restarts it (201).", errors=(400, 401, 409, 413, 502, 503)),
+    Route("GET", "/agents", list_agents, "listAgents", {200: Reply("Agents", ans.AgentList)},
+          summary="Every agent record", errors=(401,)),
+    Route("GET", "/agents/{agent_id}/status", agent_status, "agentStatus", {200: Reply("The agent", ans.AgentStatus)},
+          errors=(400, 401, 404)),
+    Route("POST", "/agents/{agent_id}/stop", stop_agent, "stopAgent", {200: Reply("Stopped", ans.Stopped)},
+          summary="Stop an agent; stopping a stopped agent is 200 {stopped: false}", errors=(400, 401, 404)),
+    Route("POST", "/agents/{agent_id}/message", message_agent, "messageAgent", {202: Reply("Sent", ans.Sent)},
+          summary="Send a prompt to a running agent", request=MessageRequest, errors=(400, 401, 404, 409, 413, 502)),
+    Route("GET", "/agents/{agent_id}/events", agent_events, "agentEvents", {200: Reply("Events", ans.EventPage)},
+          summary="Buffered events of the agent's session with id > after (bounded buffer)", query=(AFTER,),
+          errors=(400, 401, 404)),
+    Route("PATCH", "/agents/{agent_id}/model", patch_model, "patchModel", {200: Reply("Updated", ans.ModelUpdated)},
+          summary="Change a running agent's model; the session keeps its history (waits for hydration)",
+          request=ModelPatchRequest, errors=(400, 401, 404, 409, 413, 422, 502, 503)),
+    Route("POST", "/refresh-token", refresh_token, "refreshToken", {200: Reply("Result", ans.RefreshResult)},
+          summary="Adopt a new worker token and restart running agents with it (waits for hydration)",
+          description="An issued_at older than the one held is ignored (refreshed: false).", request=RefreshTokenRequest,
+          errors=(400, 401, 413, 503)),
+    Route("GET", "/metrics", metrics, "metrics", {200: Reply("Metrics", schema={"type": "string"}, media="text/plain")},
+          summary="Prometheus metrics (text exposition format)", errors=(401,)),
+    Route("GET", OPENAPI_PATH, openapi_json, "openapi", {200: Reply("OpenAPI document", schema={"type": "object"})},
+          summary="This document", public=True),
+)
+PUBLIC_PATHS = frozenset(r.path for r in ROUTES if r.public)
+
+
+def build_openapi() -> dict[str, Any]:
+    """A fresh copy of the control server's OpenAPI document, generated from :data:`ROUTES`."""
+    return copy.deepcopy(_document())
+
+
+@lru_cache(maxsize=1)
+def _document() -> dict[str, Any]:
+    return openapi(ROUTES, title="gastown container control server", bearer_description="GASTOWN_CONTROL_TOKEN",
+                   description="The per-town container's HTTP API (docs/contract.md §4). Errors are "
+                   '{"error": {"code", "message"}} with a fitting status; never a 500 for bad input.',
+                   error_descriptions=ERRORS)
+
+
+@lru_cache(maxsize=1)
+def _document_bytes() -> bytes:
+    return json.dumps(_document()).encode()
+
+
 def create_app(runtime: ContainerRuntime) -> web.Application:
     app = web.Application(
-        middlewares=[error_middleware, public_openapi(auth_middleware(runtime.cfg.control_token)), supervisor_errors],
+        middlewares=[error_middleware, auth_middleware(runtime.cfg.control_token, PUBLIC_PATHS), supervisor_errors],
         client_max_size=2 * 1024 * 1024,
     )
     app[RUNTIME] = runtime
     app.cleanup_ctx.append(_runtime_ctx)
-    app.router.add_get("/alive", alive)
-    app.router.add_get("/ready", ready)
-    app.router.add_get("/health", health)
-    app.router.add_post("/agents/start", start_agent)
-    app.router.add_get("/agents", list_agents)
-    app.router.add_get("/agents/{agent_id}/status", agent_status)
-    app.router.add_post("/agents/{agent_id}/stop", stop_agent)
-    app.router.add_post("/agents/{agent_id}/message", message_agent)
-    app.router.add_get("/agents/{agent_id}/events", agent_events)
-    app.router.add_patch("/agents/{agent_id}/model", patch_model)
-    app.router.add_post("/refresh-token", refresh_token)
-    app.router.add_get("/metrics", metrics)
-    app.router.add_get(OPENAPI_PATH, openapi_handler)
+    mount(app, ROUTES)
     return app

@@ -1,4 +1,5 @@
-"""Bearer auth for the control server: constant-time compare, explicit allow-list of public paths."""
+"""Bearer auth for the control server: constant-time compare; the public paths come from the route
+declarations (``control_server.app.ROUTES``)."""
 from __future__ import annotations
 
 import hmac
@@ -7,15 +8,13 @@ from aiohttp import web
 
 from gastown.core.http import bearer_token, error_response
 
-PUBLIC_PATHS = frozenset({"/alive", "/ready"})
 
-
-def auth_middleware(control_token: str | None):
+def auth_middleware(control_token: str | None, public_paths: frozenset[str]):
     expected = control_token.encode() if control_token else None
 
     @web.middleware
     async def middleware(request: web.Request, handler):
-        if expected is None or request.path in PUBLIC_PATHS:
+        if expected is None or request.path in public_paths:
             return await handler(request)
         token = bearer_token(request)
         if token is None:

@@ -21,9 +21,9 @@ import schemathesis
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
+from control_server.app import PUBLIC_PATHS
+from control_server.app import build_openapi as control_openapi
 from control_server.app import create_app as create_control_app
-from control_server.auth import PUBLIC_PATHS
-from control_server.openapi import build_openapi as control_openapi
 from supervisor.config import RuntimeConfig
 from supervisor.runtime import ContainerRuntime
 from tests.conftest import ADMIN_TOKEN, CONTROL_TOKEN, JWT_SECRET, start_body
@@ -132,10 +132,12 @@ def test_worker_routes_match_document(tmp_path: Path) -> None:
         assert is_public(doc, route.method, route.resource.canonical) == (policy == "public")
 
 
-def test_control_public_operations_are_the_auth_allow_list() -> None:
+def test_control_public_operations_are_exactly_liveness_readiness_and_the_document() -> None:
+    """The middleware's allow-list and the document both come from the route declarations; this
+    pins what that list may hold (a route declared public by mistake fails here)."""
     doc = control_openapi()
     public = {p for m, p in documented(doc) if is_public(doc, m, p)}
-    assert public == set(PUBLIC_PATHS) | {"/openapi.json"}
+    assert public == set(PUBLIC_PATHS) == {"/alive", "/ready", "/openapi.json"}
 
 
 async def _probe_without_token(client: TestClient, doc: dict[str, Any]) -> None:

@@ -37,8 +37,8 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from control_server.app import build_openapi as control_openapi
 from control_server.app import create_app as create_control_app
-from control_server.openapi import build_openapi as control_openapi
 from supervisor.config import RuntimeConfig
 from supervisor.runtime import ContainerRuntime
 from tests.conftest import ADMIN_TOKEN, CONTROL_TOKEN, JWT_SECRET

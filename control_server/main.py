@@ -38,28 +38,31 @@ async def serve(cfg: RuntimeConfig, host: str, port: int) -> int:
     loop = asyncio.get_running_loop()
     _install_crash_logging(loop)
     runtime = ContainerRuntime(cfg)
-    app = create_app(runtime)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
-    await runner.setup()  # starts the runtime (the app's cleanup context)
-    site = web.TCPSite(runner, host, port)
-    await site.start()
     stop = asyncio.Event()
-    drain_task: asyncio.Task | None = None
+    drain: list[asyncio.Task] = []
 
     def on_sigterm() -> None:
-        nonlocal drain_task
         log.info("container.signal_received", signal="SIGTERM")
-        if drain_task is None:
-            drain_task = loop.create_task(runtime.drain())
-            drain_task.add_done_callback(lambda _: stop.set())
+        if not drain:
+            drain.append(runtime.tasks.spawn(runtime.drain(), "drain"))
+            drain[0].add_done_callback(lambda _: stop.set())
         else:
             runtime.tasks.spawn(runtime.drain(), "drain:cut-short")  # second SIGTERM: cut the drain short
 
+    # Handlers first: a SIGTERM while the runtime starts still drains instead of killing the process.
     loop.add_signal_handler(signal.SIGTERM, on_sigterm)
     loop.add_signal_handler(signal.SIGINT, stop.set)
-    log.info("container.listening", host=host, port=port)
-    await stop.wait()
-    await runner.cleanup()  # stops listening, then shuts the runtime down (eviction if it drained)
+    runner = web.AppRunner(create_app(runtime), access_log=None, handle_signals=False)
+    await runner.setup()  # starts the runtime (the app's cleanup context)
+    try:
+        await web.TCPSite(runner, host, port).start()
+        log.info("container.listening", host=host, port=port)
+        await stop.wait()
+        if drain and not drain[0].done():  # SIGINT during a drain: cut it short, let it finish
+            await runtime.drain()
+            await asyncio.wait(drain, timeout=30)
+    finally:
+        await runner.cleanup()  # stops listening, then shuts the runtime down (eviction if it drained)
     return 0
 
 

@@ -82,6 +82,14 @@ class AgentRecord:
             old=old.value, new=new.value, reason=reason,
         )
 
+    def fail(self, reason: str) -> bool:
+        """Move to ``failed`` unless the record already left its live states: the exit watcher may
+        have won the race (failed, and the crash policy moved it on to backoff or fatal)."""
+        if self.state in (AgentState.starting, AgentState.running, AgentState.stopping):
+            self.transition(AgentState.failed, reason)
+            return True
+        return False
+
     def handle_event(self, event: dict[str, Any]) -> bool:
         """Apply one kilo event; return True when it belongs to this agent's session."""
         etype = event.get("type")

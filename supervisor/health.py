@@ -93,7 +93,7 @@ class HealthMonitor:
             reason = f"wedge loop: {count} wedges within {int(self.wedge_policy.window_s)} s; not recycled again"
             log.error("agent.wedge_loop", agent_id=rec.agent_id, run_id=rec.run_id, wedges=count)
             await self.sup.kill_agent_process(rec)
-            rec.transition(AgentState.failed, reason)
+            rec.fail(reason)
             if self.rt.persistence is not None:
                 await self.rt.persistence.snapshot(rec, "wedge_loop")
         await self.rt.worker.completed(rec.agent_id, "failed", reason)
@@ -121,10 +121,11 @@ class HealthMonitor:
                 await self.sup.follow_events(rec)
                 rec.transition(AgentState.running, "recycled")
             except Exception as e:
-                rec.transition(AgentState.failed, f"recycle failed: {e}")
+                failed_here = rec.fail(f"recycle failed: {e}")  # else the exit watcher already did (and reported)
                 log.error("agent.recycle_failed", agent_id=rec.agent_id, error=str(e))
                 await self.sup.kill_agent_process(rec)
-                await self.rt.worker.completed(rec.agent_id, "failed", rec.exit_reason)
+                if failed_here:
+                    await self.rt.worker.completed(rec.agent_id, "failed", rec.exit_reason)
                 return
             self.recycled += 1
             self._recycled_at[rec.agent_id] = self.clock()

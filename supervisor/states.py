@@ -32,9 +32,10 @@ _ALLOWED: dict[AgentState, frozenset[AgentState]] = {
     AgentState.exited: frozenset({AgentState.starting}),
     # failed -> backoff | fatal: the crash policy's verdict on an agent restarted in place.
     AgentState.failed: frozenset({AgentState.starting, AgentState.backoff, AgentState.fatal}),
-    # backoff -> exited: stopped while waiting; -> fatal: its restart failed and ended the loop.
-    AgentState.backoff: frozenset({AgentState.starting, AgentState.exited, AgentState.fatal}),
-    AgentState.fatal: frozenset({AgentState.starting, AgentState.exited}),
+    # backoff/fatal -> exited: stopped while waiting. A restart is a new record, so neither state
+    # is ever left for another; the record of the crashed process stays as it is.
+    AgentState.backoff: frozenset({AgentState.exited}),
+    AgentState.fatal: frozenset({AgentState.exited}),
 }
 
 

@@ -263,8 +263,7 @@ class Supervisor:
 
     async def _abort_start(self, rec: AgentRecord, error: BaseException) -> None:
         await self.kill_agent_process(rec)
-        if rec.state != AgentState.failed:
-            rec.transition(AgentState.failed, f"start failed: {error}")
+        rec.fail(f"start failed: {error}")
         log.warning("agent.start_failed", agent_id=rec.agent_id, error=str(error), phase=getattr(error, "phase", None))
         await self.notify(rec, Change.failed)
 

@@ -83,7 +83,7 @@ class HttpContainerClient:
         timeout = aiohttp.ClientTimeout(total=timeout_s)
         async with self._http().request(method, target.url.rstrip("/") + path, json=json, headers=headers,
                                         timeout=timeout) as resp:
-            return resp.status, (await resp.text())[:2000]
+            return resp.status, await resp.text()  # whole: GET /agents can be long (stderr tails)
 
     async def start_agent(self, target: Target, request: dict[str, Any]) -> StartResult:
         try:

@@ -26,14 +26,16 @@ def check_id(v: str) -> str:
     return v
 
 
+MIN_EPOCH_MS = 100_000_000_000  # 1973-03-03 in ms; any smaller number is seconds from an old container
 MAX_EPOCH_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z: keeps every time inside SQLite INTEGER
 MAX_COUNT = 2**53  # counters beyond JSON's exact integers are garbage, and 2**63 overflows SQLite
 
 
 def _to_epoch_ms(v: int | float | str) -> int:
     """Numbers are epoch ms, the one unit on the wire (``gastown/contract/wire.py``); strings are
-    ISO-8601 (``Z`` or an offset; naive means UTC). Numbers are never guessed to be seconds (the
-    container used to mix units; a value below 1e11 was scaled by 1000)."""
+    ISO-8601 (``Z`` or an offset; naive means UTC). A number below 1e11 (before 1973 in ms) is what
+    an older container sends in seconds: refused with a 400 rather than stored as 1970, which would
+    make every agent look decades quiet (it used to be scaled by 1000: two units on one wire)."""
     if isinstance(v, str):
         try:
             dt = datetime.fromisoformat(v)
@@ -44,6 +46,8 @@ def _to_epoch_ms(v: int | float | str) -> int:
         return int(dt.timestamp() * 1000)
     if v < 0 or v != v or v in (float("inf"), float("-inf")):
         raise ValueError("must be a non-negative finite number")
+    if v < MIN_EPOCH_MS:
+        raise ValueError("must be epoch milliseconds (this looks like seconds)")
     ms = int(v)
     if ms > MAX_EPOCH_MS:
         raise ValueError("must be a time before year 10000")

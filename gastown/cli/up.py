@@ -17,7 +17,6 @@ import contextlib
 import fcntl
 import json
 import os
-import shutil
 import signal
 import sys
 import time
@@ -31,6 +30,7 @@ from gastown.cli.upprocs import Children, Output
 from gastown.core.ports import free_port, port_is_free
 
 STEP_TIMEOUT_S = 90.0
+PORT_WAIT_S = 10.0
 GREETING = "Mayor ready. Greet the user in one short sentence."
 WELCOME_BACK = "The town was restarted. Greet the user again in one short sentence."
 
@@ -83,21 +83,45 @@ def _lock(directory: Path) -> int:
     return fd
 
 
-def _load_or_new_state(town: Town) -> TownState:
+PREVIOUS_STATE = ("worker.db", "worker.db-wal", "worker.db-shm", "data", "s3", STATE_FILE)
+
+
+async def _ports_free(state: TownState, wait_s: float = PORT_WAIT_S) -> bool:
+    """The last run's ports, given a few seconds: after a SIGKILL of ``gastown up`` its children are
+    still going away (their parent-death signal is a SIGTERM) when the lock is already free."""
+    deadline = time.monotonic() + wait_s
+    while not (port_is_free(state.worker_port) and port_is_free(state.container_port)):
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.25)
+    return True
+
+
+def _set_aside(directory: Path) -> Path | None:
+    """Move the previous run's state under ``previous-<time>/`` (never delete a mayor's history)."""
+    present = [n for n in PREVIOUS_STATE if (directory / n).exists()]
+    if not present:
+        return None
+    aside = directory / time.strftime("previous-%Y%m%d-%H%M%S")
+    aside.mkdir(mode=0o700)
+    for name in present:
+        os.replace(directory / name, aside / name)
+    return aside
+
+
+async def _load_or_new_state(town: Town) -> TownState:
     """Reuse the last run's ports and tokens when its state is whole and its ports are free again;
-    otherwise start a clean town (and say why), dropping the old worker DB, data and store."""
+    otherwise start a clean town (and say why), with the old state moved aside."""
     old = TownState.load(town.dir)
     if old is not None and (town.dir / "worker.db").exists():
-        if port_is_free(old.worker_port) and port_is_free(old.container_port):
+        if await _ports_free(old):
             town.out.say(f"reusing the town of the previous run in {town.dir}")
             return old
-        town.out.say(f"ports {old.worker_port}/{old.container_port} of the previous run are taken: starting a new town")
-    elif (town.dir / STATE_FILE).exists():
-        town.out.say("the previous run's state is incomplete: starting a new town")
-    for name in ("worker.db", "worker.db-wal", "worker.db-shm"):
-        (town.dir / name).unlink(missing_ok=True)
-    for name in ("data", "s3"):
-        shutil.rmtree(town.dir / name, ignore_errors=True)
+        why = f"ports {old.worker_port}/{old.container_port} of the previous run are taken"
+    else:
+        why = "no complete state of a previous run"
+    aside = _set_aside(town.dir)
+    town.out.say(f"{why}: starting a new town" + (f" (previous state moved to {aside})" if aside else ""))
     return TownState.new(free_port(), free_port())
 
 
@@ -106,7 +130,8 @@ async def _model_provider(town: Town, env: dict[str, str]) -> tuple[dict[str, st
     if os.environ.get("GASTOWN_KILO_PROVIDERS") or os.environ.get("KILOCODE_TOKEN"):
         model = os.environ.get("GASTOWN_MODEL", "anthropic/claude-sonnet-4")
         town.out.say(f"model: {model} (real provider from your environment)")
-        return {}, model
+        passed = {k: os.environ[k] for k in ("GASTOWN_KILO_PROVIDERS", "KILOCODE_TOKEN") if os.environ.get(k)}
+        return passed, model  # the base env drops GASTOWN_*: hand the provider to the container
     from gastown.local.scripted_model import provider_config_for
 
     proc = await town.children.spawn("scripted-model", [sys.executable, "-m", "gastown.local.scripted_model", "--port", "0"],
@@ -226,7 +251,7 @@ async def _bring_up(town: Town) -> None:
     base_env = {k: v for k, v in os.environ.items() if not k.startswith(("GASTOWN_", "AWS_"))}
     gastown = [sys.executable, "-m", "gastown.cli"]
     town.out.say(f"gastown up: state in {town.dir}")
-    state = town.state = _load_or_new_state(town)
+    state = town.state = await _load_or_new_state(town)
     provider_env, model = await _model_provider(town, base_env)
     store_env = await _object_store(town, state)
     state.save(town.dir)
@@ -257,7 +282,7 @@ async def _bring_up(town: Town) -> None:
 
 
 async def up(state_dir: Path) -> int:
-    state_dir.mkdir(parents=True, exist_ok=True)
+    state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     out = Output(state_dir / "up.log")
     try:
         lock = _lock(state_dir)

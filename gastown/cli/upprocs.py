@@ -24,7 +24,8 @@ class Output:
     Ctrl-C, or the terminal closed) turns stdout off instead of raising into the cleanup."""
 
     def __init__(self, log_path: Path) -> None:
-        self._log: IO[str] = open(log_path, "a", buffering=1)
+        # 0600: the banner it keeps holds the admin and control tokens, like town.json.
+        self._log: IO[str] = open(os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "a", buffering=1)
         self._stdout_ok = True
 
     def say(self, msg: str) -> None:

@@ -15,7 +15,7 @@ import time
 import traceback
 from typing import Any
 
-from gastown.core.secrets import REDACTED, is_secret_key
+from gastown.core.secrets import REDACTED, is_secret_key, scrub_value
 
 _state_lock = threading.Lock()
 _town_id: str | None = None
@@ -76,7 +76,7 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             line["error"] = repr(record.exc_info[1])
             line["stack"] = "".join(traceback.format_exception(*record.exc_info))
-        return scrub(json.dumps(line, default=str))
+        return scrub_value(scrub(json.dumps(line, default=str)))
 
 
 class EventLogger:

@@ -20,7 +20,8 @@ SECRET_KEY = re.compile(
     r"|(?:^|[_-])pat(?:$|[_-])",
     re.IGNORECASE,
 )
-_URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)[^/\s:@]+(?::[^/\s@]*)?@", re.IGNORECASE)
+# user:password@ only: a bare user (ssh://git@host) is an identity, not a secret, and cloning needs it.
+_URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)[^/\s:@]+:[^/\s@]*@", re.IGNORECASE)
 _TOKEN_VALUE = re.compile(
     r"\bgh[pousr]_[A-Za-z0-9]{20,}"  # GitHub tokens
     r"|\bgithub_pat_[A-Za-z0-9_]{20,}"

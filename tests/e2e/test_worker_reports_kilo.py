@@ -6,6 +6,7 @@ import os
 import signal
 
 import pytest
+from gastown.contract.wire import epoch_ms
 
 
 pytestmark = pytest.mark.kilo
@@ -92,7 +93,7 @@ async def test_heartbeat_only_stream_does_not_keep_agent_active(town, fake_llm):
     assert not rec.handle_event({"type": "server.heartbeat", "properties": {}})
     assert not rec.handle_event({"type": "session.status", "properties": {"sessionID": "ses_other", "status": {"type": "busy"}}})
     assert rec.last_event_at == before
-    assert st["last_event_at"] == before
+    assert st["last_event_at"] == epoch_ms(before)  # the wire is epoch ms, the record keeps seconds
 
 
 async def test_mayor_idle_reports_waiting_and_never_exits(town, fake_llm):

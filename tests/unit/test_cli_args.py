@@ -19,3 +19,18 @@ def test_worker_db_url_is_refused_not_taken_as_a_directory(tmp_path, monkeypatch
     assert exc.value.code == 2
     assert "URLs are not supported" in capsys.readouterr().err
     assert os.listdir(tmp_path) == []
+
+
+def test_a_rerun_that_cannot_reuse_the_town_moves_the_old_state_aside_not_away(tmp_path):
+    """The mayor's history (data/) and the worker DB used to be deleted when a port was taken."""
+    from gastown.cli.up import _set_aside
+
+    (tmp_path / "data" / "agents").mkdir(parents=True)
+    (tmp_path / "worker.db").write_text("db")
+    (tmp_path / "town.json").write_text("{}")
+    (tmp_path / "up.log").write_text("kept in place")
+    aside = _set_aside(tmp_path)
+    assert aside is not None and aside.parent == tmp_path and aside.name.startswith("previous-")
+    assert sorted(p.name for p in aside.iterdir()) == ["data", "town.json", "worker.db"]
+    assert (aside / "worker.db").read_text() == "db" and (tmp_path / "up.log").exists()
+    assert _set_aside(tmp_path) is None  # nothing left to move

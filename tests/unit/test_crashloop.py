@@ -263,3 +263,26 @@ async def test_stop_during_backoff_calls_the_restart_off(tmp_path):
         assert rt.supervisor.agents["mayor"] is rec and rec.state == AgentState.exited and rec.restarts == 0
     finally:
         await rt.shutdown()
+
+
+async def test_a_start_failing_after_the_exit_watcher_moved_the_mayor_to_backoff_is_not_an_illegal_transition(tmp_path):
+    """The watcher saw kilo die mid-start (failed, then the crash policy: backoff); the start then
+    failed too and tried failed again: IllegalTransition, a 500 instead of AGENT_START_FAILED."""
+    from supervisor.agent import AgentRecord
+    from supervisor.config import RuntimeConfig
+    from supervisor.kilo_env import AgentPaths
+    from supervisor.models import StartAgentRequest
+    from supervisor.runtime import ContainerRuntime
+    from supervisor.states import AgentState
+    from tests.conftest import start_body
+
+    rt = ContainerRuntime(RuntimeConfig(data_dir=tmp_path / "d", kilo_bin="/bin/false"))
+    req = StartAgentRequest.model_validate(start_body(agent_id="mayor", role="mayor", rig_id="mayor-town-test"))
+    rec = AgentRecord(request=req, paths=AgentPaths.for_agent(rt.cfg.data_dir, "mayor"))
+    rec.transition(AgentState.failed, "kilo exited unexpectedly (signal 9)")
+    rec.transition(AgentState.backoff, "restart in 1s")
+    try:
+        await rt.supervisor._abort_start(rec, RuntimeError("event stream did not connect"))
+        assert rec.state == AgentState.backoff and rec.exit_reason == "kilo exited unexpectedly (signal 9)"
+    finally:
+        await rt.shutdown()

@@ -23,6 +23,7 @@ def test_secrets_inside_values_are_cut_out_and_the_rest_kept():
     assert scrub_value("https://x-access-token:ghs_abc@github.com/a/b.git") == "https://github.com/a/b.git"
     assert scrub_value("use ghp_abcdefghijklmnopqrstuvwxyz0123 now") == "use [redacted] now"
     assert scrub_value("https://github.com/a/b.git") == "https://github.com/a/b.git"
+    assert scrub_value("ssh://git@github.com/o/r.git") == "ssh://git@github.com/o/r.git"  # a user, not a secret
 
 
 def test_strip_reports_paths_never_values():
@@ -47,3 +48,11 @@ def test_log_lines_redact_the_same_keys(capsys):
     logging.getLogger().handlers[-1].flush()
     line = json.loads(capsys.readouterr().err.strip().splitlines()[-1])
     assert line["GH_PAT"] == "[redacted]" and line["SESSION_COOKIE"] == "[redacted]" and line["LOG_LEVEL"] == "debug"
+
+
+def test_log_lines_cut_secrets_out_of_values_too(capsys):
+    """A token or URL password inside a value (a failed clone's error, a stderr tail) is cut out."""
+    jsonlog.configure("INFO")
+    jsonlog.get_logger("t").error("git.failed", error="fatal: https://u:hunter2pw@h/r.git ghp_abcdefghijklmnopqrstuvwxyz0")
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "hunter2pw" not in line and "ghp_abcdefghij" not in line and "https://h/r.git" in line

@@ -10,6 +10,8 @@ from control_server.app import create_app as create_control_app
 from supervisor.config import RuntimeConfig
 from supervisor.runtime import ContainerRuntime
 from worker_api.app import create_app as create_worker_app
+from worker_api.appkeys import DB
+from worker_api.reconciler.service import RECONCILER
 
 ADMIN = "admin-token-for-ownership-0123"
 
@@ -56,5 +58,19 @@ async def test_worker_app_reconciler_loops_stop_before_the_store_closes(tmp_path
     assert r.status == 201
     await asyncio.sleep(0.05)
     assert f"reconciler:{town_id}" in {t.get_name() for t in _others()}
+    order: list[str] = []
+    db, service = app[DB], app[RECONCILER]
+    close_db, stop_loops = db.aclose, service.stop
+
+    async def closing_db() -> None:
+        order.append("store")
+        await close_db()
+
+    async def stopping_loops() -> None:
+        order.append("loops")
+        await stop_loops()
+
+    db.aclose, service.stop = closing_db, stopping_loops
     await client.close()
+    assert order == ["loops", "store"]
     assert await _settle(before) == set()

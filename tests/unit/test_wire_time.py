@@ -34,6 +34,13 @@ def test_snapshot_times_are_epoch_ms_whatever_the_manifest_holds():
     assert status_snapshot({"at": 1_799_985_600.5})["at"] == 1_799_985_600_500
 
 
-def test_the_worker_never_rescales_a_number():
-    assert Heartbeat.model_validate({"status": "running", "last_event_at": 5000}).last_event_at == 5000
+def test_the_worker_keeps_ms_as_they_are_and_refuses_seconds():
+    """An older container still sending seconds gets a 400, not its times stored as 1970 (which
+    would make every working agent look decades quiet to the GUPP rule)."""
+    import pytest
+    from pydantic import ValidationError
+
+    assert Heartbeat.model_validate({"status": "running", "last_event_at": 1_800_000_000_123}).last_event_at == 1_800_000_000_123
+    with pytest.raises(ValidationError, match="looks like seconds"):
+        Heartbeat.model_validate({"status": "running", "last_event_at": 1_800_000_000})
     assert epoch_ms(None) is None

@@ -367,9 +367,9 @@ async def test_callbacks_for_unknown_agents_are_404(worker: Worker, town: tuple[
     base = f"/api/towns/{town_id}/agents/ghost"
     for method, path, body in [
         ("POST", "/completed", {"status": "completed"}),
-        ("POST", "/waiting", {"fired_at": 1}),
+        ("POST", "/waiting", {"fired_at": 1_800_000_000_000}),
         ("POST", "/done", {"branch": "b"}),
-        ("POST", "/eviction-context", {"branch": "b", "agent_name": "n", "saved_at": 1}),
+        ("POST", "/eviction-context", {"branch": "b", "agent_name": "n", "saved_at": 1_800_000_000_000}),
         ("GET", "/pending-nudges", None),
         ("POST", "/nudge-delivered", {"nudge_id": "nudge-1"}),
     ]:

@@ -15,6 +15,8 @@ import asyncio
 import time
 
 from gastown.contract.agents import Role
+from gastown.contract.reports import EvictionContext
+from gastown.contract.wire import epoch_ms
 from gastown.core.jsonlog import get_logger
 from supervisor.agent import AgentRecord
 from supervisor.idle import DRAIN_IDLE_TIMEOUT_S
@@ -101,8 +103,9 @@ class Drain:
             except WorkspaceError as e:
                 log.error("drain.save_failed", agent_id=agent_id, error=str(e))
         if branch and rec.request.role == Role.polecat:
-            await self.rt.worker.try_call("POST", f"/agents/{agent_id}/eviction-context", {
-                "branch": branch, "agent_name": rec.request.name, "saved_at": int(time.time() * 1000)}, timeout=5.0)
+            body = EvictionContext.model_construct(branch=branch, agent_name=rec.request.name,
+                                                   saved_at=epoch_ms(time.time())).model_dump(mode="json")
+            await self.rt.worker.try_call("POST", f"/agents/{agent_id}/eviction-context", body, timeout=5.0)
         if rec.request.role not in (Role.mayor, Role.triage):
             await self.rt.worker.completed(agent_id, "completed", "container eviction")
         log.info("drain.agent_frozen", agent_id=agent_id, branch=branch)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 
+from gastown.contract.reports import Heartbeat
 from gastown.core.jsonlog import get_logger
 from supervisor.agent import AgentRecord
 from supervisor.supervisor import Supervisor
@@ -24,17 +25,12 @@ class Heartbeats:
 
     def body(self, rec: AgentRecord) -> dict:
         st = rec.status()
-        return {
-            "status": st["status"],
-            "role": st["role"],
-            "name": st["name"],
-            "rig_id": st["rig_id"],
-            "last_event_type": st["last_event_type"],
-            "last_event_at": st["last_event_at"],
-            "active_tools": st["active_tools"],
-            "message_count": st["message_count"],
-            "container_instance_id": CONTAINER_INSTANCE_ID,
-        }
+        # Built, not validated: the worker validates (a report that fails there is logged, not lost).
+        return Heartbeat.model_construct(
+            status=st["status"], role=st["role"], name=st["name"], rig_id=st["rig_id"],
+            last_event_type=st["last_event_type"], last_event_at=st["last_event_at"], active_tools=st["active_tools"],
+            message_count=st["message_count"], container_instance_id=CONTAINER_INSTANCE_ID,
+        ).model_dump(mode="json")
 
     async def beat(self, rec: AgentRecord) -> None:
         try:

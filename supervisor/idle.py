@@ -14,6 +14,7 @@ import time
 from typing import Any, Awaitable, Callable
 
 from gastown.contract.agents import Role
+from gastown.contract.wire import epoch_ms
 from gastown.core.jsonlog import get_logger
 from supervisor.agent import AgentRecord
 from supervisor.states import AgentState, Change
@@ -67,7 +68,7 @@ class IdleManager:
     async def on_event(self, rec: AgentRecord, event: dict[str, Any]) -> None:
         if event.get("type") == "session.idle":
             if rec.request.role == Role.mayor:
-                rec.spawn_task(self.worker.waiting(rec.agent_id, int(time.time() * 1000)), "waiting")
+                rec.spawn_task(self.worker.waiting(rec.agent_id, epoch_ms(time.time())), "waiting")
             else:
                 rec.spawn_task(self._on_idle(rec), "idle")
         elif is_work_event(event):

@@ -11,6 +11,7 @@ from typing import Any
 
 import aiohttp
 
+from gastown.contract.reports import Completed, Waiting
 from gastown.core.bearer import BearerAuth
 from gastown.core.jsonlog import get_logger
 
@@ -125,10 +126,12 @@ class WorkerClient:
         return await self.call("POST", f"/agents/{agent_id}/heartbeat", body)
 
     async def completed(self, agent_id: str, status: str, reason: str | None) -> Any:
-        return await self.try_call("POST", f"/agents/{agent_id}/completed", {"status": status, "reason": reason})
+        body = Completed.model_construct(status=status, reason=reason).model_dump(mode="json")
+        return await self.try_call("POST", f"/agents/{agent_id}/completed", body)
 
     async def waiting(self, agent_id: str, fired_at_ms: int) -> Any:
-        return await self.try_call("POST", f"/agents/{agent_id}/waiting", {"fired_at": fired_at_ms})
+        return await self.try_call("POST", f"/agents/{agent_id}/waiting",
+                                   Waiting.model_construct(fired_at=fired_at_ms).model_dump(mode="json"))
 
     async def container_event(self, event: str, **fields: Any) -> Any:
         return await self.try_call("POST", "/container-events", {"event": event, **fields})

@@ -14,12 +14,11 @@ import subprocess
 import sys
 import time
 import tomllib
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from gastown.core.ports import free_port
+from tests.httpsync import get_json
 
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
@@ -243,15 +242,6 @@ def test_build_stage_copies_every_python_package_and_the_context_stays_small() -
 # --- the image's layout, run for real --------------------------------------------------------------
 
 
-def _get(url: str, token: str | None = None) -> tuple[int, dict]:
-    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
-    try:
-        with urllib.request.urlopen(req, timeout=2) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
-
-
 def _copy_tree(src: Path, dest: Path) -> None:
     """Hard links where possible (the kilo binary is ~170 MB), else a real copy."""
     def link_or_copy(s: str, d: str) -> None:
@@ -327,15 +317,15 @@ def test_gastown_container_runs_from_the_image_layout(tmp_path: Path) -> None:
         while True:
             assert proc.poll() is None, (tmp_path / "container.log").read_text()
             try:
-                if _get(f"http://127.0.0.1:{port}/ready")[0] == 200:
+                if get_json(f"http://127.0.0.1:{port}/ready")[0] == 200:
                     break
             except OSError:
                 pass
             assert time.monotonic() < deadline, "never ready"
             time.sleep(0.1)
-        assert _get(f"http://127.0.0.1:{port}/alive") == (200, {"status": "ok"})
-        assert _get(f"http://127.0.0.1:{port}/health")[0] == 401
-        status, health = _get(f"http://127.0.0.1:{port}/health", TOKEN)
+        assert get_json(f"http://127.0.0.1:{port}/alive") == (200, {"status": "ok"})
+        assert get_json(f"http://127.0.0.1:{port}/health")[0] == 401
+        status, health = get_json(f"http://127.0.0.1:{port}/health", TOKEN)
         assert status == 200 and health["hydrated"] is True and health["agents"] == 0
         health_cmd = FINAL.last("HEALTHCHECK")
         probe = [a.replace(":8080/", f":{port}/") for a in exec_form(health_cmd[health_cmd.index("CMD") + 3:].strip())]

@@ -13,18 +13,10 @@ from pathlib import Path
 import pytest
 
 from gastown.core.ports import free_port
+from tests.httpsync import get_json
 from tests.test_worker_api_support import ADMIN_TOKEN, CONTROL_TOKEN, JWT_SECRET
 
 GASTOWN = Path(sys.executable).parent / "gastown"
-
-
-def _get(url: str, token: str | None = None) -> tuple[int, dict]:
-    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
-    try:
-        with urllib.request.urlopen(req, timeout=2) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
 
 
 def _post(url: str, token: str, data: dict) -> tuple[int, dict]:
@@ -53,19 +45,19 @@ def test_worker_process_serves_and_exits_zero_on_signal(tmp_path: Path, sig: sig
         deadline = time.monotonic() + 20
         while True:
             try:
-                status, body = _get(f"http://127.0.0.1:{port}/alive")
+                status, body = get_json(f"http://127.0.0.1:{port}/alive")
                 break
             except OSError:
                 assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
                 assert time.monotonic() < deadline, "worker did not answer /alive"
                 time.sleep(0.05)
         assert (status, body) == (200, {"status": "ok"})
-        status, body = _get(f"http://127.0.0.1:{port}/api/towns/town-000000000000", ADMIN_TOKEN)
+        status, body = get_json(f"http://127.0.0.1:{port}/api/towns/town-000000000000", ADMIN_TOKEN)
         assert status == 404 and body["error"]["code"] == "TOWN_NOT_FOUND"
         status, body = _post(f"http://127.0.0.1:{port}/api/towns", ADMIN_TOKEN, {
             "name": "T", "container_url": "http://127.0.0.1:8080", "control_token": CONTROL_TOKEN})
         assert status == 201
-        status, _ = _get(f"http://127.0.0.1:{port}/api/towns/{body['town_id']}", body["container_token"] + "x")
+        status, _ = get_json(f"http://127.0.0.1:{port}/api/towns/{body['town_id']}", body["container_token"] + "x")
         assert status == 401
         proc.send_signal(sig)
         _, stderr = proc.communicate(timeout=15)

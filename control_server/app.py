@@ -13,7 +13,7 @@ from aiohttp import web
 
 from control_server.auth import auth_middleware
 from gastown.contract import container_api as ans
-from gastown.core.api import Reply, Route, mount, openapi
+from gastown.core.api import PUBLIC, Reply, Route, mount, openapi
 from gastown.core.http import ApiError, error_middleware, path_id, read_model
 from supervisor.errors import Draining, SupervisorError
 from supervisor.hotswap import hot_swap
@@ -166,9 +166,9 @@ async def openapi_json(request: web.Request) -> web.Response:
 
 ROUTES: tuple[Route, ...] = (
     Route("GET", "/alive", alive, "alive", {200: Reply("Alive", ans.Alive)},
-          summary="Liveness: 200 while the process runs", public=True),
+          summary="Liveness: 200 while the process runs", auth=PUBLIC),
     Route("GET", "/ready", ready, "ready", {200: Reply("Ready", ans.Ready), 503: Reply("Hydrating or draining", ans.NotReady)},
-          summary="Readiness: boot hydration finished and not draining", public=True),
+          summary="Readiness: boot hydration finished and not draining", auth=PUBLIC),
     Route("GET", "/health", health, "health", {200: Reply("Health", ans.Health)}, summary="Runtime summary", errors=(401,)),
     Route("POST", "/agents/start", start_agent, "startAgent",
           {201: Reply("Started", ans.AgentStatus), 200: Reply("Already running with the same request", ans.AgentStatus)},
@@ -196,7 +196,7 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/metrics", metrics, "metrics", {200: Reply("Metrics", schema={"type": "string"}, media="text/plain")},
           summary="Prometheus metrics (text exposition format)", errors=(401,)),
     Route("GET", OPENAPI_PATH, openapi_json, "openapi", {200: Reply("OpenAPI document", schema={"type": "object"})},
-          summary="This document", public=True),
+          summary="This document", auth=PUBLIC),
 )
 PUBLIC_PATHS = frozenset(r.path for r in ROUTES if r.public)
 

@@ -15,14 +15,11 @@ from aiohttp import web
 
 from gastown.core.http import MAX_BODY_BYTES, error_middleware
 from gastown.core.jsonlog import get_logger, register_secret
-from worker_api import metrics as worker_metrics
-from worker_api import routes_container, routes_tools, routes_towns, routes_user
+from worker_api import routes
 from worker_api.appkeys import ADMIN_TOKEN, CLOCK, DB, TOKENS
 from worker_api.auth import auth_middleware
 from worker_api.db import Database
-from worker_api.openapi import OPENAPI_PATH, openapi_handler
 from worker_api.reconciler import service as reconciler_service
-from worker_api.scm import routes as scm_routes
 from worker_api.scm.base import ScmProvider
 from worker_api.tokens import ContainerTokens
 
@@ -77,13 +74,7 @@ def create_app(
     app[TOKENS] = ContainerTokens(jwt_secret, now=now)
     app[ADMIN_TOKEN] = admin_token
     app[CLOCK] = now
-    routes_towns.add_routes(app)
-    routes_container.add_routes(app)
-    worker_metrics.add_routes(app)
-    routes_user.add_routes(app)
-    routes_tools.add_routes(app)
-    scm_routes.add_routes(app)
-    app.router.add_get(OPENAPI_PATH, openapi_handler)
+    routes.install(app)
     app.cleanup_ctx.append(_store_ctx)
     reconciler_service.install(
         app, run=run_reconciler if run_reconciler is not None else now is time.time, clock=now, sleep=sleep,

@@ -12,6 +12,8 @@ DB = web.AppKey("worker_db", Database)
 TOKENS = web.AppKey("worker_tokens", ContainerTokens)
 ADMIN_TOKEN = web.AppKey("worker_admin_token", str)
 CLOCK = web.AppKey("worker_clock", Callable[[], float])
+# aiohttp route → the auth policy its declaration names (worker_api.routes).
+AUTH_POLICIES = web.AppKey("worker_auth_policies", dict)
 
 TOWN = web.RequestKey("worker_town", dict)  # the path town's row, set by the auth middleware
 PRINCIPAL = web.RequestKey("worker_principal", Any)  # auth.Principal

@@ -1,13 +1,14 @@
-"""Who may call what: one middleware reading a policy the route handler declares.
+"""Who may call what: one middleware reading the policy each route's declaration names
+(``worker_api.routes``).
 
-Fail closed: a handler without a policy decorator is admin-only. Order of checks, so the answer
+Fail closed: a route without a declared policy is admin-only. Order of checks, so the answer
 leaks as little as possible: missing/invalid token → 401; bad path id → 400; container token of
 another town (or on a non-town route) → 403; unknown town → 404 (only after the caller proved
 access, so existence of other towns is not revealed to a container).
 
-Policies: :func:`public` (no auth), :func:`admin_only`, :func:`town_access` (admin token or a
-valid container token of the path town), :func:`refresh_access` (admin, or a container token of the
-path town that may be expired, see ``ContainerTokens.verify_allow_expired``).
+Policies: ``public`` (no auth), ``admin``, ``town`` (admin token or a valid container token of
+the path town), ``refresh`` (admin, or a container token of the path town that may be expired, see
+``ContainerTokens.verify_allow_expired``).
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from aiohttp import web
 from gastown.core.http import ApiError, bearer_token, path_id
 from gastown.core.jsonlog import get_logger
 from worker_api import store
-from worker_api.appkeys import ADMIN_TOKEN, DB, PRINCIPAL, TOKENS, TOWN
+from worker_api.appkeys import ADMIN_TOKEN, AUTH_POLICIES, DB, PRINCIPAL, TOKENS, TOWN
 from worker_api.tokens import TokenClaims, TokenError
 
 log = get_logger("worker_api.auth")
@@ -34,20 +35,6 @@ class Principal:
     kind: str  # "admin" | "container"
     town_id: str | None = None
     claims: TokenClaims | None = None
-
-
-def _policy(name: str) -> Callable[[Handler], Handler]:
-    def mark(handler: Handler) -> Handler:
-        handler.auth_policy = name  # type: ignore[attr-defined]
-        return handler
-
-    return mark
-
-
-public = _policy(PUBLIC)
-admin_only = _policy(ADMIN)
-town_access = _policy(TOWN_ACCESS)
-refresh_access = _policy(REFRESH)
 
 
 def is_admin_token(request: web.Request, token: str) -> bool:
@@ -85,7 +72,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     match_info = request.match_info
     if match_info.http_exception is not None:  # unknown route / method: let error_middleware map it
         return await handler(request)
-    policy = getattr(match_info.handler, "auth_policy", ADMIN)
+    policy = request.app[AUTH_POLICIES].get(match_info.route, ADMIN)
     if policy == PUBLIC:
         return await handler(request)
 

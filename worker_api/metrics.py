@@ -52,6 +52,3 @@ async def metrics(request: web.Request) -> web.Response:
     registry.register(_Snapshot(families))
     return web.Response(body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE})
 
-
-def add_routes(app: web.Application) -> None:
-    app.router.add_get("/metrics", metrics)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal, Optional
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, ConfigDict, Field
+from pydantic import AfterValidator, ConfigDict, Field, RootModel
 
 from gastown.contract.agents import AgentStateName, RoleName
 from gastown.contract.reports import (  # noqa: F401 - the worker's models build on the shared ones
@@ -41,7 +41,8 @@ def check_http_url(v: str) -> str:
     return v
 
 
-HttpUrl = Annotated[str, Field(max_length=2048), AfterValidator(check_http_url)]
+HttpUrl = Annotated[str, Field(max_length=2048, json_schema_extra={"pattern": "^https?://[^/?#@\\s]+"}),
+                    AfterValidator(check_http_url)]
 Role = RoleName
 ContainerStatus = AgentStateName
 
@@ -98,16 +99,12 @@ class RegistryEntry(Body):
     workdir: Annotated[str, Field(min_length=1, max_length=4096)]
 
 
+class Registry(RootModel[Annotated[list[RegistryEntry], Field(max_length=MAX_REGISTRY_ENTRIES)]]):
+    """The body of ``POST .../container-registry``: every agent the container runs."""
+
+
 def parse_registry(data: Any) -> list[RegistryEntry]:
     """The registry body is a JSON array of :class:`RegistryEntry` (400 otherwise)."""
     if not isinstance(data, list):
         raise ApiError(400, "INVALID_REQUEST", "request body must be a JSON array")
-    if len(data) > MAX_REGISTRY_ENTRIES:
-        raise ApiError(400, "INVALID_REQUEST", f"at most {MAX_REGISTRY_ENTRIES} registry entries")
-    entries = []
-    for i, item in enumerate(data):
-        try:
-            entries.append(parse_model(RegistryEntry, item))
-        except ApiError as e:
-            raise ApiError(e.status, e.code, f"entry [{i}]: {e.message}") from None
-    return entries
+    return parse_model(Registry, data).root

@@ -20,7 +20,6 @@ from gastown.core.http import ApiError, path_id, read_model
 from gastown.core.jsonlog import get_logger
 from worker_api import drain, events, nudges, store
 from worker_api.appkeys import DB, TOWN, now_ms
-from worker_api.auth import town_access
 from worker_api.models import (
     Completed,
     ContainerEvent,
@@ -82,7 +81,6 @@ def _heartbeat_tx(conn: sqlite3.Connection, town_id: str, agent_id: str, hb: Hea
     return state["nonce"] if state else None
 
 
-@town_access
 async def heartbeat(request: web.Request) -> web.Response:
     town_id, agent_id = _ids(request)
     hb = await read_model(request, Heartbeat)
@@ -96,7 +94,6 @@ async def heartbeat(request: web.Request) -> web.Response:
 # ---------------------------------------------------------------- lifecycle callbacks
 
 
-@town_access
 async def completed(request: web.Request) -> web.Response:
     town_id, agent_id = _ids(request)
     body = await read_model(request, Completed)
@@ -128,7 +125,6 @@ def _waiting_tx(conn: sqlite3.Connection, town_id: str, agent_id: str, fired_at:
     return applied
 
 
-@town_access
 async def waiting(request: web.Request) -> web.Response:
     town_id, agent_id = _ids(request)
     body = await read_model(request, Waiting)
@@ -136,7 +132,6 @@ async def waiting(request: web.Request) -> web.Response:
     return web.json_response({"acknowledged": True})
 
 
-@town_access
 async def done(request: web.Request) -> web.Response:
     town_id, agent_id = _ids(request)
     body = await read_model(request, Done)
@@ -146,7 +141,6 @@ async def done(request: web.Request) -> web.Response:
     return web.json_response({"done": True})
 
 
-@town_access
 async def eviction_context(request: web.Request) -> web.Response:
     town_id, agent_id = _ids(request)
     body = await read_model(request, EvictionContext)
@@ -165,7 +159,6 @@ def _pending_tx(conn: sqlite3.Connection, town_id: str, agent_id: str, now: int)
     return nudges.pending_nudges(conn, town_id, agent_id, now)
 
 
-@town_access
 async def pending_nudges(request: web.Request) -> web.Response:
     town_id, agent_id = _ids(request)
     items = await request.app[DB].run(_pending_tx, town_id, agent_id, now_ms(request), write=False)
@@ -178,7 +171,6 @@ def _delivered_tx(conn: sqlite3.Connection, town_id: str, agent_id: str, nudge_i
         raise ApiError(404, "NUDGE_NOT_FOUND", f"nudge {nudge_id} not found for agent {agent_id}")
 
 
-@town_access
 async def nudge_delivered(request: web.Request) -> web.Response:
     town_id, agent_id = _ids(request)
     body = await read_model(request, NudgeDelivered)
@@ -194,7 +186,6 @@ def _enqueue_tx(conn: sqlite3.Connection, town_id: str, agent_id: str, body: Enq
     )
 
 
-@town_access
 async def enqueue_nudge(request: web.Request) -> web.Response:
     town_id, agent_id = _ids(request)
     body = await read_model(request, EnqueueNudge)
@@ -205,7 +196,6 @@ async def enqueue_nudge(request: web.Request) -> web.Response:
 # ---------------------------------------------------------------- container-level
 
 
-@town_access
 async def container_events(request: web.Request) -> web.Response:
     town_id = request[TOWN]["town_id"]
     body = await read_model(request, ContainerEvent)
@@ -222,31 +212,15 @@ def _eviction_tx(conn: sqlite3.Connection, town_id: str, now: int) -> str:
     return nonce
 
 
-@town_access
 async def container_eviction(request: web.Request) -> web.Response:
     town_id = request[TOWN]["town_id"]
     nonce = await request.app[DB].run(_eviction_tx, town_id, now_ms(request))
     return web.json_response({"drain_nonce": nonce})
 
 
-@town_access
 async def container_ready(request: web.Request) -> web.Response:
     town_id = request[TOWN]["town_id"]
     body = await read_model(request, ContainerReady)
     cleared = await request.app[DB].run(drain.acknowledge_ready, town_id, body.nonce, now_ms(request))
     return web.json_response({"cleared": cleared})
 
-
-def add_routes(app: web.Application) -> None:
-    agent = "/api/towns/{t}/agents/{a}"
-    app.router.add_post(f"{agent}/heartbeat", heartbeat)
-    app.router.add_post(f"{agent}/completed", completed)
-    app.router.add_post(f"{agent}/waiting", waiting)
-    app.router.add_post(f"{agent}/done", done)
-    app.router.add_post(f"{agent}/eviction-context", eviction_context)
-    app.router.add_get(f"{agent}/pending-nudges", pending_nudges)
-    app.router.add_post(f"{agent}/nudge-delivered", nudge_delivered)
-    app.router.add_post(f"{agent}/nudges", enqueue_nudge)
-    app.router.add_post("/api/towns/{t}/container-events", container_events)
-    app.router.add_post("/api/towns/{t}/container-eviction", container_eviction)
-    app.router.add_post("/api/towns/{t}/container-ready", container_ready)

@@ -18,7 +18,6 @@ from gastown.core.jsonlog import get_logger
 from worker_api import beads as bx
 from worker_api import nudges, store
 from worker_api.appkeys import DB, TOWN, now_ms
-from worker_api.auth import town_access
 from worker_api.db import from_json, to_json
 from worker_api.lifecycle import (
     create_escalation,
@@ -97,7 +96,6 @@ def _close_tx(conn: sqlite3.Connection, town_id: str, bead_id: str, agent_id: st
     return bead_view(conn, town_id, bead_id)
 
 
-@town_access
 async def close_bead(request: web.Request) -> web.Response:
     body = await read_model(request, CloseBead, allow_empty=True)
     bead = await request.app[DB].run(_close_tx, _town(request), path_id(request, "b"), body.agent_id, now_ms(request))
@@ -123,7 +121,6 @@ def _reassign_tx(conn: sqlite3.Connection, town_id: str, bead_id: str, agent_id:
     return bead_view(conn, town_id, bead_id)
 
 
-@town_access
 async def reassign_bead(request: web.Request) -> web.Response:
     body = await read_model(request, Reassign, allow_empty=True)
     bead = await request.app[DB].run(_reassign_tx, _town(request), path_id(request, "b"), body.agent_id,
@@ -145,7 +142,6 @@ def _reset_tx(conn: sqlite3.Connection, town_id: str, agent_id: str, now: int) -
     return _agent(conn, town_id, agent_id)
 
 
-@town_access
 async def reset_agent(request: web.Request) -> web.Response:
     agent = await request.app[DB].run(_reset_tx, _town(request), path_id(request, "a"), now_ms(request))
     arm_new_work(request.app, _town(request))
@@ -166,7 +162,6 @@ def _prime_tx(conn: sqlite3.Connection, town_id: str, agent_id: str) -> dict:
             "open_beads": open_beads}
 
 
-@town_access
 async def prime(request: web.Request) -> web.Response:
     out = await request.app[DB].run(_prime_tx, _town(request), path_id(request, "a"), write=False)
     return web.json_response(out)
@@ -200,7 +195,6 @@ def _request_changes_tx(conn: sqlite3.Connection, town_id: str, agent_id: str, b
     return {"rework_bead_id": rework["bead_id"], "mr_status": "open"}
 
 
-@town_access
 async def request_changes(request: web.Request) -> web.Response:
     body = await read_model(request, RequestChanges)
     out = await request.app[DB].run(_request_changes_tx, _town(request), path_id(request, "a"), body, now_ms(request))
@@ -217,7 +211,6 @@ def _mail_tx(conn: sqlite3.Connection, town_id: str, body: Mail, now: int) -> di
     return mail
 
 
-@town_access
 async def send_mail(request: web.Request) -> web.Response:
     body = await read_model(request, Mail)
     mail = await request.app[DB].run(_mail_tx, _town(request), body, now_ms(request))
@@ -229,7 +222,6 @@ def _take_mail_tx(conn: sqlite3.Connection, town_id: str, agent_id: str, now: in
     return bx.take_mail(conn, town_id, agent_id, now)
 
 
-@town_access
 async def check_mail(request: web.Request) -> web.Response:
     mail = await request.app[DB].run(_take_mail_tx, _town(request), path_id(request, "a"), now_ms(request))
     return web.json_response({"mail": mail})
@@ -241,7 +233,6 @@ def _escalation_tx(conn: sqlite3.Connection, town_id: str, body: Escalation, now
                              bead_id=agent["current_hook_bead_id"] if agent else None, severity=body.priority)
 
 
-@town_access
 async def escalate(request: web.Request) -> web.Response:
     body = await read_model(request, Escalation)
     bead_id = await request.app[DB].run(_escalation_tx, _town(request), body, now_ms(request))
@@ -257,22 +248,9 @@ def _checkpoint_tx(conn: sqlite3.Connection, town_id: str, agent_id: str, data: 
     conn.execute("UPDATE agents SET checkpoint = ? WHERE town_id = ? AND agent_id = ?", (text, town_id, agent_id))
 
 
-@town_access
 async def checkpoint(request: web.Request) -> web.Response:
     body = await read_model(request, Checkpoint)
     await request.app[DB].run(_checkpoint_tx, _town(request), path_id(request, "a"), body.data)
     return web.json_response({"saved": True})
 
-
-def add_routes(app: web.Application) -> None:
-    t, a = "/api/towns/{t}", "/api/towns/{t}/agents/{a}"
-    app.router.add_post(f"{t}/beads/{{b}}/close", close_bead)
-    app.router.add_post(f"{t}/beads/{{b}}/reassign", reassign_bead)
-    app.router.add_post(f"{a}/reset", reset_agent)
-    app.router.add_get(f"{a}/prime", prime)
-    app.router.add_post(f"{a}/request-changes", request_changes)
-    app.router.add_post(f"{t}/mail", send_mail)
-    app.router.add_get(f"{a}/mail", check_mail)
-    app.router.add_post(f"{t}/escalations", escalate)
-    app.router.add_post(f"{a}/checkpoint", checkpoint)
 

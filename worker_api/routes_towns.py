@@ -15,7 +15,6 @@ from gastown.core.http import ApiError, read_json, read_model
 from gastown.core.jsonlog import get_logger, register_secret
 from worker_api import drain, store
 from worker_api.appkeys import DB, PRINCIPAL, TOKENS, TOWN, now_ms
-from worker_api.auth import admin_only, public, refresh_access, town_access
 from worker_api.models import CreateAgent, CreateTown, parse_registry
 from worker_api.registry import check_entries
 
@@ -30,12 +29,10 @@ def new_agent_id(role: str) -> str:
     return f"{role}-{secrets.token_hex(6)}"
 
 
-@public
 async def alive(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
-@admin_only
 async def create_town(request: web.Request) -> web.Response:
     body = await read_model(request, CreateTown)
     register_secret(body.control_token)
@@ -64,14 +61,12 @@ def _town_info_tx(conn: sqlite3.Connection, town_id: str, now: int) -> dict[str,
     return town
 
 
-@town_access
 async def get_town(request: web.Request) -> web.Response:
     town_id = request[TOWN]["town_id"]
     info = await request.app[DB].run(_town_info_tx, town_id, now_ms(request))
     return web.json_response(info)
 
 
-@admin_only
 async def create_agent(request: web.Request) -> web.Response:
     body = await read_model(request, CreateAgent)
     town_id = request[TOWN]["town_id"]
@@ -88,19 +83,16 @@ async def create_agent(request: web.Request) -> web.Response:
     return web.json_response(agent, status=201)
 
 
-@town_access
 async def list_agents(request: web.Request) -> web.Response:
     agents = await request.app[DB].run(store.list_agents, request[TOWN]["town_id"], write=False)
     return web.json_response({"agents": agents})
 
 
-@town_access
 async def get_registry(request: web.Request) -> web.Response:
     entries = await request.app[DB].run(store.get_registry, request[TOWN]["town_id"], write=False)
     return web.json_response(entries)
 
 
-@town_access
 async def put_registry(request: web.Request) -> web.Response:
     town_id = request[TOWN]["town_id"]
     entries, removed = check_entries(parse_registry(await read_json(request)))
@@ -121,7 +113,6 @@ def _prewarm_tx(conn: sqlite3.Connection, town: dict[str, Any]) -> dict[str, Any
     }
 
 
-@town_access
 async def prewarm_context(request: web.Request) -> web.Response:
     """Exactly what the mayor's real start will use (docs/original-system.md bug 7: a guessed model caused
     eviction churn), so the container may prewarm only with these values."""
@@ -129,7 +120,6 @@ async def prewarm_context(request: web.Request) -> web.Response:
     return web.json_response(ctx)
 
 
-@refresh_access
 async def refresh_container_token(request: web.Request) -> web.Response:
     """A fresh 8 h token for the path town; the caller's token may be expired (≤ 7 days old)."""
     town_id = request[TOWN]["town_id"]
@@ -137,14 +127,3 @@ async def refresh_container_token(request: web.Request) -> web.Response:
     log.info("token.refreshed", town=town_id, by=request[PRINCIPAL].kind)
     return web.json_response({"token": token})
 
-
-def add_routes(app: web.Application) -> None:
-    app.router.add_get("/alive", alive)
-    app.router.add_post("/api/towns", create_town)
-    app.router.add_get("/api/towns/{t}", get_town)
-    app.router.add_post("/api/towns/{t}/agents", create_agent)
-    app.router.add_get("/api/towns/{t}/agents", list_agents)
-    app.router.add_get("/api/towns/{t}/container-registry", get_registry)
-    app.router.add_post("/api/towns/{t}/container-registry", put_registry)
-    app.router.add_get("/api/towns/{t}/prewarm-context", prewarm_context)
-    app.router.add_post("/api/towns/{t}/refresh-container-token", refresh_container_token)

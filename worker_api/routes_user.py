@@ -12,16 +12,15 @@ import sqlite3
 from typing import Annotated, Any, Literal, Optional
 
 from aiohttp import web
-from pydantic import AfterValidator, Field
+from pydantic import Field
 
-from gastown.contract.git import check_git_ref, check_git_url
+from gastown.contract.git import GitRef, GitUrl
 from gastown.core.http import ApiError, path_id, read_model
 from gastown.core.ids import is_valid_id
 from gastown.core.jsonlog import get_logger
 from worker_api import beads as bx
 from worker_api import drain, events
 from worker_api.appkeys import DB, TOWN, now_ms
-from worker_api.auth import town_access
 from worker_api.db import to_json
 from worker_api.lifecycle import finish_convoy, transition_bead
 from worker_api.models import Body, Id, ShortText
@@ -39,8 +38,8 @@ MAX_CONVOY_BEADS = 200
 class CreateRig(Body):
     rig_id: Optional[Id] = None
     name: ShortText
-    git_url: Annotated[str, Field(min_length=1, max_length=2048), AfterValidator(check_git_url)]
-    default_branch: Annotated[str, Field(min_length=1, max_length=200), AfterValidator(check_git_ref)] = "main"
+    git_url: GitUrl
+    default_branch: GitRef = "main"
     max_dispatch_attempts: Optional[Annotated[int, Field(ge=1, le=50)]] = None
 
 
@@ -106,7 +105,6 @@ def _check_metadata(meta: dict[str, Any]) -> dict[str, Any]:
 # ---------------------------------------------------------------- rigs
 
 
-@town_access
 async def create_rig(request: web.Request) -> web.Response:
     body = await read_model(request, CreateRig)
     config = {"max_dispatch_attempts": body.max_dispatch_attempts} if body.max_dispatch_attempts else {}
@@ -117,7 +115,6 @@ async def create_rig(request: web.Request) -> web.Response:
     return web.json_response(rig, status=201)
 
 
-@town_access
 async def list_rigs(request: web.Request) -> web.Response:
     rigs = await request.app[DB].run(bx.list_rigs, _town(request), write=False)
     return web.json_response({"rigs": rigs})
@@ -138,7 +135,6 @@ def _create_bead_tx(conn: sqlite3.Connection, town_id: str, body: CreateBead, no
     return bead
 
 
-@town_access
 async def create_bead(request: web.Request) -> web.Response:
     body = await read_model(request, CreateBead)
     bead = await request.app[DB].run(_create_bead_tx, _town(request), body, now_ms(request))
@@ -146,7 +142,6 @@ async def create_bead(request: web.Request) -> web.Response:
     return web.json_response(bead, status=201)
 
 
-@town_access
 async def list_beads(request: web.Request) -> web.Response:
     q = request.query
     status, type_, rig_id = q.get("status") or None, q.get("type") or None, q.get("rig_id") or None
@@ -171,7 +166,6 @@ def bead_view(conn: sqlite3.Connection, town_id: str, bead_id: str) -> dict[str,
     return bead
 
 
-@town_access
 async def get_bead(request: web.Request) -> web.Response:
     bead = await request.app[DB].run(bead_view, _town(request), path_id(request, "b"), write=False)
     return web.json_response(bead)
@@ -189,7 +183,6 @@ def _patch_tx(conn: sqlite3.Connection, town_id: str, bead_id: str, body: PatchB
     return bead_view(conn, town_id, bead_id)
 
 
-@town_access
 async def patch_bead(request: web.Request) -> web.Response:
     body = await read_model(request, PatchBead)
     bead = await request.app[DB].run(_patch_tx, _town(request), path_id(request, "b"), body, now_ms(request))
@@ -197,7 +190,6 @@ async def patch_bead(request: web.Request) -> web.Response:
     return web.json_response(bead)
 
 
-@town_access
 async def delete_bead(request: web.Request) -> web.Response:
     bead_id = path_id(request, "b")
     if not await request.app[DB].run(bx.delete_bead, _town(request), bead_id):
@@ -218,7 +210,6 @@ def _sling_tx(conn: sqlite3.Connection, town_id: str, body: Sling, now: int) -> 
     return bead
 
 
-@town_access
 async def sling(request: web.Request) -> web.Response:
     body = await read_model(request, Sling)
     bead = await request.app[DB].run(_sling_tx, _town(request), body, now_ms(request))
@@ -255,7 +246,6 @@ def _create_convoy_tx(conn: sqlite3.Connection, town_id: str, body: CreateConvoy
     return {"convoy_id": cid, "bead_ids": ids}
 
 
-@town_access
 async def create_convoy(request: web.Request) -> web.Response:
     body = await read_model(request, CreateConvoy)
     out = await request.app[DB].run(_create_convoy_tx, _town(request), body, now_ms(request))
@@ -290,13 +280,11 @@ def _list_convoys_tx(conn: sqlite3.Connection, town_id: str) -> list[dict[str, A
             for c in bx.list_beads(conn, town_id, type="convoy", limit=1000)]
 
 
-@town_access
 async def list_convoys(request: web.Request) -> web.Response:
     convoys = await request.app[DB].run(_list_convoys_tx, _town(request), write=False)
     return web.json_response({"convoys": convoys})
 
 
-@town_access
 async def get_convoy(request: web.Request) -> web.Response:
     convoy = await request.app[DB].run(convoy_view, _town(request), path_id(request, "c"), write=False)
     return web.json_response(convoy)
@@ -314,7 +302,6 @@ def _start_convoy_tx(conn: sqlite3.Connection, town_id: str, convoy_id: str, now
     return convoy_view(conn, town_id, convoy_id)
 
 
-@town_access
 async def start_convoy(request: web.Request) -> web.Response:
     convoy = await request.app[DB].run(_start_convoy_tx, _town(request), path_id(request, "c"), now_ms(request))
     arm_new_work(request.app, _town(request))
@@ -327,7 +314,6 @@ def _close_convoy_tx(conn: sqlite3.Connection, town_id: str, convoy_id: str, now
     return convoy_view(conn, town_id, convoy_id)
 
 
-@town_access
 async def close_convoy(request: web.Request) -> web.Response:
     convoy = await request.app[DB].run(_close_convoy_tx, _town(request), path_id(request, "c"), now_ms(request))
     return web.json_response(convoy)
@@ -354,7 +340,6 @@ def _status_tx(conn: sqlite3.Connection, town_id: str, now: int) -> dict[str, An
     }
 
 
-@town_access
 async def town_status(request: web.Request) -> web.Response:
     status = await request.app[DB].run(_status_tx, _town(request), now_ms(request), write=False)
     service = request.app.get(RECONCILER)
@@ -363,26 +348,7 @@ async def town_status(request: web.Request) -> web.Response:
     return web.json_response(status)
 
 
-@town_access
 async def invariants(request: web.Request) -> web.Response:
     violations = await request.app[DB].run(check_invariants, _town(request), write=False)
     return web.json_response({"violations": violations})
 
-
-def add_routes(app: web.Application) -> None:
-    t = "/api/towns/{t}"
-    app.router.add_post(f"{t}/rigs", create_rig)
-    app.router.add_get(f"{t}/rigs", list_rigs)
-    app.router.add_post(f"{t}/beads", create_bead)
-    app.router.add_get(f"{t}/beads", list_beads)
-    app.router.add_get(f"{t}/beads/{{b}}", get_bead)
-    app.router.add_patch(f"{t}/beads/{{b}}", patch_bead)
-    app.router.add_delete(f"{t}/beads/{{b}}", delete_bead)
-    app.router.add_post(f"{t}/sling", sling)
-    app.router.add_post(f"{t}/convoys", create_convoy)
-    app.router.add_get(f"{t}/convoys", list_convoys)
-    app.router.add_get(f"{t}/convoys/{{c}}", get_convoy)
-    app.router.add_post(f"{t}/convoys/{{c}}/start", start_convoy)
-    app.router.add_post(f"{t}/convoys/{{c}}/close", close_convoy)
-    app.router.add_get(f"{t}/status", town_status)
-    app.router.add_get(f"{t}/invariants", invariants)

@@ -1,6 +1,10 @@
 """Git names both sides accept: they end up in ``git`` argv, so an option-like or odd one is refused."""
 from __future__ import annotations
 
+from typing import Annotated
+
+from pydantic import AfterValidator, Field
+
 _URL_PREFIXES = ("https://", "http://", "ssh://", "git@", "file://")
 _REF_FORBIDDEN = " ~^:?*[\\"
 
@@ -15,3 +19,10 @@ def check_git_ref(v: str) -> str:
     if v.startswith("-") or ".." in v or any(c in v for c in _REF_FORBIDDEN):
         raise ValueError("not a valid git ref name")
     return v
+
+
+# The same rules as pydantic types; the ``pattern`` only documents (the check function decides).
+GitUrl = Annotated[str, Field(min_length=1, max_length=2048, json_schema_extra={"pattern": "^(https?://|ssh://|git@|file://|/)"}),
+                   AfterValidator(check_git_url)]
+GitRef = Annotated[str, Field(min_length=1, max_length=200, json_schema_extra={"pattern": r"^[^-\s~^:?*\[\\][^\s~^:?*\[\\]*$"}),
+                   AfterValidator(check_git_ref)]

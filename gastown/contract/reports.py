@@ -13,7 +13,7 @@ from typing import Annotated, Literal, Optional
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from gastown.contract.agents import AgentStateName, RoleName
-from gastown.core.ids import is_valid_id
+from gastown.core.ids import ID_PATTERN, is_valid_id
 
 
 def check_id(v: str) -> str:
@@ -54,7 +54,7 @@ def _empty_to_none(v: str) -> str | None:
     return v or None
 
 
-Id = Annotated[str, Field(min_length=1, max_length=64), AfterValidator(check_id)]
+Id = Annotated[str, Field(min_length=1, max_length=64, json_schema_extra={"pattern": ID_PATTERN}), AfterValidator(check_id)]
 EpochMs = Annotated[int | float | str, AfterValidator(to_epoch_ms)]
 ShortText = Annotated[str, Field(min_length=1, max_length=200)]
 # Optional text where the container may send "" for "nothing yet": stored as NULL, not refused.

@@ -10,7 +10,7 @@ import json
 from typing import Any, TypeVar
 
 from aiohttp import web
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, RootModel, ValidationError
 
 from gastown.core.ids import is_valid_id
 from gastown.core.jsonlog import get_logger
@@ -103,7 +103,9 @@ async def read_model(request: web.Request, model: type[M], *, allow_empty: bool 
 
 
 def parse_model(model: type[M], data: Any) -> M:
-    if not isinstance(data, dict):
+    """``data`` as ``model`` or a 400 naming the first failing fields (a RootModel may wrap a
+    non-object body, e.g. an array)."""
+    if not isinstance(data, dict) and not issubclass(model, RootModel):
         raise ApiError(400, "INVALID_REQUEST", "request body must be a JSON object")
     try:
         return model.model_validate(data)

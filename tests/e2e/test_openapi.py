@@ -29,8 +29,8 @@ from supervisor.runtime import ContainerRuntime
 from tests.conftest import ADMIN_TOKEN, CONTROL_TOKEN, JWT_SECRET, start_body
 from worker_api import beads as bx
 from worker_api.app import create_app as create_worker_app
-from worker_api.appkeys import DB
-from worker_api.openapi import build_openapi as worker_openapi
+from worker_api.appkeys import AUTH_POLICIES, DB
+from worker_api.routes import build_openapi as worker_openapi
 
 METHODS = {"get", "post", "put", "patch", "delete"}
 
@@ -123,11 +123,12 @@ def test_worker_routes_match_document(tmp_path: Path) -> None:
     app = create_worker_app(tmp_path / "w.db", admin_token=ADMIN_TOKEN, jwt_secret=JWT_SECRET, run_reconciler=False)
     doc = worker_openapi()
     assert registered(app) == documented(doc)
+    policies = app[AUTH_POLICIES]  # what the auth middleware enforces
     for route in app.router.routes():
         if route.method == "HEAD":
             continue
         op = doc["paths"][route.resource.canonical][route.method.lower()]
-        policy = getattr(route.handler, "auth_policy", "admin")  # the middleware's fail-closed default
+        policy = policies.get(route, "admin")  # the middleware's fail-closed default
         assert op["x-gastown-auth"] == policy, f"{route.method} {route.resource.canonical}"
         assert is_public(doc, route.method, route.resource.canonical) == (policy == "public")
 

@@ -43,7 +43,7 @@ from supervisor.config import RuntimeConfig
 from supervisor.runtime import ContainerRuntime
 from tests.conftest import ADMIN_TOKEN, CONTROL_TOKEN, JWT_SECRET
 from worker_api.app import create_app as create_worker_app
-from worker_api.openapi import build_openapi as worker_openapi
+from worker_api.routes import build_openapi as worker_openapi
 
 MAX_EXAMPLES = int(os.environ.get("GASTOWN_FUZZ_EXAMPLES", "25"))
 MIN_EXAMPLES = min(MAX_EXAMPLES, 5)

@@ -15,7 +15,6 @@ from gastown.core.http import path_id, read_model
 from gastown.core.jsonlog import get_logger, register_secret
 from worker_api import beads as bx
 from worker_api.appkeys import DB, TOWN
-from worker_api.auth import admin_only, town_access
 from worker_api.models import Body
 from worker_api.scm import tokens
 
@@ -47,7 +46,6 @@ def _put_tx(conn: sqlite3.Connection, town_id: str, rig_id: str, body: ScmConfig
     return _view(conn, town_id, rig_id)
 
 
-@admin_only
 async def put_scm(request: web.Request) -> web.Response:
     body = await read_model(request, ScmConfig)
     if body.github_token:
@@ -59,7 +57,6 @@ async def put_scm(request: web.Request) -> web.Response:
     return web.json_response(view)
 
 
-@town_access
 async def get_scm(request: web.Request) -> web.Response:
     view = await request.app[DB].run(_view, request[TOWN]["town_id"], path_id(request, "r"), write=False)
     return web.json_response(view)
@@ -71,7 +68,6 @@ async def _register_stored_tokens(app: web.Application) -> None:
         register_secret(token)
 
 
-def add_routes(app: web.Application) -> None:
-    app.router.add_put("/api/towns/{t}/rigs/{r}/scm", put_scm)
-    app.router.add_get("/api/towns/{t}/rigs/{r}/scm", get_scm)
+
+def install(app: web.Application) -> None:
     app.on_startup.append(_register_stored_tokens)

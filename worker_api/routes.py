@@ -1,0 +1,177 @@
+"""Every worker route, declared once (``gastown.core.api``): the router, the auth policy the
+middleware enforces and ``/openapi.json`` all come from :data:`ROUTES`.
+
+Auth policies (``worker_api.auth``): ``public`` (none), ``admin`` (GASTOWN_ADMIN_TOKEN), ``town``
+(admin token or a container token of the path town), ``refresh`` (like town, but the container
+token may be expired). A route without a declaration does not exist; the middleware fails closed.
+"""
+from __future__ import annotations
+
+import copy
+import json
+from functools import lru_cache
+from typing import Any
+
+from aiohttp import web
+from pydantic import BaseModel
+
+from gastown.core.api import Reply, Route, mount, openapi
+from gastown.core.ids import ID_PATTERN
+from worker_api import answers as a
+from worker_api import beads as bx
+from worker_api import metrics, models as m
+from worker_api import routes_container as rc
+from worker_api import routes_tools as tools
+from worker_api import routes_towns as towns
+from worker_api import routes_user as user
+from worker_api.appkeys import AUTH_POLICIES
+from worker_api.auth import ADMIN, PUBLIC, REFRESH, TOWN_ACCESS
+from worker_api.scm import routes as scm
+
+OPENAPI_PATH = "/openapi.json"
+T, A = "/api/towns/{t}", "/api/towns/{t}/agents/{a}"
+
+ERRORS = {
+    400: "Invalid request: bad JSON, a body failing validation, a bad path id or query value",
+    401: "Missing or invalid bearer token (UNAUTHORIZED)",
+    403: "The token may not use this route or town (FORBIDDEN, ROLE_FORBIDDEN)",
+    404: "Unknown town, agent, bead, rig, convoy or nudge (*_NOT_FOUND)",
+    409: "Conflict (e.g. *_EXISTS, INVALID_TRANSITION, DEPENDENCY_CYCLE, AGENT_BUSY, CONVOY_FINISHED)",
+    413: "Body too large (PAYLOAD_TOO_LARGE)",
+}
+Q_BEADS = (
+    {"name": "status", "in": "query", "schema": {"type": "string", "enum": list(bx.BEAD_STATUSES)}},
+    {"name": "type", "in": "query", "schema": {"type": "string", "enum": list(bx.BEAD_TYPES)}},
+    {"name": "rig_id", "in": "query", "schema": {"type": "string", "pattern": ID_PATTERN}},
+)
+
+
+def route(method: str, path: str, handler: Any, op_id: str, auth: str, status: int,
+          answer: type[BaseModel] | Reply, *, body: type[BaseModel] | None = None, body_required: bool = True,
+          errors: tuple[int, ...] = (), query: tuple[dict[str, Any], ...] = (), summary: str = "") -> Route:
+    """A declaration whose error statuses follow from its shape: a token (401/403), path ids
+    (400/404), a body (400/413), a query (400), plus the route's own (e.g. 409)."""
+    codes = set(errors)
+    if auth != PUBLIC:
+        codes |= {401, 403}
+    if "{" in path:
+        codes |= {400, 404}
+    if body is not None:
+        codes |= {400, 413}
+    if query:
+        codes.add(400)
+    reply = answer if isinstance(answer, Reply) else Reply("Success", answer)
+    return Route(method.upper(), path, handler, op_id, {status: reply}, summary=summary, request=body,
+                 request_required=body_required, errors=tuple(sorted(codes)), auth=auth, query=query)
+
+
+async def openapi_handler(request: web.Request) -> web.Response:
+    return web.Response(body=_document_bytes(), content_type="application/json")
+
+
+ROUTES: tuple[Route, ...] = (
+    route("get", "/alive", towns.alive, "alive", PUBLIC, 200, a.WorkerAlive),
+    route("get", OPENAPI_PATH, openapi_handler, "openapi", PUBLIC, 200,
+          Reply("OpenAPI document", schema={"type": "object"}), summary="This document"),
+    route("get", "/metrics", metrics.metrics, "metrics", ADMIN, 200,
+          Reply("Prometheus text exposition", schema={"type": "string"}, media="text/plain"),
+          summary="Prometheus metrics of every town, read from the store at scrape time"),
+    # towns
+    route("post", "/api/towns", towns.create_town, "createTown", ADMIN, 201, a.TownCreated, body=m.CreateTown,
+          errors=(409,)),
+    route("get", T, towns.get_town, "getTown", TOWN_ACCESS, 200, a.Town),
+    route("post", f"{T}/agents", towns.create_agent, "createAgent", ADMIN, 201, a.Agent, body=m.CreateAgent,
+          errors=(409,)),
+    route("get", f"{T}/agents", towns.list_agents, "listAgents", TOWN_ACCESS, 200, a.AgentList),
+    route("get", f"{T}/container-registry", towns.get_registry, "getRegistry", TOWN_ACCESS, 200, a.RegistryAnswer),
+    route("post", f"{T}/container-registry", towns.put_registry, "putRegistry", TOWN_ACCESS, 200, a.RegistryStored,
+          body=m.Registry,
+          summary="Replace the registry; secret-looking fields are dropped (their paths in `dropped`)"),
+    route("get", f"{T}/prewarm-context", towns.prewarm_context, "prewarmContext", TOWN_ACCESS, 200,
+          a.PrewarmContext),
+    route("post", f"{T}/refresh-container-token", towns.refresh_container_token, "refreshContainerToken", REFRESH,
+          200, a.NewToken, summary="A fresh 8 h container token; the caller's token may be expired (up to 7 days)"),
+    # container-facing
+    route("post", f"{A}/heartbeat", rc.heartbeat, "heartbeat", TOWN_ACCESS, 200, a.HeartbeatAck, body=m.Heartbeat,
+          errors=(409,)),
+    route("post", f"{A}/completed", rc.completed, "completed", TOWN_ACCESS, 200, a.CompletedAck, body=m.Completed),
+    route("post", f"{A}/waiting", rc.waiting, "waiting", TOWN_ACCESS, 200, a.WaitingAck, body=m.Waiting),
+    route("post", f"{A}/done", rc.done, "done", TOWN_ACCESS, 200, a.DoneAck, body=m.Done),
+    route("post", f"{A}/eviction-context", rc.eviction_context, "evictionContext", TOWN_ACCESS, 200, a.Recorded,
+          body=m.EvictionContext),
+    route("get", f"{A}/pending-nudges", rc.pending_nudges, "pendingNudges", TOWN_ACCESS, 200, a.PendingNudges),
+    route("post", f"{A}/nudge-delivered", rc.nudge_delivered, "nudgeDelivered", TOWN_ACCESS, 200, a.Marked,
+          body=m.NudgeDelivered),
+    route("post", f"{A}/nudges", rc.enqueue_nudge, "enqueueNudge", TOWN_ACCESS, 201, a.Nudge, body=m.EnqueueNudge,
+          errors=(409,)),
+    route("post", f"{T}/container-events", rc.container_events, "containerEvents", TOWN_ACCESS, 202, a.Accepted,
+          body=m.ContainerEvent),
+    route("post", f"{T}/container-eviction", rc.container_eviction, "containerEviction", TOWN_ACCESS, 200,
+          a.DrainNonce),
+    route("post", f"{T}/container-ready", rc.container_ready, "containerReady", TOWN_ACCESS, 200, a.Cleared,
+          body=m.ContainerReady),
+    # rigs, beads, convoys
+    route("post", f"{T}/rigs", user.create_rig, "createRig", TOWN_ACCESS, 201, a.Rig, body=user.CreateRig,
+          errors=(409,)),
+    route("get", f"{T}/rigs", user.list_rigs, "listRigs", TOWN_ACCESS, 200, a.RigList),
+    route("put", f"{T}/rigs/{{r}}/scm", scm.put_scm, "putRigScm", ADMIN, 200, a.ScmView, body=scm.ScmConfig,
+          summary="Set (or with null remove) the rig's GitHub token and auto-merge delay; absent fields unchanged"),
+    route("get", f"{T}/rigs/{{r}}/scm", scm.get_scm, "getRigScm", TOWN_ACCESS, 200, a.ScmView,
+          summary="Whether a token is configured (never the token) and the auto-merge delay"),
+    route("post", f"{T}/beads", user.create_bead, "createBead", TOWN_ACCESS, 201, a.Bead, body=user.CreateBead),
+    route("get", f"{T}/beads", user.list_beads, "listBeads", TOWN_ACCESS, 200, a.BeadList, query=Q_BEADS),
+    route("get", f"{T}/beads/{{b}}", user.get_bead, "getBead", TOWN_ACCESS, 200, a.BeadView),
+    route("patch", f"{T}/beads/{{b}}", user.patch_bead, "patchBead", TOWN_ACCESS, 200, a.BeadView,
+          body=user.PatchBead, errors=(409,)),
+    route("delete", f"{T}/beads/{{b}}", user.delete_bead, "deleteBead", TOWN_ACCESS, 200, a.Deleted),
+    route("post", f"{T}/sling", user.sling, "sling", TOWN_ACCESS, 201, a.Slung, body=user.Sling),
+    route("post", f"{T}/convoys", user.create_convoy, "createConvoy", TOWN_ACCESS, 201, a.ConvoyCreated,
+          body=user.CreateConvoy, errors=(409,)),
+    route("get", f"{T}/convoys", user.list_convoys, "listConvoys", TOWN_ACCESS, 200, a.ConvoyList),
+    route("get", f"{T}/convoys/{{c}}", user.get_convoy, "getConvoy", TOWN_ACCESS, 200, a.Convoy),
+    route("post", f"{T}/convoys/{{c}}/start", user.start_convoy, "startConvoy", TOWN_ACCESS, 200, a.Convoy,
+          errors=(409,)),
+    route("post", f"{T}/convoys/{{c}}/close", user.close_convoy, "closeConvoy", TOWN_ACCESS, 200, a.Convoy),
+    route("get", f"{T}/status", user.town_status, "townStatus", TOWN_ACCESS, 200, a.TownStatus),
+    route("get", f"{T}/invariants", user.invariants, "invariants", TOWN_ACCESS, 200, a.Violations),
+    # agent tools and interventions
+    route("post", f"{T}/beads/{{b}}/close", tools.close_bead, "closeBead", TOWN_ACCESS, 200, a.BeadView,
+          body=tools.CloseBead, body_required=False),
+    route("post", f"{T}/beads/{{b}}/reassign", tools.reassign_bead, "reassignBead", TOWN_ACCESS, 200, a.BeadView,
+          body=tools.Reassign, body_required=False, errors=(409,)),
+    route("post", f"{A}/reset", tools.reset_agent, "resetAgent", TOWN_ACCESS, 200, a.Agent),
+    route("get", f"{A}/prime", tools.prime, "prime", TOWN_ACCESS, 200, a.Prime),
+    route("post", f"{A}/request-changes", tools.request_changes, "requestChanges", TOWN_ACCESS, 200,
+          a.ChangesRequested, body=tools.RequestChanges),
+    route("post", f"{T}/mail", tools.send_mail, "sendMail", TOWN_ACCESS, 201, a.MailMessage, body=tools.Mail),
+    route("get", f"{A}/mail", tools.check_mail, "checkMail", TOWN_ACCESS, 200, a.MailList),
+    route("post", f"{T}/escalations", tools.escalate, "escalate", TOWN_ACCESS, 201, a.Escalated,
+          body=tools.Escalation),
+    route("post", f"{A}/checkpoint", tools.checkpoint, "checkpoint", TOWN_ACCESS, 200, a.Saved,
+          body=tools.Checkpoint),
+)
+
+
+def install(app: web.Application) -> None:
+    """Mount :data:`ROUTES` and hand their policies to the auth middleware."""
+    app[AUTH_POLICIES] = {r: decl.auth for r, decl in mount(app, ROUTES).items()}
+    scm.install(app)
+
+
+def build_openapi() -> dict[str, Any]:
+    """A fresh copy of the worker API's OpenAPI document, generated from :data:`ROUTES`."""
+    return copy.deepcopy(_document())
+
+
+@lru_cache(maxsize=1)
+def _document() -> dict[str, Any]:
+    return openapi(ROUTES, title="gastown worker API", bearer_description="GASTOWN_ADMIN_TOKEN or a container JWT",
+                   description="Towns, agents, beads and the container-facing routes (docs/contract.md §6). Errors "
+                   'are {"error": {"code", "message"}}. Auth per operation in x-gastown-auth: public (none), admin '
+                   "(GASTOWN_ADMIN_TOKEN), town (admin token or a container token of the path town), refresh "
+                   "(like town, but the container token may be expired).", error_descriptions=ERRORS)
+
+
+@lru_cache(maxsize=1)
+def _document_bytes() -> bytes:
+    return json.dumps(_document()).encode()

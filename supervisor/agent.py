@@ -85,7 +85,7 @@ class AgentRecord:
     def fail(self, reason: str) -> bool:
         """Move to ``failed`` unless the record already left its live states: the exit watcher may
         have won the race (failed, and the crash policy moved it on to backoff or fatal)."""
-        if self.state in (AgentState.starting, AgentState.running, AgentState.stopping):
+        if self.state in (AgentState.starting, AgentState.running, AgentState.recycling, AgentState.stopping):
             self.transition(AgentState.failed, reason)
             return True
         return False

@@ -17,6 +17,7 @@ from typing import Callable
 from gastown.contract.agents import Role
 from gastown.core.jsonlog import get_logger
 from supervisor.agent import AgentRecord
+from supervisor.bringup import BringUp, Session
 from supervisor.crashloop import CrashPolicy
 from supervisor.kilo_process import KiloProcess
 from supervisor.runtime_view import RuntimeView
@@ -111,14 +112,14 @@ class HealthMonitor:
             await old_proc.stop(timeout=1.0)
             await old_client.close()
             rec.last_exit = {**old_proc.exit_info.as_dict(), "oom_suspected": False} if old_proc.exit_info else None
-            rec.transition(AgentState.starting, f"recycling: {reason}")  # no process until the new one answers
+            rec.transition(AgentState.recycling, reason)  # no process until the new one answers
             if self.rt.persistence is not None:
                 await self.rt.persistence.snapshot(rec, "recycle")
             try:
-                proc, client = await self.sup.launch_server(rec)
-                self.sup.adopt_server(rec, proc, client)
-                await client.get_session(rec.session_id)
-                await self.sup.follow_events(rec)
+                async with BringUp(self.sup, rec) as up:
+                    new = await up.spawn()
+                    await up.settle(Session.resume)
+                    await up.swap_in()
                 rec.transition(AgentState.running, "recycled")
             except Exception as e:
                 failed_here = rec.fail(f"recycle failed: {e}")  # else the exit watcher already did (and reported)
@@ -129,7 +130,8 @@ class HealthMonitor:
                 return
             self.recycled += 1
             self._recycled_at[rec.agent_id] = self.clock()
-            log.info("agent.recycled", agent_id=rec.agent_id, old_pid=old_proc.pid, new_pid=proc.pid, session_id=rec.session_id)
+            log.info("agent.recycled", agent_id=rec.agent_id, old_pid=old_proc.pid, new_pid=new.proc.pid,
+                     session_id=rec.session_id)
         await self.sup.notify(rec, Change.recycled)
 
     # -- crash loop -----------------------------------------------------------------------------

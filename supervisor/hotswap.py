@@ -13,46 +13,34 @@ from typing import Any
 
 from gastown.core.jsonlog import get_logger
 from supervisor.agent import AgentRecord
+from supervisor.bringup import STARTUP_CALL_TIMEOUT_S, BringUp, Session, SpawnTimeout
 from supervisor.errors import AgentNotRunning, ModelUpdateFailed
 from supervisor.kilo_client import KiloClient
-from supervisor.kilo_process import KiloProcess
 from supervisor.states import AgentState, Change
 from supervisor.supervisor import Supervisor
 
 log = get_logger("supervisor.hotswap")
 
 DEFAULT_SWAP_TIMEOUT_S = 20.0
-STARTUP_CALL_TIMEOUT_S = 30.0  # first calls on a fresh kilo boot its directory instance; slow under load
 
 
 class ModelRejected(ModelUpdateFailed):
     code, status = "MODEL_NOT_AVAILABLE", 422
 
 
-async def _reap_when_done(spawn: asyncio.Task, agent_id: str) -> None:
-    """Stop the server a timed-out spawn produces once it finally arrives. Cancelling this reaper
-    (shutdown) cancels the spawn too, and ``launch_server`` stops its half-started child."""
-    try:
-        proc, client = await spawn
-    except asyncio.CancelledError:
-        raise
-    except Exception:
-        return
-    log.warning("hotswap.orphan_reaped", agent_id=agent_id, pid=proc.pid)
-    await _close(proc, client)
+def _model_check(sup: Supervisor, rec: AgentRecord, model: str):  # type: ignore[no-untyped-def]
+    """The new server must offer the model; then the session is switched to it without running a
+    turn (no replayed startup prompt)."""
 
+    async def check(client: KiloClient) -> None:
+        provider, model_id = sup.model_ref(model)
+        body = await client.providers(timeout=STARTUP_CALL_TIMEOUT_S)
+        offered = next((p.get("models") or {} for p in body.get("all", []) if p.get("id") == provider), {})
+        if model_id not in offered:
+            raise ModelRejected(f"provider {provider} does not offer model {model_id}")
+        await client.prompt_async(rec.session_id, "", model=(provider, model_id), no_reply=True)
 
-async def _close(proc: KiloProcess, client: KiloClient) -> None:
-    await client.close()
-    await proc.stop(timeout=3.0)
-
-
-async def _provider_lists_model(client: KiloClient, provider: str, model_id: str) -> bool:
-    body = await client.providers(timeout=STARTUP_CALL_TIMEOUT_S)
-    for p in body.get("all", []):
-        if p.get("id") == provider:
-            return model_id in (p.get("models") or {})
-    return False
+    return check
 
 
 async def hot_swap(sup: Supervisor, agent_id: str, *, reason: str, timeout: float = DEFAULT_SWAP_TIMEOUT_S,
@@ -61,54 +49,38 @@ async def hot_swap(sup: Supervisor, agent_id: str, *, reason: str, timeout: floa
     async with sup.lock(agent_id):
         if rec.state != AgentState.running or sup.agents.get(agent_id) is not rec:
             raise AgentNotRunning(f"agent {agent_id} is {rec.state.value}, not running")
-        saved = (rec.request, rec.model, rec.small_model, rec.config_json, rec.child_env)
-        if model is not None:
-            rec.model, rec.small_model = model, small_model or rec.small_model
-            update: dict[str, Any] = {"model": model, "small_model": rec.small_model}
-            if organization_id is not None:
-                update["organization_id"] = organization_id
-            rec.request = rec.request.model_copy(update=update)
+        old = rec.process, rec.client
         t0 = time.monotonic()
-        spawn = asyncio.create_task(sup.launch_server(rec), name=f"{agent_id}:hotswap-spawn")
-        done, _ = await asyncio.wait({spawn}, timeout=timeout)
-        if not done:
-            sup.background.spawn(_reap_when_done(spawn, agent_id), f"reap:{agent_id}")
-            rec.request, rec.model, rec.small_model, rec.config_json, rec.child_env = saved
-            raise ModelUpdateFailed(f"new kilo server for {agent_id} did not start within {timeout:.0f}s", phase="spawn")
-        try:
-            proc, client = spawn.result()
-        except Exception as e:
-            rec.request, rec.model, rec.small_model, rec.config_json, rec.child_env = saved
-            raise ModelUpdateFailed(f"new kilo server for {agent_id} failed: {e}", phase="spawn") from e
-        old_proc, old_client = rec.process, rec.client
-        adopted = False
-        try:
-            await client.get_session(rec.session_id, timeout=STARTUP_CALL_TIMEOUT_S)
+        async with BringUp(sup, rec) as up:  # captures the record before the new model is set
             if model is not None:
-                provider, model_id = sup.model_ref(model)
-                if not await _provider_lists_model(client, provider, model_id):
-                    raise ModelRejected(f"provider {provider} does not offer model {model_id}")
-                # Sets the session's model without running a turn (no replayed startup prompt).
-                await client.prompt_async(rec.session_id, "", model=(provider, model_id), no_reply=True)
-            sup.adopt_server(rec, proc, client)
-            adopted = True
-            await sup.follow_events(rec)
-        except Exception as e:
-            rec.process, rec.client = old_proc, old_client
-            rec.request, rec.model, rec.small_model, rec.config_json, rec.child_env = saved
-            await _close(proc, client)
-            if adopted:
-                await sup.follow_events(rec)
-            log.warning("hotswap.rolled_back", agent_id=agent_id, reason=reason, error=str(e))
-            if isinstance(e, ModelUpdateFailed):
+                rec.model, rec.small_model = model, small_model or rec.small_model
+                update: dict[str, Any] = {"model": model, "small_model": rec.small_model}
+                if organization_id is not None:
+                    update["organization_id"] = organization_id
+                rec.request = rec.request.model_copy(update=update)
+            try:
+                new = await up.spawn(timeout)
+            except SpawnTimeout as e:
+                raise ModelUpdateFailed(f"new kilo server for {agent_id} did not start within {timeout:.0f}s",
+                                        phase="spawn") from e
+            except Exception as e:
+                raise ModelUpdateFailed(f"new kilo server for {agent_id} failed: {e}", phase="spawn") from e
+            try:
+                await up.settle(Session.resume, _model_check(sup, rec, model) if model is not None else None)
+                await up.swap_in()
+            except ModelUpdateFailed as e:
+                log.warning("hotswap.rolled_back", agent_id=agent_id, reason=reason, error=str(e))
                 raise
-            raise ModelUpdateFailed(f"hot swap of {agent_id} failed: {e}", phase="resume") from e
+            except Exception as e:
+                log.warning("hotswap.rolled_back", agent_id=agent_id, reason=reason, error=str(e))
+                raise ModelUpdateFailed(f"hot swap of {agent_id} failed: {e}", phase="resume") from e
+        old_proc, old_client = old
         if old_client is not None:
             await old_client.close()
         if old_proc is not None:
             await old_proc.stop(timeout=5.0)
         log.info("hotswap.completed", agent_id=agent_id, reason=reason, old_pid=old_proc.pid if old_proc else None,
-                 new_pid=proc.pid, session_id=rec.session_id, duration_ms=int((time.monotonic() - t0) * 1000))
+                 new_pid=new.proc.pid, session_id=rec.session_id, duration_ms=int((time.monotonic() - t0) * 1000))
     await sup.notify(rec, Change.swapped)
     return rec
 

@@ -7,12 +7,9 @@ anything else replaces it, so a prewarmed mayor can never run with stale tools o
 """
 from __future__ import annotations
 
-import asyncio
-from typing import Protocol
-
 from gastown.core.jsonlog import get_logger
 from supervisor.agent import AgentRecord
-from supervisor.config import RuntimeConfig
+from supervisor.bringup import BringUp, Host, Server, Session
 from supervisor.kilo_client import KiloApiError, KiloClient
 from supervisor.kilo_env import AgentPaths
 from supervisor.kilo_process import KiloProcess
@@ -21,22 +18,8 @@ from supervisor.models import StartAgentRequest
 log = get_logger("supervisor")
 
 
-class WarmHost(Protocol):
-    """The supervisor's bring-up steps the pool borrows (the supervisor owns the pool, so a port)."""
-
-    cfg: RuntimeConfig
-    agents: dict[str, AgentRecord]
-
-    def lock(self, agent_id: str) -> asyncio.Lock: ...
-    def build_launch(self, rec: AgentRecord, password: str) -> dict[str, str]: ...
-    def adopt_server(self, rec: AgentRecord, proc: KiloProcess, client: KiloClient) -> None: ...
-    async def prepare_workspace(self, rec: AgentRecord) -> None: ...
-    async def launch_server(self, rec: AgentRecord) -> tuple[KiloProcess, KiloClient]: ...
-    async def open_session(self, rec: AgentRecord) -> None: ...
-
-
 class PrewarmPool:
-    def __init__(self, supervisor: WarmHost) -> None:
+    def __init__(self, supervisor: Host) -> None:
         self.sup = supervisor
         self.entries: dict[str, tuple[AgentRecord, KiloProcess, KiloClient]] = {}
 
@@ -49,44 +32,37 @@ class PrewarmPool:
                 return
             rec = AgentRecord(request=req, paths=AgentPaths.for_agent(sup.cfg.data_dir, req.agent_id))
             await sup.prepare_workspace(rec)
-            proc, client = await sup.launch_server(rec)
-            try:
-                # Pays kilo's lazy directory-instance boot now, and settles the session the start
-                # will use off its path: the latest (resumed when it has messages), or a new one.
-                rec.client = client
-                await sup.open_session(rec)
-            except KiloApiError as e:
-                log.warning("mayor.prewarm_warmup_failed", agent_id=req.agent_id, error=str(e))
-            except BaseException:
-                await client.close()
-                await proc.stop(timeout=3.0)
-                raise
-            finally:
-                rec.client = None
-            self.entries[req.agent_id] = (rec, proc, client)
+            async with BringUp(sup, rec) as up:
+                server = await up.spawn()
+                try:
+                    # Pays kilo's lazy directory-instance boot now, and settles the session the start
+                    # will use off its path: the latest (resumed when it has messages), or a new one.
+                    await up.settle(Session.open)
+                except KiloApiError as e:
+                    log.warning("mayor.prewarm_warmup_failed", agent_id=req.agent_id, error=str(e))
+            self.entries[req.agent_id] = (rec, server.proc, server.client)
 
-    async def adopt(self, rec: AgentRecord) -> None:
-        """Hand a warm server to the starting ``rec`` when its env matches; otherwise stop it."""
+    async def adopt(self, rec: AgentRecord) -> Server | None:
+        """The warm server for the starting ``rec`` when its env matches (its session settled on
+        ``rec``); otherwise it is stopped and the start spawns its own."""
         entry = self.entries.pop(rec.agent_id, None)
         if entry is None:
-            return
+            return None
         pre, proc, client = entry
         env = self.sup.build_launch(rec, pre.child_env.get("KILO_SERVER_PASSWORD", ""))
         if proc.running and env == pre.child_env:
             rec.child_env, rec.prewarmed, rec.restored = env, True, pre.restored
             rec.session_id, rec.resumed = pre.session_id, pre.resumed
             rec.last_snapshot = pre.last_snapshot
-            self.sup.adopt_server(rec, proc, client)
             log.info("mayor.prewarm_reused", agent_id=rec.agent_id, pid=proc.pid)
-            return
+            return Server(proc, client)
         diff = sorted(k for k in set(env) | set(pre.child_env) if env.get(k) != pre.child_env.get(k))
         log.info("mayor.prewarm_replaced", agent_id=rec.agent_id, differing_keys=diff)
-        await client.close()
-        await proc.stop(timeout=3.0)
+        await Server(proc, client).close()
+        return None
 
     async def close(self) -> None:
         """Stop every warm server nobody adopted (container shutdown)."""
         for agent_id, (_, proc, client) in list(self.entries.items()):
             self.entries.pop(agent_id, None)
-            await client.close()
-            await proc.stop(timeout=3.0)
+            await Server(proc, client).close()

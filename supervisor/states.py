@@ -26,8 +26,9 @@ class Change(str, Enum):
 
 _ALLOWED: dict[AgentState, frozenset[AgentState]] = {
     AgentState.starting: frozenset({AgentState.running, AgentState.stopping, AgentState.failed, AgentState.exited}),
-    # running -> starting: a wedged kilo is being replaced in place (health.recycle).
-    AgentState.running: frozenset({AgentState.starting, AgentState.stopping, AgentState.failed, AgentState.exited}),
+    AgentState.running: frozenset({AgentState.recycling, AgentState.stopping, AgentState.failed, AgentState.exited}),
+    # recycling: the wedged kilo is stopped, its replacement not yet serving (health.recycle).
+    AgentState.recycling: frozenset({AgentState.running, AgentState.failed}),
     AgentState.stopping: frozenset({AgentState.exited, AgentState.failed}),
     AgentState.exited: frozenset({AgentState.starting}),
     # failed -> backoff | fatal: the crash policy's verdict on an agent restarted in place.

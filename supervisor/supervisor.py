@@ -17,6 +17,7 @@ import psutil
 from gastown.contract.agents import Role
 from gastown.core.jsonlog import get_logger, register_secret, set_town_id
 from supervisor.agent import AgentRecord
+from supervisor.bringup import BringUp, Server, Session
 from supervisor.config import RuntimeConfig
 from supervisor.errors import (
     AgentNotFound,
@@ -160,16 +161,19 @@ class Supervisor:
     async def _launch(self, rec: AgentRecord) -> None:
         req = rec.request
         await self.prepare_workspace(rec)
-        await self.prewarm_pool.adopt(rec)
-        if rec.process is None:
-            await self.spawn_server(rec)
+        warm = await self.prewarm_pool.adopt(rec)
         try:
-            await self.open_session(rec)
+            await self._bring_up(rec, warm)
         except KiloApiError as e:
             if not rec.restored:
                 raise
-            await self._retry_without_restored_db(rec, e)
-        await self.follow_events(rec)
+            # A restored DB kilo cannot use (written by another CLI version): drop it and start
+            # once more on a fresh DB rather than failing the agent for ever.
+            log.warning("agent.restored_db_refused", agent_id=rec.agent_id, error=str(e))
+            rec.restored, rec.session_id = False, None
+            for hook in self.stale_db_hooks:
+                await hook(rec)
+            await self._bring_up(rec, None)
         rec.transition(AgentState.running)
         if req.role == Role.mayor and self.mayor_ready_at is None:
             self.mayor_ready_at = time.time()
@@ -185,16 +189,17 @@ class Supervisor:
                    "GIT_TERMINAL_PROMPT": "0", **git_identity(rec.request)}
         await asyncio.to_thread(prepare_workspace, rec.request, rec.paths.workdir, git_env)
 
-    async def spawn_server(self, rec: AgentRecord) -> None:
-        """Spawn kilo for ``rec``, wait until it answers, and make it the agent's server."""
-        proc, client = await self.launch_server(rec)
-        self.adopt_server(rec, proc, client)
+    async def _bring_up(self, rec: AgentRecord, warm: Server | None) -> None:
+        async with BringUp(self, rec, warm) as up:
+            await up.spawn()
+            await up.settle(Session.open)
+            await up.swap_in()
 
-    def adopt_server(self, rec: AgentRecord, proc: KiloProcess, client: KiloClient) -> None:
-        rec.process, rec.client = proc, client
-        rec.spawn_task(self._watch_exit(rec, proc), "watch")
+    def adopt_server(self, rec: AgentRecord, server: Server) -> None:
+        rec.process, rec.client = server.proc, server.client
+        rec.spawn_task(self._watch_exit(rec, server.proc), "watch")
 
-    async def launch_server(self, rec: AgentRecord) -> tuple[KiloProcess, KiloClient]:
+    async def launch_server(self, rec: AgentRecord) -> Server:
         """Start a kilo server with ``rec``'s current config without touching ``rec``'s live one
         (hot swaps run the new server beside the old). On failure nothing is left running."""
         for hook in self.spawn_hooks:
@@ -215,7 +220,7 @@ class Supervisor:
                                              stderr_tail="\n".join(proc.stderr_tail))
                     await asyncio.sleep(0.1)
                 rec.child_env = env
-                return proc, client
+                return Server(proc, client)
             except BaseException as e:
                 await proc.stop(timeout=3.0)
                 # A child that dies before listening is usually a lost port race: retry on a new port.
@@ -226,36 +231,24 @@ class Supervisor:
                             stderr_tail=e.stderr_tail[-500:])
         raise AssertionError("unreachable")
 
-    async def _retry_without_restored_db(self, rec: AgentRecord, error: Exception) -> None:
-        """A restored DB kilo cannot use (written by another CLI version): drop it and start once more
-        on a fresh DB rather than failing the agent for ever."""
-        log.warning("agent.restored_db_refused", agent_id=rec.agent_id, error=str(error))
-        await self.kill_agent_process(rec)
-        rec.process, rec.client, rec.restored, rec.session_id = None, None, False, None
-        for hook in self.stale_db_hooks:
-            await hook(rec)
-        await self.spawn_server(rec)
-        await self.open_session(rec)
-
-    async def open_session(self, rec: AgentRecord) -> None:
+    async def open_session(self, rec: AgentRecord, client: KiloClient) -> None:
         """Only the mayor resumes its latest session; every other role gets a fresh one per start.
 
         A resumed session never gets the startup prompt again, but one without any message never
         had it (prewarmed and not adopted, or the container died between create and prompt): that
         one is taken as new and prompted. An adopted prewarm has settled this already."""
-        assert rec.client is not None
         if rec.session_id is not None:
             return
         rec.resumed = False
         if rec.request.role == Role.mayor:
-            latest = await rec.client.latest_session()
+            latest = await client.latest_session()
             if latest is not None:
                 rec.session_id = latest["id"]
-                rec.resumed = await rec.client.has_messages(latest["id"])
+                rec.resumed = await client.has_messages(latest["id"])
                 if not rec.resumed:
                     log.info("mayor.empty_session_prompted", agent_id=rec.agent_id, session_id=rec.session_id)
                 return
-        session = await rec.client.create_session(f"{rec.request.role.value} {rec.request.name}")
+        session = await client.create_session(f"{rec.request.role.value} {rec.request.name}")
         rec.session_id = session["id"]
 
     def model_ref(self, model: str) -> tuple[str, str]:

@@ -15,12 +15,14 @@ class Role(str, Enum):
 class AgentState(str, Enum):
     """A kilo-backed agent's state in its container (``status`` in AgentStatus and heartbeats).
 
+    ``recycling``: a wedged kilo is being replaced in place, same session (alive to the worker).
     ``backoff``: crashed, an in-place restart is scheduled (alive to the worker: do not re-dispatch).
     ``fatal``: a crash loop; no automatic restart until the policy's quiet period has passed or a
     new start clears it (stopped to the worker)."""
 
     starting = "starting"
     running = "running"
+    recycling = "recycling"
     stopping = "stopping"
     exited = "exited"
     failed = "failed"
@@ -30,12 +32,12 @@ class AgentState(str, Enum):
 
 # The same names as literal types, for the worker's strict request models.
 RoleName = Literal["mayor", "polecat", "refinery", "triage"]
-AgentStateName = Literal["starting", "running", "stopping", "exited", "failed", "backoff", "fatal"]
+AgentStateName = Literal["starting", "running", "recycling", "stopping", "exited", "failed", "backoff", "fatal"]
 assert get_args(RoleName) == tuple(r.value for r in Role)
 assert get_args(AgentStateName) == tuple(s.value for s in AgentState)
 
 ROLES: tuple[str, ...] = get_args(RoleName)
-ACTIVE_STATES = frozenset({AgentState.starting, AgentState.running})
+ACTIVE_STATES = frozenset({AgentState.starting, AgentState.running, AgentState.recycling})
 STOPPED_STATES = frozenset({AgentState.exited, AgentState.failed, AgentState.fatal})
 # The worker's view of a container's answer: stopped, or unknown to the container at all.
 NOT_FOUND = "not_found"

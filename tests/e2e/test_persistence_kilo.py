@@ -172,7 +172,7 @@ async def test_prewarm_failing_after_its_kilo_started_leaves_no_kilo(worker, fak
     sup = container.runtime.supervisor
     seen: list[int] = []
 
-    async def broken_open_session(rec):
+    async def broken_open_session(rec, client):
         seen.extend(p.pid for p in kilo_processes())
         raise RuntimeError("injected failure after spawn")
 

@@ -28,8 +28,8 @@ async def test_wedged_child_sigstopped_is_recycled_and_session_resumed(runtime_c
     monitor.probe_timeout_s, monitor.failures = 1.0, 3  # tight only now: a loaded box is slow while starting
     os.kill(body["pid"], signal.SIGSTOP)
     # Detection takes failures × (interval + probe timeout) ≈ 4.5 s; the replacement is a kilo boot,
-    # which on a loaded 2-core box takes tens of seconds. While it boots the agent is "starting".
-    st = await container.wait_status("polecat-1", lambda b: b["status"] == "starting", timeout=30)
+    # which on a loaded 2-core box takes tens of seconds. While it boots the agent is "recycling".
+    st = await container.wait_status("polecat-1", lambda b: b["status"] == "recycling", timeout=30)
     assert st["pid"] is None and st["last_exit"]["signal"] == signal.SIGKILL
     # Back to patient probes: a new kilo on a loaded box is slow to answer while it boots its instance.
     monitor.probe_timeout_s, monitor.failures = runtime_config.health_timeout_s, runtime_config.health_failures

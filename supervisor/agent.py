@@ -12,17 +12,24 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from gastown.contract.wire import epoch_ms
-from gastown.core.jsonlog import get_logger
 from supervisor.events import SERVER_EVENTS, EventBuffer, event_session_id
 from supervisor.kilo_client import KiloClient
 from supervisor.kilo_env import AgentPaths
 from supervisor.kilo_process import KiloProcess
 from supervisor.models import StartAgentRequest
-from supervisor.states import ACTIVE_STATES, AgentState, check_transition
-
-log = get_logger("supervisor.agent")
+from supervisor.states import ACTIVE_STATES, AgentState, Transition, check_transition
 
 RSS_CACHE_S = 1.0
+
+
+@dataclass
+class Liveness:
+    """The health monitor's memory of one agent life (a recycle keeps the life, a start makes a new one)."""
+
+    misses: int = 0  # consecutive unanswered health probes
+    recycled_at: float | None = None  # monitor clock of the last recycle
+    grace_s: float | None = None  # how long a recycled kilo may boot before it is probed again
+    crash_counted: bool = False  # this life's crash is on the crash policy's books already
 
 
 @dataclass
@@ -54,8 +61,9 @@ class AgentRecord:
     events: EventBuffer = field(default_factory=EventBuffer)
     tasks: set[asyncio.Task] = field(default_factory=set)
     event_task: asyncio.Task | None = None
+    liveness: Liveness = field(default_factory=Liveness)
     _rss_cache: tuple[int, float, int] | None = None
-    on_event: Callable[["AgentRecord", dict[str, Any]], None] | None = None
+    on_transition: Callable[[Transition], None] | None = None
 
     def __post_init__(self) -> None:
         self.model = self.model or self.request.model
@@ -77,10 +85,8 @@ class AgentRecord:
         self.state = new
         if reason is not None and new != AgentState.backoff:  # backoff keeps the crash's reason
             self.exit_reason = reason if new not in ACTIVE_STATES else None
-        log.info(
-            "agent.state_changed", agent_id=self.agent_id, run_id=self.run_id, role=self.request.role.value,
-            old=old.value, new=new.value, reason=reason,
-        )
+        if self.on_transition is not None:
+            self.on_transition(Transition(self.agent_id, self.run_id, self.request.role.value, old, new, reason))
 
     def fail(self, reason: str) -> bool:
         """Move to ``failed`` unless the record already left its live states: the exit watcher may

@@ -48,10 +48,6 @@ class HealthMonitor:
         self.wedge_policy = wedge_policy or CrashPolicy(
             max_crashes=WEDGE_LOOP_MAX, window_s=WEDGE_LOOP_WINDOW_S, base_delay_s=1.0,
             max_delay_s=RECYCLE_GRACE_MAX_S / RECYCLE_GRACE_S, clock=lambda: self.clock())
-        self._misses: dict[str, int] = {}
-        self._recycled_at: dict[str, float] = {}
-        self._grace: dict[str, float] = {}
-        self._crashed_runs: set[str] = set()
         self.recycled = 0
         self.sup.change_hooks.append(self._on_change)
 
@@ -64,23 +60,22 @@ class HealthMonitor:
         proc = rec.process
         if proc is None or not proc.running:
             return
-        recycled = self._recycled_at.get(rec.agent_id)
-        grace = self._grace.get(rec.agent_id, self.recycle_grace_s)
-        if recycled is not None and self.clock() - recycled < grace:
+        life = rec.liveness
+        grace = life.grace_s if life.grace_s is not None else self.recycle_grace_s
+        if life.recycled_at is not None and self.clock() - life.recycled_at < grace:
             return  # a kilo just recycled is busy booting its instance: give it time, no recycle loop
         if await rec.client.health(timeout=self.probe_timeout_s):
-            self._misses.pop(rec.agent_id, None)
+            life.misses = 0
             return
-        misses = self._misses.get(rec.agent_id, 0) + 1
-        self._misses[rec.agent_id] = misses
-        log.warning("agent.health_miss", agent_id=rec.agent_id, misses=misses, threshold=self.failures)
-        if misses >= self.failures and rec.process is proc:
-            self._misses.pop(rec.agent_id, None)
+        life.misses += 1
+        log.warning("agent.health_miss", agent_id=rec.agent_id, misses=life.misses, threshold=self.failures)
+        if life.misses >= self.failures and rec.process is proc:
+            life.misses = 0
             factor = self.wedge_policy.record_crash(rec.agent_id)
             if factor is None:
                 await self.give_up(rec, proc)
                 return
-            self._grace[rec.agent_id] = self.recycle_grace_s * factor
+            life.grace_s = self.recycle_grace_s * factor
             await self.recycle(rec, "wedged: /global/health unanswered")
 
     async def give_up(self, rec: AgentRecord, proc: KiloProcess) -> None:
@@ -90,7 +85,7 @@ class HealthMonitor:
                 return
             count = self.wedge_policy.crash_count(rec.agent_id)
             self.wedge_policy.clear(rec.agent_id)
-            self._grace.pop(rec.agent_id, None)
+            rec.liveness.grace_s = None
             reason = f"wedge loop: {count} wedges within {int(self.wedge_policy.window_s)} s; not recycled again"
             log.error("agent.wedge_loop", agent_id=rec.agent_id, run_id=rec.run_id, wedges=count)
             await self.sup.kill_agent_process(rec)
@@ -129,7 +124,7 @@ class HealthMonitor:
                     await self.rt.worker.completed(rec.agent_id, "failed", rec.exit_reason)
                 return
             self.recycled += 1
-            self._recycled_at[rec.agent_id] = self.clock()
+            rec.liveness.recycled_at = self.clock()
             log.info("agent.recycled", agent_id=rec.agent_id, old_pid=old_proc.pid, new_pid=new.proc.pid,
                      session_id=rec.session_id)
         await self.sup.notify(rec, Change.recycled)
@@ -139,16 +134,15 @@ class HealthMonitor:
         if what == Change.started and rec.restarts == 0:
             self.policy.clear(rec.agent_id)  # a start from the API clears FATAL and the wedge count
             self.wedge_policy.clear(rec.agent_id)
-            self._grace.pop(rec.agent_id, None)
         if what == Change.crashed and rec.request.role == Role.mayor:
             self._crashed(rec)
 
     def _crashed(self, rec: AgentRecord) -> None:
         """One more crash of the mayor: BACKOFF and a restart after the delay, or FATAL after a crash
         loop. Once per process life: a kilo killed mid-start is seen both exiting and failing its start."""
-        if self.rt.draining or rec.run_id in self._crashed_runs:
+        if self.rt.draining or rec.liveness.crash_counted:
             return
-        self._crashed_runs.add(rec.run_id)
+        rec.liveness.crash_counted = True
         delay = self.policy.record_crash(rec.agent_id)
         crashes = self.policy.crash_count(rec.agent_id)
         if delay is None:

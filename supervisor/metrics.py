@@ -14,7 +14,7 @@ from prometheus_client.registry import Collector
 
 from supervisor.agent import AgentRecord
 from supervisor.runtime_view import RuntimeView
-from supervisor.states import AgentState, Change
+from supervisor.states import AgentState, Change, Transition
 from supervisor.telemetry import runtime_rss_bytes
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -52,11 +52,16 @@ class Metrics:
         self.crashes = Counter("gastown_agent_crashes_total", "Unexpected kilo exits", ["role"], registry=r)
         self.restarts = Counter("gastown_agent_restarts_total", "In-place restarts and swaps", ["reason"], registry=r)
         self.stops = Counter("gastown_agent_stops_total", "Agent stops", ["reason"], registry=r)
+        self.transitions = Counter("gastown_agent_transitions_total", "Agent state changes", ["from", "to"], registry=r)
         self.snapshot_bytes = Counter("gastown_snapshot_bytes_total", "Bytes of kilo.db snapshots uploaded", registry=r)
         self.snapshot_seconds = Histogram("gastown_snapshot_seconds", "Snapshot + upload duration", registry=r)
         self.snapshot_failures = Counter("gastown_snapshot_failures_total", "Snapshots that failed", registry=r)
         r.register(_Live(rt))
         rt.supervisor.change_hooks.append(self._on_change)
+        rt.supervisor.transition_hooks.append(self._on_transition)
+
+    def _on_transition(self, rec: AgentRecord, t: Transition) -> None:
+        self.transitions.labels(t.old.value, t.new.value).inc()
 
     def _on_change(self, rec: AgentRecord, what: Change) -> None:
         role = rec.request.role.value

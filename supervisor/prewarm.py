@@ -11,7 +11,6 @@ from gastown.core.jsonlog import get_logger
 from supervisor.agent import AgentRecord
 from supervisor.bringup import BringUp, Host, Server, Session
 from supervisor.kilo_client import KiloApiError, KiloClient
-from supervisor.kilo_env import AgentPaths
 from supervisor.kilo_process import KiloProcess
 from supervisor.models import StartAgentRequest
 
@@ -30,7 +29,7 @@ class PrewarmPool:
             current = sup.agents.get(req.agent_id)
             if req.agent_id in self.entries or (current is not None and current.active):
                 return
-            rec = AgentRecord(request=req, paths=AgentPaths.for_agent(sup.cfg.data_dir, req.agent_id))
+            rec = sup.new_record(req)
             await sup.prepare_workspace(rec)
             async with BringUp(sup, rec) as up:
                 server = await up.spawn()

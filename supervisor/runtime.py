@@ -26,7 +26,7 @@ from supervisor.metrics import Metrics
 from supervisor.models import StartAgentRequest
 from supervisor.persistence import Persistence
 from supervisor.registry import RegistrySync
-from supervisor.states import Change
+from supervisor.states import AgentState, Change, Transition
 from supervisor.supervisor import Supervisor
 from supervisor.tasks import TaskOwner, every
 from supervisor.telemetry import log_memory
@@ -65,10 +65,16 @@ class ContainerRuntime:
         self.hydrator = Hydrator(self.supervisor, concurrency=cfg.hydration_concurrency)
         self.hydration_steps.append(self.hydrator.run)
         self.supervisor.change_hooks.append(self._on_change)
+        self.supervisor.transition_hooks.append(self._on_transition)
 
     async def _on_change(self, rec: AgentRecord, what: Change) -> None:
+        self.registry.mark_dirty()  # a message or a swap changes no state but may change the request
+
+    def _on_transition(self, rec: AgentRecord, t: Transition) -> None:
+        """The registry follows every state change; the worker hears of a serving agent at once
+        (a start, a restart in place, a recycled kilo) instead of at the next heartbeat tick."""
         self.registry.mark_dirty()
-        if what == Change.started:
+        if t.new == AgentState.running:
             self.tasks.spawn(self.heartbeats.beat(rec), f"heartbeat:{rec.agent_id}")
 
     async def start(self) -> None:

@@ -5,16 +5,32 @@ silently corrupting the record.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import Enum
 
 from gastown.contract.agents import ACTIVE_STATES, STOPPED_STATES, AgentState
 
-__all__ = ["ACTIVE_STATES", "STOPPED_STATES", "AgentState", "Change", "IllegalTransition", "check_transition"]
+__all__ = ["ACTIVE_STATES", "STOPPED_STATES", "AgentState", "Change", "IllegalTransition", "Transition",
+           "check_transition"]
+
+
+@dataclass(frozen=True)
+class Transition:
+    """One state change of one agent life, told synchronously to every transition hook of the
+    supervisor (the log line, metrics, registry sync, heartbeats) the moment it happens."""
+
+    agent_id: str
+    run_id: str
+    role: str
+    old: AgentState
+    new: AgentState
+    reason: str | None
 
 
 class Change(str, Enum):
-    """What happened to an agent, told once to every change hook of the supervisor (heartbeats,
-    registry sync, metrics, idle timers, persistence, the health monitor)."""
+    """What happened to an agent (a start, a crash, a delivered message: one or several
+    transitions, or none), told once to every change hook of the supervisor after the agent's lock
+    is released (registry sync, metrics, idle timers, persistence, the health monitor)."""
 
     started = "started"  # serving: a start, an in-place restart, a resume or an adopted prewarm
     failed = "failed"  # a start that did not come up, or a wedge loop

@@ -39,7 +39,7 @@ from supervisor.kilo_env import (
 from supervisor.kilo_process import KiloProcess, KiloStartError, allocate_port
 from supervisor.models import StartAgentRequest, public_request
 from supervisor.prewarm import PrewarmPool
-from supervisor.states import AgentState, Change
+from supervisor.states import AgentState, Change, Transition
 from supervisor.tasks import TaskOwner
 from supervisor.worker_client import WorkerClient
 from supervisor.workspace import prepare_workspace
@@ -50,6 +50,12 @@ SPAWN_ATTEMPTS = 2
 
 ChangeHook = Callable[[AgentRecord, Change], Awaitable[None] | None]
 EventHook = Callable[[AgentRecord, dict[str, Any]], Awaitable[None] | None]
+TransitionHook = Callable[[AgentRecord, Transition], None]
+
+
+def log_transition(rec: AgentRecord, t: Transition) -> None:
+    log.info("agent.state_changed", agent_id=t.agent_id, run_id=t.run_id, role=t.role, old=t.old.value,
+             new=t.new.value, reason=t.reason)
 
 
 class Supervisor:
@@ -60,6 +66,7 @@ class Supervisor:
         self._locks: dict[str, asyncio.Lock] = {}
         self.mayor_ready_at: float | None = None
         self.change_hooks: list[ChangeHook] = []
+        self.transition_hooks: list[TransitionHook] = [log_transition]
         self.event_hooks: list[EventHook] = []
         # Awaited before every kilo spawn (snapshot restore, admission; tests inject faults here).
         self.spawn_hooks: list[Callable[[AgentRecord], Awaitable[None]]] = []
@@ -71,6 +78,19 @@ class Supervisor:
     # -- plumbing -------------------------------------------------------------------------------
     def lock(self, agent_id: str) -> asyncio.Lock:
         return self._locks.setdefault(agent_id, asyncio.Lock())
+
+    def new_record(self, req: StartAgentRequest) -> AgentRecord:
+        """A record for one life of ``req``'s agent, its transitions told to the transition hooks."""
+        rec = AgentRecord(request=req, paths=AgentPaths.for_agent(self.cfg.data_dir, req.agent_id))
+        rec.on_transition = lambda t: self._transitioned(rec, t)
+        return rec
+
+    def _transitioned(self, rec: AgentRecord, t: Transition) -> None:
+        for hook in self.transition_hooks:
+            try:
+                hook(rec, t)
+            except Exception:
+                log.error("supervisor.transition_hook_failed", exc_info=True, agent_id=t.agent_id, new=t.new.value)
 
     def get(self, agent_id: str) -> AgentRecord:
         rec = self.agents.get(agent_id)
@@ -119,7 +139,7 @@ class Supervisor:
                 log.info("agent.restart_for_new_request", agent_id=req.agent_id)
                 await self._stop_locked(existing, "restarted")
             self._check_memory()
-            rec = AgentRecord(request=req, paths=AgentPaths.for_agent(self.cfg.data_dir, req.agent_id))
+            rec = self.new_record(req)
             if existing is not None:
                 rec.last_exit = existing.last_exit
             if restart_of is not None:

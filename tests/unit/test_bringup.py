@@ -169,3 +169,29 @@ def test_recycling_is_a_state_of_its_own_between_running_and_running_or_failed()
                      (AgentState.starting, AgentState.recycling), (AgentState.recycling, AgentState.exited)):
         with pytest.raises(IllegalTransition):
             check_transition(old, new)
+
+
+async def test_every_transition_is_one_typed_event_that_metrics_heartbeats_and_hooks_receive(tmp_path):
+    from supervisor.config import RuntimeConfig
+    from supervisor.runtime import ContainerRuntime
+
+    rt = ContainerRuntime(RuntimeConfig(data_dir=tmp_path / "d"))
+    seen = []
+
+    def broken(rec, t):  # noqa: ANN001 - a failing subscriber must not stop the transition
+        raise RuntimeError("subscriber bug")
+
+    rt.supervisor.transition_hooks[1:1] = [broken]
+    rt.supervisor.transition_hooks.append(lambda rec, t: seen.append(t))
+    rec = rt.supervisor.new_record(StartAgentRequest.model_validate(start_body()))
+    rec.transition(AgentState.running)
+    rec.transition(AgentState.recycling, "wedged")
+    assert rec.state == AgentState.recycling
+    assert [(t.agent_id, t.role, t.old, t.new, t.reason) for t in seen] == [
+        ("polecat-1", "polecat", AgentState.starting, AgentState.running, None),
+        ("polecat-1", "polecat", AgentState.running, AgentState.recycling, "wedged")]
+    metrics = rt.metrics.render().decode()
+    assert 'gastown_agent_transitions_total{from="starting",to="running"} 1.0' in metrics
+    assert 'gastown_agent_transitions_total{from="running",to="recycling"} 1.0' in metrics
+    assert [t.get_name() for t in rt.tasks.pending()] == ["runtime:heartbeat:polecat-1"]  # on → running only
+    await rt.shutdown()

@@ -122,7 +122,7 @@ def wedged_agent(tmp_path, clock: Clock, failures: int):  # noqa: ANN001, ANN201
 
     async def recycle(r, reason):  # noqa: ANN001
         recycle_times.append(clock.t)
-        monitor._recycled_at[r.agent_id] = clock()
+        r.liveness.recycled_at = clock()
 
     monitor.recycle = recycle
     return rt, monitor, rec, stand_in, recycle_times
@@ -132,7 +132,7 @@ async def test_recycled_kilo_gets_a_grace_period_instead_of_a_recycle_loop(tmp_p
     """Under load a kilo just recycled is slow to answer while it boots: tight probes recycled it
     again and again, each time killing the turn it had just been given."""
     clock = Clock()
-    rt, monitor, _, _, recycles = wedged_agent(tmp_path, clock, failures=2)
+    rt, monitor, rec, _, recycles = wedged_agent(tmp_path, clock, failures=2)
     monitor.recycle_grace_s = 30.0
     await monitor.probe_all()
     await monitor.probe_all()
@@ -140,7 +140,7 @@ async def test_recycled_kilo_gets_a_grace_period_instead_of_a_recycle_loop(tmp_p
     for _ in range(5):  # inside the grace: not even counted
         clock.t += 5
         await monitor.probe_all()
-    assert len(recycles) == 1 and "polecat-1" not in monitor._misses
+    assert len(recycles) == 1 and rec.liveness.misses == 0
     clock.t += 10  # past it: probed again
     await monitor.probe_all()
     await monitor.probe_all()

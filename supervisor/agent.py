@@ -30,6 +30,7 @@ class Liveness:
     recycled_at: float | None = None  # monitor clock of the last recycle
     grace_s: float | None = None  # how long a recycled kilo may boot before it is probed again
     crash_counted: bool = False  # this life's crash is on the crash policy's books already
+    running_since: float | None = None  # monitor clock when this life last reached running
 
 
 @dataclass

@@ -81,6 +81,7 @@ class RuntimeConfig:
     health_failures: int = 3
     crash_loop_max: int = 5
     crash_backoff_s: float = 1.0
+    start_window_s: float = 10.0  # serving this long before a crash: restarted at once (supervisord's startsecs)
     min_free_memory_mb: float = 0.0
     store_env: dict[str, str] | None = None  # AWS_* for the snapshot store (None: the process env)
 
@@ -120,6 +121,7 @@ class RuntimeConfig:
             health_failures=max(1, int(_float(env, "GASTOWN_HEALTH_FAILURES", 3))),
             crash_loop_max=max(1, int(_float(env, "GASTOWN_CRASH_LOOP_MAX", 5))),
             crash_backoff_s=_float(env, "GASTOWN_CRASH_BACKOFF_S", 1.0),
+            start_window_s=_float(env, "GASTOWN_START_WINDOW_S", 10.0),
             min_free_memory_mb=_float(env, "GASTOWN_MIN_FREE_MEMORY_MB", 0.0),
             store_env={k: v for k, v in env.items() if k.startswith("AWS_")},
         )

@@ -1,8 +1,11 @@
-"""Crash policy for agents restarted in place (the mayor): exponential backoff, then FATAL.
+"""Crash policy for agents restarted in place (the mayor), after supervisord's model.
 
-Pure bookkeeping over an injected clock, so tests are deterministic. A crash loop (``max_crashes``
-within ``window_s``) ends in FATAL: no more automatic restarts until a quiet period (``decay_s``)
-has passed or an operator/worker start clears it.
+An exit after the agent had been serving for ``start_window_s`` (supervisord's ``startsecs``) is
+restarted at once: a mayor that crashed once after hours of work costs no added delay. An exit
+during that window (or a start that failed), and every further crash inside ``window_s``, waits a
+backoff that doubles; ``max_crashes`` within ``window_s`` is a crash loop and ends in FATAL: no
+more automatic restarts until a quiet period (``decay_s``) has passed or a new start clears it.
+Pure bookkeeping over an injected clock, so tests are deterministic.
 """
 from __future__ import annotations
 
@@ -24,20 +27,24 @@ class CrashPolicy:
     base_delay_s: float = 1.0
     max_delay_s: float = 60.0
     decay_s: float = 900.0
+    start_window_s: float = 10.0
     clock: Callable[[], float] = time.monotonic
     _history: dict[str, CrashHistory] = field(default_factory=dict)
 
     def _h(self, agent_id: str) -> CrashHistory:
         return self._history.setdefault(agent_id, CrashHistory())
 
-    def record_crash(self, agent_id: str) -> float | None:
-        """Register a crash; the delay before the next restart, or None when the agent is now FATAL."""
+    def record_crash(self, agent_id: str, ran_s: float = 0.0) -> float | None:
+        """Register a crash of a process that had served for ``ran_s`` seconds; the delay before
+        the next restart (0: at once), or None when the agent is now FATAL."""
         now = self.clock()
         h = self._h(agent_id)
         h.crashes = [t for t in h.crashes if now - t <= self.window_s] + [now]
         if len(h.crashes) >= self.max_crashes:
             h.fatal_since = now
             return None
+        if ran_s >= self.start_window_s and len(h.crashes) == 1:
+            return 0.0
         return min(self.max_delay_s, self.base_delay_s * 2 ** (len(h.crashes) - 1))
 
     def is_fatal(self, agent_id: str) -> bool:

@@ -5,8 +5,9 @@
   data dir, and the same session resumed (no prompt replayed). Each recycle buys a grace period
   that doubles (a kilo that keeps wedging is given longer to boot); a wedge loop — too many
   recycles within the window — fails the agent and reports it, rather than recycling forever.
-* Crash of the mayor: restarted in place after the crash policy's backoff; a crash loop ends in
-  FATAL (reported to the worker) until it decays or a new start clears it.
+* Crash of the mayor: restarted in place, at once when it had been serving for the policy's start
+  window, else after its backoff; a crash loop ends in FATAL (reported to the worker) until it
+  decays or a new start clears it (``supervisor/crashloop.py``).
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from supervisor.bringup import BringUp, Session
 from supervisor.crashloop import CrashPolicy
 from supervisor.kilo_process import KiloProcess
 from supervisor.runtime_view import RuntimeView
-from supervisor.states import AgentState, Change
+from supervisor.states import AgentState, Change, Transition
 from supervisor.tasks import Sleep
 
 log = get_logger("supervisor.health")
@@ -50,6 +51,11 @@ class HealthMonitor:
             max_delay_s=RECYCLE_GRACE_MAX_S / RECYCLE_GRACE_S, clock=lambda: self.clock())
         self.recycled = 0
         self.sup.change_hooks.append(self._on_change)
+        self.sup.transition_hooks.append(self._on_transition)
+
+    def _on_transition(self, rec: AgentRecord, t: Transition) -> None:
+        if t.new == AgentState.running:
+            rec.liveness.running_since = self.clock()
 
     # -- wedge ----------------------------------------------------------------------------------
     async def probe_all(self) -> None:
@@ -108,8 +114,8 @@ class HealthMonitor:
             await old_client.close()
             rec.last_exit = {**old_proc.exit_info.as_dict(), "oom_suspected": False} if old_proc.exit_info else None
             rec.transition(AgentState.recycling, reason)  # no process until the new one answers
-            if self.rt.persistence is not None:
-                await self.rt.persistence.snapshot(rec, "recycle")
+            if self.rt.persistence is not None:  # its copy is taken before the new kilo spawns
+                self.rt.persistence.schedule(rec, "recycle")
             try:
                 async with BringUp(self.sup, rec) as up:
                     new = await up.spawn()
@@ -143,7 +149,9 @@ class HealthMonitor:
         if self.rt.draining or rec.liveness.crash_counted:
             return
         rec.liveness.crash_counted = True
-        delay = self.policy.record_crash(rec.agent_id)
+        since = rec.liveness.running_since
+        ran_s = self.clock() - since if since is not None else 0.0
+        delay = self.policy.record_crash(rec.agent_id, ran_s)
         crashes = self.policy.crash_count(rec.agent_id)
         if delay is None:
             rec.transition(AgentState.fatal, f"crash loop: {crashes} crashes; FATAL until cleared")
@@ -152,14 +160,16 @@ class HealthMonitor:
             self.rt.tasks.spawn(self._decay_later(rec), f"decay:{rec.agent_id}")
             return
         rec.transition(AgentState.backoff, f"restart in {delay:g}s")
-        log.warning("agent.restart_scheduled", agent_id=rec.agent_id, delay_s=delay, crashes=crashes)
+        log.warning("agent.restart_scheduled", agent_id=rec.agent_id, delay_s=delay, crashes=crashes,
+                    ran_s=round(ran_s, 3))
         self.rt.tasks.spawn(self._restart_later(rec, delay), f"restart:{rec.agent_id}")
 
     def _still(self, rec: AgentRecord, state: AgentState) -> bool:
         return not self.rt.draining and self.sup.agents.get(rec.agent_id) is rec and rec.state == state
 
     async def _restart_later(self, rec: AgentRecord, delay: float) -> None:
-        await self.sleep(delay)
+        if delay > 0:
+            await self.sleep(delay)
         if self._still(rec, AgentState.backoff):
             await self._restart(rec)
 

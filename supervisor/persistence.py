@@ -58,7 +58,10 @@ class Persistence:
         self.store = store
         self.instance_id = instance_id
         self._snaps: dict[str, AgentSnapshots] = {}
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._locks: dict[str, asyncio.Lock] = {}  # per agent: uploads, in the order of their copies
+        self._db_locks: dict[str, asyncio.Lock] = {}  # per agent: a restore writing the DB, a copy reading it
+        self._copies: dict[str, int] = {}  # per agent: number of the newest copy taken
+        self._uncopied: dict[str, asyncio.Event] = {}  # per agent: set once the snapshot asked for has its copy
         self._known_local: set[str] = set()
         self._queued: dict[str, asyncio.Task] = {}  # per agent: a scheduled snapshot not yet copying
         self.tasks = TaskOwner("persistence")
@@ -86,11 +89,22 @@ class Persistence:
     def _lock(self, agent_id: str) -> asyncio.Lock:
         return self._locks.setdefault(agent_id, asyncio.Lock())
 
+    def _db_lock(self, agent_id: str) -> asyncio.Lock:
+        return self._db_locks.setdefault(agent_id, asyncio.Lock())
+
     # -- restore ------------------------------------------------------------------------------
     async def before_spawn(self, rec: AgentRecord) -> None:
+        """Before a kilo may write the DB: the snapshot asked for already (the crashed process's)
+        has taken its copy, and the DB is restored unless this container wrote it. The upload runs
+        beside the new boot, so an in-place restart never waits for the store."""
         if rec.process is not None and rec.process.running:
             return
-        async with self._lock(rec.agent_id):
+        pending = self._uncopied.get(rec.agent_id)
+        if pending is not None:
+            await pending.wait()
+        if rec.agent_id in self._known_local and rec.paths.kilo_db.exists():
+            return
+        async with self._db_lock(rec.agent_id):
             await self._restore(rec)
 
     async def _restore(self, rec: AgentRecord) -> None:
@@ -148,32 +162,56 @@ class Persistence:
         queued = self._queued.get(rec.agent_id)
         if queued is not None and not queued.done():
             return queued
+        self._uncopied.setdefault(rec.agent_id, asyncio.Event())
         task = self.tasks.spawn(self.snapshot(rec, reason), f"snapshot:{rec.agent_id}")
         self._queued[rec.agent_id] = task
         return task
 
     async def snapshot(self, rec: AgentRecord, reason: str) -> dict[str, Any] | None:
-        """Take one snapshot now; failures are logged and counted, never raised."""
-        async with self._lock(rec.agent_id):
-            if self._queued.get(rec.agent_id) is asyncio.current_task():
-                del self._queued[rec.agent_id]
-            t0 = time.monotonic()
-            try:
-                info = await self.snaps(rec).snapshot_async(str(rec.paths.kilo_db))
-            except SnapshotError as e:
-                self.failed += 1
-                for observe in self.observers:
-                    observe(False, 0, time.monotonic() - t0)
-                log.error("snapshot.failed_for_agent", agent_id=rec.agent_id, reason=reason, error=str(e))
-                return None
-            if info is None:
-                return None
-            self._known_local.add(rec.agent_id)
-            self.saved += 1
-            for observe in self.observers:
-                observe(True, info.bytes, time.monotonic() - t0)
-            rec.last_snapshot = status_snapshot(info.as_dict())
-            return rec.last_snapshot
+        """Take one snapshot now: the copy at once, the upload after the uploads of older copies
+        (an older copy still waiting when a newer one exists is dropped: the newer covers it).
+        Failures are logged and counted, never raised."""
+        agent_id, snaps, db = rec.agent_id, self.snaps(rec), str(rec.paths.kilo_db)
+        if self._queued.get(agent_id) is asyncio.current_task():
+            del self._queued[agent_id]
+        uncopied = self._uncopied.pop(agent_id, None)
+        t0 = time.monotonic()
+        try:
+            async with self._db_lock(agent_id):
+                copy = await asyncio.to_thread(snaps.take_copy, db)
+            number = self._copies[agent_id] = self._copies.get(agent_id, 0) + 1
+        except SnapshotError as e:
+            return self._failed(rec, reason, e, t0)
+        finally:
+            if uncopied is not None:
+                uncopied.set()
+        if copy is None:
+            return None
+        try:
+            async with self._lock(agent_id):
+                if self._copies[agent_id] != number:
+                    return None
+                upload, copy = copy, None  # snapshot() discards it, whatever happens
+                info = await asyncio.to_thread(snaps.snapshot, db, upload)
+        except SnapshotError as e:
+            return self._failed(rec, reason, e, t0)
+        finally:
+            if copy is not None:
+                copy.discard()
+        if info is None:
+            return None
+        self._known_local.add(rec.agent_id)
+        self.saved += 1
+        for observe in self.observers:
+            observe(True, info.bytes, time.monotonic() - t0)
+        rec.last_snapshot = status_snapshot(info.as_dict())
+        return rec.last_snapshot
+
+    def _failed(self, rec: AgentRecord, reason: str, error: Exception, t0: float) -> None:
+        self.failed += 1
+        for observe in self.observers:
+            observe(False, 0, time.monotonic() - t0)
+        log.error("snapshot.failed_for_agent", agent_id=rec.agent_id, reason=reason, error=str(error))
 
     async def flush(self, timeout: float) -> None:
         """Wait (bounded) for scheduled snapshots: drain and shutdown call this before exiting."""

@@ -58,7 +58,8 @@ class ContainerRuntime:
             self.supervisor.stale_db_hooks.append(self.persistence.discard)
         self._drain: Drain | None = None
         self.health_monitor = HealthMonitor(self, failures=cfg.health_failures, probe_timeout_s=cfg.health_timeout_s,
-                                            policy=CrashPolicy(max_crashes=cfg.crash_loop_max, base_delay_s=cfg.crash_backoff_s))
+                                            policy=CrashPolicy(max_crashes=cfg.crash_loop_max, base_delay_s=cfg.crash_backoff_s,
+                                                              start_window_s=cfg.start_window_s))
         self.metrics = Metrics(self)
         if self.persistence is not None:
             self.persistence.observers.append(self.metrics.snapshot_done)

@@ -63,6 +63,17 @@ class SnapshotInfo:
 
 
 @dataclass(frozen=True)
+class LocalCopy:
+    """A consistent private copy of a kilo.db, taken and not yet uploaded."""
+
+    path: str
+    directory: tempfile.TemporaryDirectory
+
+    def discard(self) -> None:
+        self.directory.cleanup()
+
+
+@dataclass(frozen=True)
 class RestoreResult:
     restored: bool
     generation: int | None
@@ -202,16 +213,33 @@ class AgentSnapshots:
             log.warning("snapshot.gc_failed", **self._ids, error=str(e))
 
     # -- snapshot -----------------------------------------------------------------------------
-    def snapshot(self, db_path: str) -> SnapshotInfo | None:
-        """Upload a consistent copy of ``db_path``; None when there is no db yet.
+    def take_copy(self, db_path: str) -> LocalCopy | None:
+        """The consistent local copy a snapshot uploads (milliseconds for a kilo.db), taken without
+        the upload lock: from then on the DB may change, this snapshot will not. None: no db yet."""
+        if not os.path.isfile(db_path):
+            return None
+        directory = tempfile.TemporaryDirectory(prefix="gastown-snap-", dir=self._tmp_dir)
+        copy = LocalCopy(os.path.join(directory.name, "kilo.db"), directory)
+        try:
+            self._copy(db_path, copy.path)
+        except (sqlite3.Error, OSError) as e:
+            copy.discard()
+            log.error("snapshot.failed", **self._ids, reason="copy_failed", error=f"{type(e).__name__}: {e}")
+            raise SnapshotFailed("copy_failed", str(e)) from e
+        return copy
+
+    def snapshot(self, db_path: str, copy: LocalCopy | None = None) -> SnapshotInfo | None:
+        """Upload ``copy`` (taken now from ``db_path`` when not given); None when there is no db yet.
+        The copy is discarded either way.
 
         Raises StaleWriter (a newer generation exists; it stays) or SnapshotFailed (logged)."""
         with self._lock:
-            if not os.path.isfile(db_path):
+            copy = copy or self.take_copy(db_path)
+            if copy is None:
                 return None
             t0 = time.monotonic()
             try:
-                info = self._snapshot(db_path)
+                info = self._snapshot(copy.path)
             except StaleWriter:
                 raise
             except SnapshotFailed as e:
@@ -226,42 +254,41 @@ class AgentSnapshots:
                 log.error("snapshot.failed", **self._ids, reason=reason,
                           error=f"{type(e).__name__}: {e}")
                 raise SnapshotFailed(reason, str(e)) from e
+            finally:
+                copy.discard()
             self.last_snapshot = info
             log.info("snapshot.saved", **self._ids, generation=info.generation,
                      bytes=info.bytes, sha256=info.sha256,
                      duration_ms=int((time.monotonic() - t0) * 1000))
             return info
 
-    def _snapshot(self, db_path: str) -> SnapshotInfo:
-        with tempfile.TemporaryDirectory(prefix="gastown-snap-", dir=self._tmp_dir) as td:
-            copy = os.path.join(td, "kilo.db")
-            self._copy(db_path, copy)
-            check = quick_check(copy)
-            if check != "ok":
-                raise SnapshotFailed("integrity_check_failed", check)
-            size, sha = digest(copy)
+    def _snapshot(self, copy: str) -> SnapshotInfo:
+        check = quick_check(copy)
+        if check != "ok":
+            raise SnapshotFailed("integrity_check_failed", check)
+        size, sha = digest(copy)
+        expected, previous = self._etag, self._generation
+        current = self._retry("head_manifest", lambda: self.store.head(self.manifest_key))
+        if not same_etag(current, expected):
+            # Our last manifest PUT may have landed although it reported an outage.
+            mine = self._manifest_if_mine(self._pending)
+            if mine is None:  # fail before uploading 64 MB for nothing
+                raise self._stale(expected, current, None)
+            (self._etag, self._generation), self._pending = mine, None
             expected, previous = self._etag, self._generation
-            current = self._retry("head_manifest", lambda: self.store.head(self.manifest_key))
-            if not same_etag(current, expected):
-                # Our last manifest PUT may have landed although it reported an outage.
-                mine = self._manifest_if_mine(self._pending)
-                if mine is None:  # fail before uploading 64 MB for nothing
-                    raise self._stale(expected, current, None)
-                (self._etag, self._generation), self._pending = mine, None
-                expected, previous = self._etag, self._generation
-            generation = previous + 1
-            rel = f"generations/{generation:010d}-{self._instance_tag}-{secrets.token_hex(4)}.db"
-            data_key = self.base + rel
-            self._retry("put_data", lambda: self.store.put_file(data_key, copy))
-            at = _now_iso()
-            manifest = {"format": FORMAT, "generation": generation, "sha256": sha, "bytes": size,
-                        "created_at": at, "instance_id": self.instance_id, "key": rel}
-            self._pending = rel
-            etag = self._publish(json.dumps(manifest, sort_keys=True).encode(), expected, rel)
-            self._etag, self._generation, self._pending = etag, generation, None
-            if previous:
-                self._gc(previous)
-            return SnapshotInfo(at=at, bytes=size, sha256=sha, generation=generation)
+        generation = previous + 1
+        rel = f"generations/{generation:010d}-{self._instance_tag}-{secrets.token_hex(4)}.db"
+        data_key = self.base + rel
+        self._retry("put_data", lambda: self.store.put_file(data_key, copy))
+        at = _now_iso()
+        manifest = {"format": FORMAT, "generation": generation, "sha256": sha, "bytes": size,
+                    "created_at": at, "instance_id": self.instance_id, "key": rel}
+        self._pending = rel
+        etag = self._publish(json.dumps(manifest, sort_keys=True).encode(), expected, rel)
+        self._etag, self._generation, self._pending = etag, generation, None
+        if previous:
+            self._gc(previous)
+        return SnapshotInfo(at=at, bytes=size, sha256=sha, generation=generation)
 
     # -- restore ------------------------------------------------------------------------------
     def restore(self, db_path: str) -> RestoreResult:

@@ -328,7 +328,8 @@ class Supervisor:
         await rec.cancel_tasks()
         if rec.client is not None:
             await rec.client.close()
-        await self.worker.completed(rec.agent_id, "failed", rec.exit_reason)
+        # The report runs beside the restart the crash hooks schedule, not before it.
+        self.background.spawn(self.worker.completed(rec.agent_id, "failed", rec.exit_reason), f"completed:{rec.agent_id}")
         await self.notify(rec, Change.crashed)
 
     async def send_message(self, agent_id: str, prompt: str) -> AgentRecord:

@@ -33,4 +33,4 @@ bench: deps
 	$(PY) -m bench
 
 clean:
-	rm -rf $(VENV) node_modules .pytest_cache .gastown
+	rm -rf $(VENV) .venv-supervisord node_modules .pytest_cache .gastown

@@ -20,7 +20,7 @@ from typing import Any
 import psutil
 
 # Cheap, independent figures first; the kilo-heavy ones after.
-ORDER = ["reconciler_bench", "snapshot_bench", "control_bench", "start_bench", "hydration_bench"]
+ORDER = ["reconciler_bench", "snapshot_bench", "control_bench", "start_bench", "hydration_bench", "restart_bench"]
 TARGETS = {"snapshot_64mb": "ratio <= 1.3"}
 RECONCILER_TARGET_MS = 50.0
 

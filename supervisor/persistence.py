@@ -20,7 +20,8 @@ from gastown.contract.wire import epoch_ms
 from gastown.core.jsonlog import get_logger
 from supervisor.agent import AgentRecord
 from supervisor.objstore import ObjectStore, ObjectStoreError, open_store
-from supervisor.snapshots import AgentSnapshots, SnapshotError
+from supervisor.snapshot_types import SnapshotError
+from supervisor.snapshots import AgentSnapshots
 from supervisor.states import Change
 from supervisor.supervisor import Supervisor
 from supervisor.tasks import TaskOwner

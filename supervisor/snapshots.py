@@ -25,7 +25,6 @@ import sqlite3
 import tempfile
 import threading
 import time
-from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from typing import Any, Callable, TypeVar
 
@@ -40,6 +39,14 @@ from supervisor.objstore import (
     fsync_dir,
     same_etag,
 )
+from supervisor.snapshot_types import (  # noqa: F401 - SnapshotError is part of this module's API
+    LocalCopy,
+    RestoreResult,
+    SnapshotError,
+    SnapshotFailed,
+    SnapshotInfo,
+    StaleWriter,
+)
 from supervisor.sqlitefile import consistent_copy, digest, quick_check
 
 log = get_logger("supervisor.snapshots")
@@ -49,49 +56,6 @@ MANIFEST = "manifest.json"
 _GEN_KEY = re.compile(r"^generations/(\d{10})-[A-Za-z0-9_-]{1,80}\.db$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class SnapshotInfo:
-    at: str
-    bytes: int
-    sha256: str
-    generation: int
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class LocalCopy:
-    """A consistent private copy of a kilo.db, taken and not yet uploaded."""
-
-    path: str
-    directory: tempfile.TemporaryDirectory
-
-    def discard(self) -> None:
-        self.directory.cleanup()
-
-
-@dataclass(frozen=True)
-class RestoreResult:
-    restored: bool
-    generation: int | None
-    reason: str
-
-
-class SnapshotError(Exception):
-    pass
-
-
-class StaleWriter(SnapshotError):
-    """Another writer (a newer container) published a generation this instance has not seen."""
-
-
-class SnapshotFailed(SnapshotError):
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(f"{reason}: {message}")
-        self.reason = reason
 
 
 class _Definitive(Exception):

@@ -175,7 +175,7 @@ class Persistence:
         agent_id, snaps, db = rec.agent_id, self.snaps(rec), str(rec.paths.kilo_db)
         if self._queued.get(agent_id) is asyncio.current_task():
             del self._queued[agent_id]
-        uncopied = self._uncopied.pop(agent_id, None)
+        uncopied = self._uncopied.get(agent_id)  # a copy taken from now on is the one it waits for
         t0 = time.monotonic()
         try:
             async with self._db_lock(agent_id):
@@ -185,6 +185,8 @@ class Persistence:
             return self._failed(rec, reason, e, t0)
         finally:
             if uncopied is not None:
+                if self._uncopied.get(agent_id) is uncopied:
+                    del self._uncopied[agent_id]
                 uncopied.set()
         if copy is None:
             return None

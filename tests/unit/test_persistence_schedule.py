@@ -84,3 +84,46 @@ async def test_snapshots_requested_while_one_runs_coalesce_into_one(tmp_path):
     assert again not in tasks
     await asyncio.wait_for(again, 10)
     assert persistence.saved == 2
+
+
+async def test_a_restart_waits_for_the_crash_snapshots_copy_but_not_for_its_upload(tmp_path):
+    """An in-place restart waited for the crashed kilo's whole snapshot (copy and upload) before it
+    spawned; it must wait for the copy only, or the new kilo's writes would end up in a snapshot
+    that is meant to hold the crashed process's state."""
+    import threading
+    import time
+
+    from supervisor.snapshots import AgentSnapshots
+
+    persistence, rec, _ = _setup(tmp_path)
+    await persistence.before_spawn(rec)  # the first start: nothing to restore, the DB is ours
+    _write(rec.paths.kilo_db, "the turn before the kill")
+    snaps = persistence.snaps(rec)
+    copy, put = snaps.take_copy, snaps.store.put_file
+    uploading, gate = threading.Event(), threading.Event()
+
+    def slow_copy(db_path):  # noqa: ANN001, ANN202
+        time.sleep(0.3)
+        return copy(db_path)
+
+    def stalled_put(key, path):  # noqa: ANN001, ANN202
+        uploading.set()
+        gate.wait(10)
+        return put(key, path)
+
+    snaps.take_copy, snaps.store.put_file = slow_copy, stalled_put
+    try:
+        await persistence.supervisor.notify(rec, "crashed")
+        await asyncio.wait_for(persistence.before_spawn(rec), 5)  # the upload has not finished
+        _write(rec.paths.kilo_db, "written by the new kilo")
+        assert await asyncio.to_thread(uploading.wait, 5) and persistence.saved == 0
+    finally:
+        gate.set()
+    await persistence.flush(10)
+    assert persistence.saved == 1
+    restored = tmp_path / "restored" / "kilo.db"
+    restored.parent.mkdir()
+    reader = AgentSnapshots(snaps.store, "town-test", "agent-1", "reader")
+    assert reader.restore(str(restored)).restored
+    with sqlite3.connect(restored) as conn:
+        assert [r[0] for r in conn.execute("SELECT data FROM part")] == ["the turn before the kill"]

@@ -110,3 +110,40 @@ async def test_spawn_refused_below_free_memory_floor(container, fake_llm):
     status, body = await container.start_agent()
     assert status == 503 and body["error"]["code"] == "INSUFFICIENT_MEMORY"
     assert kilo_processes() == []
+
+
+async def test_mayor_killed_mid_turn_after_a_healthy_run_is_back_at_once_with_the_stored_turn_snapshotted(
+        worker, fake_llm, runtime_config, make_container, tmp_path):
+    """supervisord restarts a process that had counted as started at once; the mayor waited a
+    backoff before every in-place restart, and the crashed kilo's snapshot (copy and upload) ran on
+    the critical path. Now: no delay, and the snapshot holds the turn kilo stored before the kill."""
+    from tests.e2e.test_persistence_kilo import _snapshot_texts
+
+    town_id, token = await worker.create_town(default_model="fake/m1")
+    runtime_config.town_id, runtime_config.api_url, runtime_config.container_token = town_id, worker.url, token
+    runtime_config.snapshot_url = f"file://{tmp_path / 'store'}"
+    runtime_config.start_window_s = 2.0
+    container = await make_container(runtime_config)
+    rt = container.runtime
+    await rt.wait_hydrated(90)
+    buf = io.StringIO()
+    jsonlog.configure(stream=buf)
+    mayor = dict(agent_id="mayor", role="mayor", name="Mayor", town_id=town_id, rig_id=f"mayor-{town_id}")
+    status, body = await container.start_agent(**mayor)
+    assert status == 201, body
+    await container.wait_status("mayor", lambda b: b["last_event_type"] in ("session.idle", "session.turn.close"))
+    fake_llm.slow_interval = 0.5
+    assert (await container.request("POST", "/agents/mayor/message", json={"prompt": "SLOW40"}))[0] == 202
+    await fake_llm.wait_for(lambda r: "SLOW40" in r.last_user_text)
+    await asyncio.sleep(max(0.0, runtime_config.start_window_s - 1.0) + 1.5)  # served past the window, mid-turn
+    os.kill(body["pid"], signal.SIGKILL)
+    st = await container.wait_status("mayor", lambda b: b["status"] == "running" and b["pid"] not in (None, body["pid"]),
+                                     timeout=150)
+    assert st["restarts"] == 1 and st["session_id"] == body["session_id"]
+    assert rt.health_monitor.policy.crash_count("mayor") == 1
+    jsonlog.configure()
+    scheduled = [line for line in map(json.loads, buf.getvalue().splitlines()) if line["event"] == "agent.restart_scheduled"]
+    assert [(s["agent_id"], s["delay_s"]) for s in scheduled] == [("mayor", 0.0)], "restarted without a backoff"
+    assert scheduled[0]["ran_s"] >= runtime_config.start_window_s
+    await rt.persistence.flush(30)
+    assert "SLOW40" in _snapshot_texts(runtime_config.snapshot_url, {}, town_id, "mayor", tmp_path / "read")

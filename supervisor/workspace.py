@@ -37,23 +37,66 @@ def git(args: list[str], cwd: Path, env: Mapping[str, str], timeout: float = GIT
 
 
 def prepare_workspace(req: StartAgentRequest, workdir: Path, env: Mapping[str, str]) -> Path:
-    """Idempotent: an existing repo (restart, resume) is left as it is."""
+    """The agent's repo on the requested branch. A new workspace is cloned (or initialised when
+    there is no ``git_url``); a reused one (restart, re-dispatch) is fetched first. Committed work
+    on the branch is never thrown away (see :func:`switch_branch`)."""
     workdir.mkdir(parents=True, exist_ok=True)
+    remote = bool(req.git_url) and not req.lightweight
     if (workdir / ".git").exists():
+        if remote and has_origin(workdir, env):
+            git(["fetch", "--quiet", "--prune", "origin"], workdir, env)
+            switch_branch(req, workdir, env)
         return workdir
-    if req.git_url and not req.lightweight:
+    if remote:
         git(["clone", "--quiet", "--", req.git_url, str(workdir)], workdir.parent, env)
-        if req.branch:
-            base = req.start_point or (f"origin/{req.default_branch}" if req.default_branch else None)
-            checkout = ["checkout", "-q", "-B", req.branch] + ([base] if base else [])
-            try:
-                git(checkout, workdir, env)
-            except WorkspaceError:
-                git(["checkout", "-q", "-B", req.branch], workdir, env)
+        switch_branch(req, workdir, env)
         return workdir
     git(["init", "-q", "-b", req.default_branch or "main"], workdir, env)
     git(["commit", "-q", "--allow-empty", "-m", f"gastown: workspace of {req.agent_id}"], workdir, {**env, **_ROOT_COMMIT_ENV})
     return workdir
+
+
+def _resolves(ref: str, workdir: Path, env: Mapping[str, str]) -> bool:
+    try:
+        git(["rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"], workdir, env, timeout=10)
+        return True
+    except WorkspaceError:
+        return False
+
+
+def switch_branch(req: StartAgentRequest, workdir: Path, env: Mapping[str, str]) -> None:
+    """Put the workspace on ``req.branch`` (nothing to do without one).
+
+    * The branch exists on origin: check it out tracking ``origin/<branch>`` (a local copy is kept
+      and fast-forwarded when it is behind; one with commits origin lacks is left as it is).
+    * It does not: a local branch of that name is kept (its work is unpushed); otherwise it is
+      created from ``start_point``, else ``origin/<default_branch>``, which must resolve: a base
+      that does not is an error, never a silent start from whatever HEAD is.
+    """
+    branch = req.branch
+    if not branch:
+        return
+    local = _resolves(f"refs/heads/{branch}", workdir, env)
+    if _resolves(f"refs/remotes/origin/{branch}", workdir, env):
+        if local:
+            git(["checkout", "-q", branch], workdir, env)
+            try:
+                git(["merge", "--ff-only", "-q", f"origin/{branch}"], workdir, env)
+            except WorkspaceError:
+                pass  # ahead of or diverged from origin: the local commits stay
+        else:
+            git(["checkout", "-q", "-b", branch, "--track", f"origin/{branch}"], workdir, env)
+        return
+    if local:
+        git(["checkout", "-q", branch], workdir, env)
+        return
+    base = req.start_point or (f"origin/{req.default_branch}" if req.default_branch else None)
+    if base is None:
+        git(["checkout", "-q", "-b", branch], workdir, env)
+        return
+    if not _resolves(base, workdir, env):
+        raise WorkspaceError(f"start point {base!r} of branch {branch!r} does not resolve in {req.git_url}")
+    git(["checkout", "-q", "--no-track", "-b", branch, base], workdir, env)
 
 
 def has_origin(workdir: Path, env: Mapping[str, str]) -> bool:

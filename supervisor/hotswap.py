@@ -38,7 +38,8 @@ def _model_check(sup: Supervisor, rec: AgentRecord, model: str):  # type: ignore
         offered = next((p.get("models") or {} for p in body.get("all", []) if p.get("id") == provider), {})
         if model_id not in offered:
             raise ModelRejected(f"provider {provider} does not offer model {model_id}")
-        await client.prompt_async(rec.session_id, "", model=(provider, model_id), no_reply=True)
+        await client.prompt_async(rec.session_id, "", model=(provider, model_id), no_reply=True,
+                                  system=rec.request.system_prompt)
 
     return check
 

@@ -337,7 +337,9 @@ class Supervisor:
         if rec.state != AgentState.running or rec.client is None or rec.session_id is None:
             raise AgentNotRunning(f"agent {agent_id} is {rec.state.value}, not running")
         try:
-            await rec.client.prompt_async(rec.session_id, prompt, model=self.model_ref(rec.model))
+            # kilo takes the system prompt from the latest user message: every turn carries it.
+            await rec.client.prompt_async(rec.session_id, prompt, model=self.model_ref(rec.model),
+                                          system=rec.request.system_prompt)
         except KiloApiError as e:
             raise AgentUnreachable(f"kilo of agent {agent_id} did not accept the message: {e}", upstream_status=e.status) from e
         rec.message_count += 1

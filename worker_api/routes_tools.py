@@ -139,6 +139,9 @@ def _reset_tx(conn: sqlite3.Connection, town_id: str, agent_id: str, now: int) -
         # Give the bead back; the reconciler decides what happens next (redispatch, or R2/R3 for MRs).
         transition_bead(conn, town_id, hook, "open", now, reason="agent_reset", from_status="in_progress",
                         clear_assignee=True)
+        # A reset is a fresh start for the bead too: no attempt cap or backoff left from the failed runs.
+        conn.execute("UPDATE town_beads SET dispatch_attempts = 0, last_dispatch_attempt_at = NULL"
+                     " WHERE town_id = ? AND bead_id = ?", (town_id, hook))
     return _agent(conn, town_id, agent_id)
 
 

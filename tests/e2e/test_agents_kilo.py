@@ -141,3 +141,16 @@ async def test_clone_git_url_workspace(container, fake_llm, tmp_path):
     assert (workdir / "README.md").read_text() == "seeded\n"
     head = subprocess.run(["git", "-C", str(workdir), "rev-parse", "--abbrev-ref", "HEAD"], capture_output=True, text=True)
     assert head.stdout.strip() == "gt/toast/abc123"
+
+
+async def test_the_role_system_prompt_reaches_the_model_on_later_turns_too(container, fake_llm):
+    """kilo takes the system prompt from the latest user message; it was sent with the first prompt
+    only, so a polecat lost its instructions at its first nudge, GUPP or mail turn."""
+    role = "You are polecat Toast. ROLE-MARKER-7"
+    assert (await container.start_agent(system_prompt=role))[0] == 201
+    await fake_llm.wait_for(lambda r: "Please say hello" in r.last_user_text)
+    await _turn_done(container, "polecat-1")
+    assert (await container.request("POST", "/agents/polecat-1/message", json={"prompt": "Second turn please"}))[0] == 202
+    req = await fake_llm.wait_for(lambda r: "Second turn please" in r.last_user_text)
+    system = " ".join(str(m.get("content")) for m in req.messages if m.get("role") == "system")
+    assert "ROLE-MARKER-7" in system

@@ -220,3 +220,22 @@ async def test_reassign_and_reset(worker: Worker, town: tuple[str, str]) -> None
     assert status == 200 and data["assignee_agent_id"] is None and data["hooked_agents"] == []
     status, agent = await worker.call("POST", f"/api/towns/{town_id}/agents/pc-1/reset", token=token)
     assert status == 200 and agent["status"] == "idle" and agent["current_hook_bead_id"] is None
+
+
+async def test_reset_agent_gives_its_bead_a_fresh_dispatch_count(worker: Worker, town: tuple[str, str]) -> None:
+    """Resetting an agent left its bead's dispatch_attempts and backoff: after a few failed runs the
+    bead stayed capped or backed off although an operator had just reset the agent for it."""
+    town_id, token = town
+    await _rig(worker, town_id)
+    await worker.create_agent(town_id, "polecat", agent_id="pc-1", rig_id="rig-1")
+    _, data = await worker.call("POST", f"/api/towns/{town_id}/sling", token=token, json={"rig_id": "rig-1", "title": "t"})
+    bead_id = data["bead_id"]
+    assert (await worker.call("POST", f"/api/towns/{town_id}/beads/{bead_id}/reassign", token=token,
+                              json={"agent_id": "pc-1"}))[0] == 200
+    await worker.db.run(lambda conn: conn.execute(
+        "UPDATE town_beads SET dispatch_attempts = 4, last_dispatch_attempt_at = ?, status = 'in_progress'"
+        " WHERE bead_id = ?", (worker.clock.ms, bead_id)))
+    status, _ = await worker.call("POST", f"/api/towns/{town_id}/agents/pc-1/reset", token=token)
+    assert status == 200
+    _, bead = await worker.call("GET", f"/api/towns/{town_id}/beads/{bead_id}", token=token)
+    assert bead["status"] == "open" and bead["dispatch_attempts"] == 0 and bead["last_dispatch_attempt_at"] is None

@@ -79,3 +79,11 @@ def test_working_agent_on_a_closed_bead(h):
         _bead(c, "b-1", "issue", "closed")
         _agent(c, "pc-1", "working", "b-1")
     assert _rules(h, setup) == ["no_working_agent_on_terminal_bead"]
+
+
+def test_an_mr_waiting_on_its_pr_beside_one_under_review_is_fine(h):
+    def setup(c):
+        _bead(c, "mr-1", "merge_request", "in_progress")
+        _bead(c, "mr-2", "merge_request", "in_progress")
+        c.execute("INSERT INTO review_metadata (town_id, bead_id, pr_url) VALUES ('town-1', 'mr-1', 'https://gh/pr/1')")
+    assert _rules(h, setup) == []

@@ -377,3 +377,17 @@ def test_has_active_work() -> None:
     assert has_active_work(town([], [agent("p1", status="working", hook="x")]))
     assert has_active_work(town([mr("m1")]))
     assert not has_active_work(town([bead("b1", convoy_id="c1")], convoys=[convoy("c1", 1, staged=True)]))
+
+
+def test_r5_a_pr_waiting_on_a_human_does_not_freeze_the_rigs_review_queue() -> None:
+    """Any in-progress MR made its rig busy, PR MRs included: one PR awaiting approval (exempt from
+    the review timeout) stopped every other MR of the rig from being reviewed."""
+    waiting = mr("m1", "in_progress", updated=NOW - 10 * MINUTE, awaiting_approval=True)
+    queued = mr("m2", created=NOW - 500)
+    out = reconcile(town([waiting, queued], [agent("r1", role="refinery")],
+                         reviews=[review("m1", "https://gh/pr/1", NOW), review("m2")]))
+    assert A.DispatchAgent("m2", "rig-1", "refinery", "r1") in out
+    reviewing = mr("m1", "in_progress", updated=NOW)  # no PR: the refinery is on it
+    out = reconcile(town([reviewing, queued], [agent("r1", role="refinery", status="working", hook="m1", activity=NOW)],
+                         reviews=[review("m1"), review("m2")]))
+    assert not of(out, A.DispatchAgent)

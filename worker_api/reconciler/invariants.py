@@ -14,8 +14,11 @@ CONVOY_STATUSES = ("open", "in_progress", "in_review", "closed", "failed")
 def check_invariants(conn: sqlite3.Connection, town_id: str) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     q = conn.execute
-    for rig, n in q("SELECT rig_id, COUNT(*) FROM town_beads WHERE town_id = ? AND type = 'merge_request'"
-                    " AND status = 'in_progress' GROUP BY rig_id HAVING COUNT(*) > 1", (town_id,)):
+    # One MR under review per rig; an MR whose PR is open waits on the forge and does not count.
+    for rig, n in q("SELECT b.rig_id, COUNT(*) FROM town_beads b LEFT JOIN review_metadata r ON r.town_id ="
+                    " b.town_id AND r.bead_id = b.bead_id WHERE b.town_id = ? AND b.type = 'merge_request'"
+                    " AND b.status = 'in_progress' AND r.pr_url IS NULL GROUP BY b.rig_id HAVING COUNT(*) > 1",
+                    (town_id,)):
         out.append({"invariant": 3, "rule": "one_in_progress_mr_per_rig", "rig_id": rig, "count": n})
     for (bead_id,) in q("SELECT s.bead_id FROM town_beads s WHERE s.town_id = ? AND s.type = 'issue' AND s.status ="
                         " 'in_review' AND NOT EXISTS (SELECT 1 FROM bead_dependencies d JOIN town_beads m ON"

@@ -34,7 +34,10 @@ def _merge_held(meta: dict) -> bool:
 def reconcile_review_queue(plan: Plan) -> None:
     s, now = plan.s, plan.now
     mrs = [b for b in s.beads.values() if b.type == "merge_request"]
-    busy_rigs = {b.rig_id for b in mrs if b.status == "in_progress"}
+    # A rig's review queue is serial while its refinery reviews an MR; an MR whose PR is open waits
+    # on the forge (checks, a human) and must not hold the rig's other MRs back.
+    busy_rigs = {b.rig_id for b in mrs if b.status == "in_progress"
+                 and not (b.bead_id in s.reviews and s.reviews[b.bead_id].pr_url)}
 
     for mr in mrs:
         if mr.status != "in_progress":

@@ -67,6 +67,8 @@ class RuntimeConfig:
     kilo_providers: dict[str, Any] | None = None
     kilocode_token: str | None = None
     plugin_command: list[str] = field(default_factory=default_plugin_command)
+    # git's credential helper for agents (``gastown git-credential``): the same executable as the plugin.
+    credential_helper: list[str] = field(default_factory=lambda: [*default_plugin_command()[:-1], "git-credential"])
     idle_timeout_s: float = 120.0
     refinery_idle_timeout_s: float = 600.0
     drain_timeout_s: float = 300.0

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -185,6 +186,14 @@ def git_identity(req: StartAgentRequest) -> dict[str, str]:
     }
 
 
+def credential_helper_env(command: list[str]) -> dict[str, str]:
+    """git config through the environment (git >= 2.31): the credential helper, asked with the URL's
+    path so the worker can tell which repository is meant. No secret: the helper fetches it."""
+    helper = "!" + " ".join(shlex.quote(c) for c in command)
+    return {"GIT_CONFIG_COUNT": "2", "GIT_CONFIG_KEY_0": "credential.helper", "GIT_CONFIG_VALUE_0": helper,
+            "GIT_CONFIG_KEY_1": "credential.useHttpPath", "GIT_CONFIG_VALUE_1": "true"}
+
+
 def build_child_env(
     req: StartAgentRequest,
     *,
@@ -197,6 +206,7 @@ def build_child_env(
     container_token: str | None,
     kilocode_token: str | None,
     base_env: Mapping[str, str] | None = None,
+    credential_helper: list[str] | None = None,
 ) -> dict[str, str]:
     base = os.environ if base_env is None else base_env
     env = {k: base[k] for k in INHERITED_ENV_KEYS if k in base}
@@ -219,6 +229,8 @@ def build_child_env(
     )
     if container_token:
         env["GASTOWN_CONTAINER_TOKEN"] = container_token
+    if credential_helper:
+        env.update(credential_helper_env(credential_helper))
     if kilocode_token:
         env["KILOCODE_TOKEN"] = kilocode_token
         env["KILO_AUTH_CONTENT"] = json.dumps({"kilo": {"type": "api", "key": kilocode_token}})

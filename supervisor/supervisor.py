@@ -33,7 +33,9 @@ from supervisor.kilo_env import (
     build_child_env,
     build_kilo_config,
     config_content,
+    credential_helper_env,
     git_identity,
+    identity_env,
     split_model,
 )
 from supervisor.kilo_process import KiloProcess, KiloStartError, allocate_port
@@ -175,7 +177,7 @@ class Supervisor:
         return build_child_env(
             req, paths=rec.paths, kilo_bin=self.cfg.kilo_bin, config_json=rec.config_json, password=password,
             parent_pid=os.getpid(), api_url=self.worker.api_url, container_token=self.worker.token,
-            kilocode_token=self.kilocode_token(req),
+            kilocode_token=self.kilocode_token(req), credential_helper=self.cfg.credential_helper,
         )
 
     async def _launch(self, rec: AgentRecord) -> None:
@@ -206,7 +208,11 @@ class Supervisor:
         """The agent's dirs and its git workdir (cloned or initialised), off the event loop."""
         rec.paths.make_dirs()
         git_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(rec.paths.home),
-                   "GIT_TERMINAL_PROMPT": "0", **git_identity(rec.request)}
+                   "GIT_TERMINAL_PROMPT": "0", **git_identity(rec.request),
+                   # The clone asks for the rig's credential as the agent would (helper + identity).
+                   **identity_env(rec.request, self.worker.api_url), **credential_helper_env(self.cfg.credential_helper)}
+        if self.worker.token:
+            git_env["GASTOWN_CONTAINER_TOKEN"] = self.worker.token
         await asyncio.to_thread(prepare_workspace, rec.request, rec.paths.workdir, git_env)
 
     async def _bring_up(self, rec: AgentRecord, warm: Server | None) -> None:

@@ -185,6 +185,15 @@ class RigList(Answer):
     rigs: list[Rig]
 
 
+class GitCredential(Answer):
+    """What git's credential helper prints for git (a secret: never logged)."""
+
+    username: str
+    password: str
+    expires_at: Optional[EpochMs]
+    rig_id: Id
+
+
 class ScmView(Answer):
     rig_id: Id
     provider: Literal["github"]

@@ -26,6 +26,7 @@ from worker_api import routes_towns as towns
 from worker_api import routes_user as user
 from worker_api.appkeys import AUTH_POLICIES
 from worker_api.auth import ADMIN, PUBLIC, REFRESH, TOWN_ACCESS
+from worker_api.scm import credentials
 from worker_api.scm import routes as scm
 
 OPENAPI_PATH = "/openapi.json"
@@ -139,6 +140,10 @@ ROUTES: tuple[Route, ...] = (
           body=tools.CloseBead, body_required=False),
     route("post", f"{T}/beads/{{b}}/reassign", tools.reassign_bead, "reassignBead", TOWN_ACCESS, 200, a.BeadView,
           body=tools.Reassign, body_required=False, errors=(409,)),
+    route("get", f"{A}/git-credential", credentials.git_credential, "gitCredential", TOWN_ACCESS, 200, a.GitCredential,
+          query=({"name": "url", "in": "query", "required": True,
+                  "schema": {"type": "string", "maxLength": 2048, "pattern": "^https?://[!-~]+$"}},),
+          errors=(403,), summary="The agent's rig credential for the rig's repository (git's credential helper asks)"),
     route("post", f"{A}/reset", tools.reset_agent, "resetAgent", TOWN_ACCESS, 200, a.Agent),
     route("get", f"{A}/prime", tools.prime, "prime", TOWN_ACCESS, 200, a.Prime),
     route("post", f"{A}/request-changes", tools.request_changes, "requestChanges", TOWN_ACCESS, 200,

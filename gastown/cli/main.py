@@ -23,6 +23,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="SQLite file path (default: ./.gastown/worker.db); no database URLs yet")
 
     sub.add_parser("plugin", help="MCP stdio server with the gt_* tools (spawned by kilo)")
+    g = sub.add_parser("git-credential", help="git credential helper of an agent (git runs it; asks the worker)")
+    g.add_argument("op", help="get | store | erase (only get answers)")
 
     u = sub.add_parser("up", help="run a whole local town: S3 store + worker + container")
     u.add_argument("--dir", default=None, help=f"state directory (default $GASTOWN_TOWN_DIR or {DEFAULT_DIR})")
@@ -95,6 +97,10 @@ def main(argv: list[str] | None = None) -> int:
         from plugin.server import run_plugin
 
         return run_plugin()
+    if args.cmd == "git-credential":
+        from plugin.credential import main as credential_main
+
+        return credential_main(args.op)
     if args.cmd == "up":
         from gastown.cli.up import run_up
 

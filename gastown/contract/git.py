@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from typing import Annotated
+from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, Field
 
@@ -12,6 +13,9 @@ _REF_FORBIDDEN = " ~^:?*[\\"
 def check_git_url(v: str) -> str:
     if v.startswith("-") or not (v.startswith(_URL_PREFIXES) or v.startswith("/")):
         raise ValueError("git_url must be an https/ssh/file URL or an absolute path")
+    if "://" in v and urlsplit(v).password is not None:
+        raise ValueError("git_url must not embed credentials: git gets the rig's credential from the "
+                         "credential helper (PUT /api/towns/{t}/rigs/{r}/scm)")
     return v
 
 

@@ -233,6 +233,8 @@ async def test_worker_responses_match_document(aiohttp_client, tmp_path: Path) -
                                                                 "auto_merge_delay_minutes": 5})
     scm = await do("GET", f"{T}/rigs/{{r}}/scm", 200, token=ctok, ids=rig)
     assert scm["token_configured"] and "ghp_" not in str(scm)
+    cred = await do("GET", f"{A}/git-credential", 200, token=ctok, ids=pc, params={"url": "https://example.invalid/r"})
+    assert cred["password"] == "ghp_" + "x" * 36 and cred["username"] == "x-access-token"
     bead = (await do("POST", f"{T}/beads", 201, json={"rig_id": "rig-1", "title": "fix it", "labels": ["x"],
                                                        "metadata": {"k": 1}}))["bead_id"]
     await do("GET", f"{T}/beads", 200, params={"status": "open", "type": "issue", "rig_id": "rig-1"})

@@ -99,7 +99,7 @@ async def test_a_mayor_that_crashed_inside_the_start_window_waits_its_backoff_fi
         await _until(lambda: slept)
         assert slept == [0.5] and rt.supervisor.agents["mayor"] is crashed and crashed.state == AgentState.backoff
         gate.set()
-        await _until(lambda: rt.supervisor.agents["mayor"].state == AgentState.fatal)
+        await _until(lambda: rt.supervisor.agents["mayor"].state == AgentState.fatal and len(slept) == 3)
         assert rt.health_monitor.policy.crash_count("mayor") == 3 and slept == [0.5, 1.0, 900.0]
     finally:
         gate.set()

@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 import logging
 
+import pytest
+
 from gastown.core import jsonlog
 from gastown.core.secrets import is_secret_key, scrub_value, strip_secrets
 from supervisor.models import StartAgentRequest, public_request
@@ -34,12 +36,26 @@ def test_strip_reports_paths_never_values():
 
 
 def test_public_request_applies_the_same_policy_the_worker_enforces():
-    req = StartAgentRequest(**BASE, git_url="https://x:ghs_abcdefghijklmnopqrstu@github.com/a/b.git",
+    req = StartAgentRequest(**BASE, git_url="https://github.com/a/b.git",
                             env_vars={"GH_PAT": "x", "SESSION_COOKIE": "c", "LOG_LEVEL": "debug", "GASTOWN_API_URL": "http://w"})
     out = public_request(req)
     assert out["env_vars"] == {"LOG_LEVEL": "debug"}
     assert out["git_url"] == "https://github.com/a/b.git"
     assert strip_secrets(out)[1] == []  # nothing left for the worker to drop
+
+
+def test_a_credentialed_git_url_is_refused_on_both_sides():
+    """A token in the URL ends up in .git/config, `git remote -v`, error messages and the registry."""
+    import pydantic
+
+    from worker_api.routes_user import CreateRig
+
+    url = "https://x:ghs_abcdefghijklmnopqrstu@github.com/a/b.git"
+    with pytest.raises(pydantic.ValidationError, match="must not embed credentials"):
+        StartAgentRequest(**BASE, git_url=url)
+    with pytest.raises(pydantic.ValidationError, match="must not embed credentials"):
+        CreateRig(name="r", git_url=url)
+    assert StartAgentRequest(**BASE, git_url="ssh://git@github.com/a/b.git").git_url  # a user name is no secret
 
 
 def test_log_lines_redact_the_same_keys(capsys):

@@ -4,16 +4,13 @@ router, the public paths of the auth middleware and ``/openapi.json`` all come f
 from __future__ import annotations
 
 import asyncio
-import copy
-import json
-from functools import lru_cache
 from typing import Any, AsyncIterator
 
 from aiohttp import web
 
 from control_server.auth import auth_middleware
 from gastown.contract import container_api as ans
-from gastown.core.api import PUBLIC, Reply, Route, mount, openapi
+from gastown.core.api import PUBLIC, Document, Reply, Route, mount
 from gastown.core.http import ApiError, error_middleware, path_id, read_model
 from supervisor.errors import Draining, SupervisorError
 from supervisor.hotswap import hot_swap
@@ -160,8 +157,10 @@ AFTER = {"name": "after", "in": "query", "required": False,
          "schema": {"type": "integer", "minimum": 0, "maximum": 999_999_999_999_999_999, "default": 0}}
 
 
-async def openapi_json(request: web.Request) -> web.Response:
-    return web.Response(body=_document_bytes(), content_type="application/json")
+DOCUMENT = Document(lambda: ROUTES, title="gastown container control server", bearer_description="GASTOWN_CONTROL_TOKEN",
+                    description="The per-town container's HTTP API (docs/contract.md §4). Errors are "
+                    '{"error": {"code", "message"}} with a fitting status; never a 500 for bad input.',
+                    error_descriptions=ERRORS)
 
 
 ROUTES: tuple[Route, ...] = (
@@ -195,7 +194,7 @@ ROUTES: tuple[Route, ...] = (
           errors=(400, 401, 413, 503)),
     Route("GET", "/metrics", metrics, "metrics", {200: Reply("Metrics", schema={"type": "string"}, media="text/plain")},
           summary="Prometheus metrics (text exposition format)", errors=(401,)),
-    Route("GET", OPENAPI_PATH, openapi_json, "openapi", {200: Reply("OpenAPI document", schema={"type": "object"})},
+    Route("GET", OPENAPI_PATH, DOCUMENT.handler, "openapi", {200: Reply("OpenAPI document", schema={"type": "object"})},
           summary="This document", auth=PUBLIC),
 )
 PUBLIC_PATHS = frozenset(r.path for r in ROUTES if r.public)
@@ -203,20 +202,7 @@ PUBLIC_PATHS = frozenset(r.path for r in ROUTES if r.public)
 
 def build_openapi() -> dict[str, Any]:
     """A fresh copy of the control server's OpenAPI document, generated from :data:`ROUTES`."""
-    return copy.deepcopy(_document())
-
-
-@lru_cache(maxsize=1)
-def _document() -> dict[str, Any]:
-    return openapi(ROUTES, title="gastown container control server", bearer_description="GASTOWN_CONTROL_TOKEN",
-                   description="The per-town container's HTTP API (docs/contract.md §4). Errors are "
-                   '{"error": {"code", "message"}} with a fitting status; never a 500 for bad input.',
-                   error_descriptions=ERRORS)
-
-
-@lru_cache(maxsize=1)
-def _document_bytes() -> bytes:
-    return json.dumps(_document()).encode()
+    return DOCUMENT.build()
 
 
 def create_app(runtime: ContainerRuntime) -> web.Application:

@@ -7,15 +7,12 @@ token may be expired). A route without a declaration does not exist; the middlew
 """
 from __future__ import annotations
 
-import copy
-import json
-from functools import lru_cache
 from typing import Any
 
 from aiohttp import web
 from pydantic import BaseModel
 
-from gastown.core.api import Reply, Route, mount, openapi
+from gastown.core.api import Document, Reply, Route, mount
 from gastown.core.ids import ID_PATTERN
 from worker_api import answers as a
 from worker_api import beads as bx
@@ -66,13 +63,16 @@ def route(method: str, path: str, handler: Any, op_id: str, auth: str, status: i
                  request_required=body_required, errors=tuple(sorted(codes)), auth=auth, query=query)
 
 
-async def openapi_handler(request: web.Request) -> web.Response:
-    return web.Response(body=_document_bytes(), content_type="application/json")
+DOCUMENT = Document(lambda: ROUTES, title="gastown worker API", bearer_description="GASTOWN_ADMIN_TOKEN or a container JWT",
+                    description="Towns, agents, beads and the container-facing routes (docs/contract.md §6). Errors "
+                    'are {"error": {"code", "message"}}. Auth per operation in x-gastown-auth: public (none), admin '
+                    "(GASTOWN_ADMIN_TOKEN), town (admin token or a container token of the path town), refresh "
+                    "(like town, but the container token may be expired).", error_descriptions=ERRORS)
 
 
 ROUTES: tuple[Route, ...] = (
     route("get", "/alive", towns.alive, "alive", PUBLIC, 200, a.WorkerAlive),
-    route("get", OPENAPI_PATH, openapi_handler, "openapi", PUBLIC, 200,
+    route("get", OPENAPI_PATH, DOCUMENT.handler, "openapi", PUBLIC, 200,
           Reply("OpenAPI document", schema={"type": "object"}), summary="This document"),
     route("get", "/metrics", metrics.metrics, "metrics", ADMIN, 200,
           Reply("Prometheus text exposition", schema={"type": "string"}, media="text/plain"),
@@ -165,18 +165,4 @@ def install(app: web.Application) -> None:
 
 def build_openapi() -> dict[str, Any]:
     """A fresh copy of the worker API's OpenAPI document, generated from :data:`ROUTES`."""
-    return copy.deepcopy(_document())
-
-
-@lru_cache(maxsize=1)
-def _document() -> dict[str, Any]:
-    return openapi(ROUTES, title="gastown worker API", bearer_description="GASTOWN_ADMIN_TOKEN or a container JWT",
-                   description="Towns, agents, beads and the container-facing routes (docs/contract.md §6). Errors "
-                   'are {"error": {"code", "message"}}. Auth per operation in x-gastown-auth: public (none), admin '
-                   "(GASTOWN_ADMIN_TOKEN), town (admin token or a container token of the path town), refresh "
-                   "(like town, but the container token may be expired).", error_descriptions=ERRORS)
-
-
-@lru_cache(maxsize=1)
-def _document_bytes() -> bytes:
-    return json.dumps(_document()).encode()
+    return DOCUMENT.build()

@@ -10,6 +10,7 @@ Path parameters are ids (``gastown.core.ids``) unless declared otherwise.
 from __future__ import annotations
 
 import copy
+import json
 import re
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Iterable, Mapping
@@ -152,3 +153,28 @@ def openapi(routes: Iterable[Route], *, title: str, description: str, bearer_des
             "schemas": component_schemas(routes),
         },
     }
+
+
+class Document:
+    """One server's OpenAPI document: generated from its route table on first use, then served as
+    the same bytes. ``routes`` is a callable because the table holds this document's own handler."""
+
+    def __init__(self, routes: Callable[[], Iterable[Route]], **meta: Any) -> None:
+        self._routes = routes
+        self._meta = meta
+        self._doc: dict[str, Any] | None = None
+        self._body: bytes | None = None
+
+    def _document(self) -> dict[str, Any]:
+        if self._doc is None:
+            self._doc = openapi(self._routes(), **self._meta)
+        return self._doc
+
+    def build(self) -> dict[str, Any]:
+        """A fresh copy (callers may change it)."""
+        return copy.deepcopy(self._document())
+
+    async def handler(self, request: web.Request) -> web.Response:
+        if self._body is None:
+            self._body = json.dumps(self._document()).encode()
+        return web.Response(body=self._body, content_type="application/json")

@@ -11,14 +11,7 @@ from supervisor.models import StartAgentRequest
 from supervisor.runtime import ContainerRuntime
 from supervisor.states import AgentState
 from tests.conftest import start_body
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = 1000.0
-
-    def __call__(self) -> float:
-        return self.t
+from tests.unit.test_crashloop import Clock
 
 
 def test_first_crash_after_a_healthy_run_has_no_delay_and_the_next_one_in_the_window_backs_off():

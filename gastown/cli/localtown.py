@@ -30,11 +30,13 @@ class TownState:
     jwt_secret: str
     town_id: str = ""
     s3_base_port: int | None = None
+    forge_port: int | None = None  # kept: the rig's git_url names it
+    forge_token: str = ""
 
     @classmethod
     def new(cls, worker_port: int, container_port: int) -> "TownState":
         return cls(worker_port, container_port, secrets.token_urlsafe(24), secrets.token_urlsafe(24),
-                   secrets.token_urlsafe(32))
+                   secrets.token_urlsafe(32), forge_token=secrets.token_urlsafe(24))
 
     @property
     def worker_url(self) -> str:
@@ -49,9 +51,11 @@ class TownState:
         """The saved state, or None when there is none or it cannot be read as one."""
         try:
             raw = json.loads((directory / STATE_FILE).read_text())
-            return cls(**{f.name: raw[f.name] for f in fields(cls) if f.name in raw})
+            state = cls(**{f.name: raw[f.name] for f in fields(cls) if f.name in raw})
         except (OSError, ValueError, TypeError):
             return None
+        state.forge_token = state.forge_token or secrets.token_urlsafe(24)  # a state file from before the forge
+        return state
 
     def save(self, directory: Path) -> None:
         """Written whole under a temporary name, then renamed: a reader never sees half a file."""

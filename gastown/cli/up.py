@@ -83,14 +83,16 @@ def _lock(directory: Path) -> int:
     return fd
 
 
-PREVIOUS_STATE = ("worker.db", "worker.db-wal", "worker.db-shm", "data", "s3", STATE_FILE)
+PREVIOUS_STATE = ("worker.db", "worker.db-wal", "worker.db-shm", "data", "s3", "forge", STATE_FILE)
+DEMO_REPO = "demo"
 
 
 async def _ports_free(state: TownState, wait_s: float = PORT_WAIT_S) -> bool:
     """The last run's ports, given a few seconds: after a SIGKILL of ``gastown up`` its children are
     still going away (their parent-death signal is a SIGTERM) when the lock is already free."""
     deadline = time.monotonic() + wait_s
-    while not (port_is_free(state.worker_port) and port_is_free(state.container_port)):
+    ports = [state.worker_port, state.container_port] + ([state.forge_port] if state.forge_port else [])
+    while not all(port_is_free(p) for p in ports):
         if time.monotonic() > deadline:
             return False
         await asyncio.sleep(0.25)
@@ -160,6 +162,29 @@ async def _object_store(town: Town, state: TownState) -> dict[str, str]:
     created = await asyncio.to_thread(s3servers.ensure_bucket, server, "gastown")
     town.out.say(f"snapshots: SeaweedFS S3 at {server.endpoint}, bucket gastown ({'created' if created else 'reused'})")
     return {**s3servers.s3_env(server, "gastown"), "GASTOWN_SNAPSHOT_URL": "s3://gastown/snapshots"}
+
+
+async def _forge(town: Town, state: TownState, env: dict[str, str]) -> str:
+    """The local git forge (git smart HTTP, token auth) with a private ``demo`` repo; its clone URL."""
+    port = state.forge_port or free_port()
+    proc = await town.children.spawn("forge", [sys.executable, "-m", "gastown.local.forge", "--root",
+                                               str(town.dir / "forge"), "--port", str(port), "--repo", DEMO_REPO],
+                                     {**env, "GASTOWN_FORGE_TOKEN": state.forge_token}, stdout_pipe=True)
+    assert proc.stdout is not None
+    line = await asyncio.wait_for(proc.stdout.readline(), STEP_TIMEOUT_S)
+    info = json.loads(line)
+    state.forge_port = port
+    town.out.say(f"forge: git smart HTTP at {info['forge']}, private repo {info['repos'][DEMO_REPO]}")
+    return info["repos"][DEMO_REPO]
+
+
+async def _ensure_rig(town: Town, state: TownState, git_url: str) -> None:
+    """Rig ``demo`` on the forge's repo, its credential set (agents get it through git's helper)."""
+    base = f"{state.worker_url}/api/towns/{state.town_id}/rigs"
+    status, _ = await town.call("POST", base, state.admin_token, {"rig_id": DEMO_REPO, "name": DEMO_REPO,
+                                                                   "git_url": git_url}, ok=(201, 409))
+    await town.call("PUT", f"{base}/{DEMO_REPO}/scm", state.admin_token, {"github_token": state.forge_token})
+    town.out.say(f"rig {DEMO_REPO}: {'created' if status == 201 else 'reused'} ({git_url})")
 
 
 async def _ensure_town(town: Town, state: TownState, model: str) -> tuple[str, str]:
@@ -254,6 +279,7 @@ async def _bring_up(town: Town) -> None:
     state = town.state = await _load_or_new_state(town)
     provider_env, model = await _model_provider(town, base_env)
     store_env = await _object_store(town, state)
+    repo_url = await _forge(town, state, base_env)
     state.save(town.dir)
     town.out.say("starting worker API …")
     worker_env = {**base_env, "GASTOWN_ADMIN_TOKEN": state.admin_token, "GASTOWN_JWT_SECRET": state.jwt_secret}
@@ -262,6 +288,7 @@ async def _bring_up(town: Town) -> None:
     await town.wait_http(f"{state.worker_url}/alive")
     state.town_id, container_token = await _ensure_town(town, state, model)
     state.save(town.dir)
+    await _ensure_rig(town, state, repo_url)
     mayor_id = await _ensure_mayor(town, state)
     container_env = {
         **base_env, **provider_env, **store_env,

@@ -10,13 +10,19 @@ never logged.
 The scripting side (:meth:`Forge.create_repo`, :meth:`Forge.commit`, :meth:`Forge.log`) works on
 the bare repositories directly, for tests that need a repo, a conflicting commit on ``main`` or
 the history of a branch.
+
+Standalone (``gastown up`` runs it so): ``python -m gastown.local.forge --root DIR --port P --repo
+demo`` with the token in ``$GASTOWN_FORGE_TOKEN``; it prints ``{"forge": url}`` once serving. The
+repositories live on in ``DIR``, and which are private is kept in ``DIR/private.json``.
 """
 from __future__ import annotations
 
+import argparse
 import asyncio
 import base64
 import binascii
 import hmac
+import json
 import os
 import re
 import shutil
@@ -30,6 +36,7 @@ from aiohttp import web
 REPO_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 SERVICES = frozenset({"git-upload-pack", "git-receive-pack"})
 CGI_TIMEOUT_S = 300.0
+PRIVATE_FILE = "private.json"
 GIT_TIMEOUT_S = 60.0
 _IDENTITY = {"GIT_AUTHOR_NAME": "forge", "GIT_AUTHOR_EMAIL": "forge@forge.local",
              "GIT_COMMITTER_NAME": "forge", "GIT_COMMITTER_EMAIL": "forge@forge.local"}
@@ -54,6 +61,10 @@ class Forge:
         self.url = ""
         self._runner: web.AppRunner | None = None
         self._backend = http_backend()
+        try:
+            self.private = set(json.loads((root / PRIVATE_FILE).read_text()))
+        except (OSError, ValueError, TypeError):
+            pass
 
     # -- server ---------------------------------------------------------------------------------
     def app(self) -> web.Application:
@@ -198,6 +209,7 @@ class Forge:
         self._run(["init", "-q", "--bare", "-b", default_branch, str(bare)])
         if private:
             self.private.add(name)
+            (self.root / PRIVATE_FILE).write_text(json.dumps(sorted(self.private)))
         self.commit(name, default_branch, files or {"README.md": f"# {name}\n"}, message="initial commit")
         return self.repo_url(name)
 
@@ -230,3 +242,40 @@ class Forge:
 
     def remove(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+async def _serve(root: Path, host: str, port: int, repos: list[str]) -> None:
+    import signal
+
+    token = os.environ.get("GASTOWN_FORGE_TOKEN", "")
+    if not token:
+        raise SystemExit("GASTOWN_FORGE_TOKEN is not set")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    forge = Forge(root, tokens={token: "town"})
+    await forge.start(host, port)
+    try:
+        for name in repos:
+            if not (root / f"{name}.git").is_dir():
+                await asyncio.to_thread(forge.create_repo, name)
+        print(json.dumps({"forge": forge.url, "repos": {n: forge.repo_url(n) for n in repos}}), flush=True)
+        await stop.wait()
+    finally:
+        await forge.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="local git forge: git smart HTTP with token auth")
+    ap.add_argument("--root", required=True, help="directory of the bare repositories")
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=0)
+    ap.add_argument("--repo", action="append", default=[], help="a private repository to create if missing")
+    a = ap.parse_args(argv)
+    asyncio.run(_serve(Path(a.root), a.host, a.port, a.repo))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

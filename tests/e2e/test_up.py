@@ -88,6 +88,12 @@ def _operator(cwd: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([str(GASTOWN), *args], cwd=cwd, env=_env(), capture_output=True, text=True, timeout=60)
 
 
+def _ls_remote(repo: str, token: str | None) -> subprocess.CompletedProcess:
+    helper = ["-c", f"credential.helper=!f() {{ echo username=t; echo password={token}; }}; f"] if token else []
+    return subprocess.run(["git", *helper, "ls-remote", repo], capture_output=True, text=True, timeout=30,
+                          env={"PATH": os.environ["PATH"], "GIT_TERMINAL_PROMPT": "0", "HOME": "/nonexistent"})
+
+
 def test_up_twice_in_one_state_dir_each_stopped_by_sigint_through_a_dead_pipe(tmp_path):
     first = PipedUp(tmp_path, "first")
     try:
@@ -104,7 +110,14 @@ def test_up_twice_in_one_state_dir_each_stopped_by_sigint_through_a_dead_pipe(tm
         assert status.returncode == 0 and "local town" in status.stdout, status
         state = tmp_path / ".gastown" / "town" / "town.json"
         assert state.stat().st_mode & 0o777 == 0o600
-        town_id = json.loads(state.read_text())["town_id"]
+        saved = json.loads(state.read_text())
+        town_id = saved["town_id"]
+        # The forge is part of the town: its private demo repo needs the token, the rig has it.
+        assert "forge: git smart HTTP at" in out and "rig demo: created" in out, out
+        repo = f"http://127.0.0.1:{saved['forge_port']}/git/demo.git"
+        assert _ls_remote(repo, None).returncode != 0
+        listed = _ls_remote(repo, saved["forge_token"])
+        assert listed.returncode == 0 and "refs/heads/main" in listed.stdout, listed
     finally:
         _sigint_group(first)
     assert "stopped" in (tmp_path / ".gastown" / "town" / "up.log").read_text()
@@ -115,6 +128,7 @@ def test_up_twice_in_one_state_dir_each_stopped_by_sigint_through_a_dead_pipe(tm
         out = second.wait_banner()
         assert "reusing the town of the previous run" in out, out
         assert "bucket gastown (reused)" in out and f"town {town_id}: reused" in out, out
+        assert "rig demo: reused" in out, out
         assert "mayor replied after" in out, out
         tree = second.tree()
     finally:

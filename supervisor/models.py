@@ -42,6 +42,9 @@ class StartAgentRequest(BaseModel):
     branch: Optional[Annotated[str, StringConstraints(min_length=1, max_length=256)]] = None
     default_branch: Optional[Annotated[str, StringConstraints(min_length=1, max_length=256)]] = None
     start_point: Optional[Annotated[str, StringConstraints(min_length=1, max_length=256)]] = None
+    # The start point is a branch on origin (``origin/<name>``: a convoy's feature branch) to create
+    # from ``origin/<default_branch>`` when it does not exist yet.
+    create_start_point: bool = False
     lightweight: bool = False
     organization_id: Optional[Annotated[str, StringConstraints(max_length=128)]] = None
     env_vars: dict[Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")], Annotated[str, StringConstraints(max_length=65_536)]] = Field(default_factory=dict)

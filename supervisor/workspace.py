@@ -64,6 +64,19 @@ def _resolves(ref: str, workdir: Path, env: Mapping[str, str]) -> bool:
         return False
 
 
+def _create_remote_branch(start_point: str, source: str, workdir: Path, env: Mapping[str, str]) -> None:
+    """Create ``origin/<name>`` from ``source`` on the remote (a convoy's feature branch, made by
+    the first agent that needs it). A push another agent won is fine: the fetch picks its branch up."""
+    name = start_point.removeprefix("origin/")
+    if name == start_point or not _resolves(source, workdir, env):
+        return
+    try:
+        git(["push", "--quiet", "origin", f"{source}:refs/heads/{name}"], workdir, env)
+    except WorkspaceError:
+        pass
+    git(["fetch", "--quiet", "origin"], workdir, env)
+
+
 def switch_branch(req: StartAgentRequest, workdir: Path, env: Mapping[str, str]) -> None:
     """Put the workspace on ``req.branch`` (nothing to do without one).
 
@@ -94,6 +107,8 @@ def switch_branch(req: StartAgentRequest, workdir: Path, env: Mapping[str, str])
     if base is None:
         git(["checkout", "-q", "-b", branch], workdir, env)
         return
+    if not _resolves(base, workdir, env) and req.create_start_point and req.start_point and req.default_branch:
+        _create_remote_branch(req.start_point, f"origin/{req.default_branch}", workdir, env)
     if not _resolves(base, workdir, env):
         raise WorkspaceError(f"start point {base!r} of branch {branch!r} does not resolve in {req.git_url}")
     git(["checkout", "-q", "--no-track", "-b", branch, base], workdir, env)

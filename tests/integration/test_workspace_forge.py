@@ -44,8 +44,11 @@ def commit(workdir: Path, name: str, tmp_path: Path) -> str:
     return rev(workdir)
 
 
-async def prepare(req: StartAgentRequest, workdir: Path, tmp_path: Path) -> None:
-    await asyncio.to_thread(prepare_workspace, req, workdir, env(tmp_path))  # the forge serves on this loop
+async def prepare(req: StartAgentRequest, workdir: Path, tmp_path: Path, token: str | None = None) -> None:
+    """In a thread: the forge serves on this loop. ``token``: git's credential helper answers with it."""
+    helper = {"GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": "credential.helper",
+              "GIT_CONFIG_VALUE_0": f"!f() {{ echo username=a; echo password={token}; }}; f"} if token else {}
+    await asyncio.to_thread(prepare_workspace, req, workdir, {**env(tmp_path), **helper})
 
 
 async def test_a_branch_that_exists_on_origin_is_checked_out_tracking_it(forge: Forge, tmp_path: Path):
@@ -90,3 +93,17 @@ async def test_a_start_point_that_does_not_resolve_is_an_error(forge: Forge, tmp
     tip = forge.commit("app", "convoy/feature", {"f.txt": "f\n"}, message="feature base")
     await prepare(request(url, branch="fix", start_point="origin/convoy/feature"), tmp_path / "ws2", tmp_path)
     assert rev(tmp_path / "ws2") == tip
+
+
+async def test_the_first_polecat_of_a_convoy_creates_its_feature_branch_on_origin(forge: Forge, tmp_path: Path):
+    """Convoy feature branches were never created, so review-then-land MRs targeted a branch that
+    did not exist; with start points checked strictly, the convoy's polecats could not even start."""
+    url = forge.create_repo("app", private=False)
+    forge.tokens["push-token-0123456789"] = "agent"
+    main = forge.head("app", "main")
+    req = request(url, branch="convoy/x/bead-1", start_point="origin/convoy/x/head", create_start_point=True)
+    await prepare(req, tmp_path / "ws", tmp_path, token="push-token-0123456789")
+    assert forge.head("app", "convoy/x/head") == main == rev(tmp_path / "ws")
+    second = request(url, branch="convoy/x/bead-2", start_point="origin/convoy/x/head", create_start_point=True)
+    await prepare(second, tmp_path / "ws2", tmp_path, token="push-token-0123456789")  # exists now: used as is
+    assert rev(tmp_path / "ws2") == main

@@ -391,3 +391,17 @@ def test_r5_a_pr_waiting_on_a_human_does_not_freeze_the_rigs_review_queue() -> N
     out = reconcile(town([reviewing, queued], [agent("r1", role="refinery", status="working", hook="m1", activity=NOW)],
                          reviews=[review("m1"), review("m2")]))
     assert not of(out, A.DispatchAgent)
+
+
+def test_a_review_then_land_polecat_starts_from_the_convoy_branch_and_may_create_it() -> None:
+    from worker_api.reconciler.prompts import build_start_request
+
+    town = {"town_id": "town-1", "default_model": "fake/m1"}
+    rig = {"rig_id": "rig-1", "git_url": "https://forge/app.git", "default_branch": "main"}
+    agent = {"agent_id": "pc-1", "name": "Toast", "role": "polecat", "rig_id": "rig-1"}
+    bead = {"bead_id": "b-1", "title": "t", "body": "", "metadata": {}}
+    convoy = {"merge_mode": "review-then-land", "feature_branch": "convoy/x/abc/head"}
+    req = build_start_request(town=town, rig=rig, agent=agent, bead=bead, review=None, convoy=convoy)
+    assert req["start_point"] == "origin/convoy/x/abc/head" and req["create_start_point"] is True
+    plain = build_start_request(town=town, rig=rig, agent=agent, bead=bead, review=None, convoy=None)
+    assert "start_point" not in plain and "create_start_point" not in plain

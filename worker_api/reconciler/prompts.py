@@ -71,6 +71,7 @@ def build_start_request(*, town: dict[str, Any], rig: dict[str, Any] | None, age
     req.update(branch=branch, default_branch=default_branch, system_prompt=POLECAT_SYSTEM)
     if convoy and convoy.get("merge_mode") == "review-then-land" and convoy.get("feature_branch"):
         req["start_point"] = f"origin/{convoy['feature_branch']}"
+        req["create_start_point"] = True  # the first polecat of the convoy creates it from the default branch
     parts = [f"# {bead['title']}", bead.get("body") or "", f"Bead: {bead['bead_id']}. Your branch: `{branch}`."]
     if checkpoint:
         parts.append(f"Resume from checkpoint: {checkpoint}")

@@ -85,7 +85,7 @@ class Harness:
         now = self.clock.ms
         self.sync(store.create_town, town_id=town_id, name="T", container_url="http://127.0.0.1:1", control_token=CONTROL,
                   default_model="fake/m1", small_model=None, organization_id=None, now_ms=now)
-        self.sync(bx.create_rig, town_id, rig_id=rig_id, name="Repo", git_url="https://example.com/r.git",
+        self.sync(bx.create_rig, town_id, rig_id=rig_id, name="Repo", git_url="https://github.com/acme/widgets.git",
                   default_branch="main", now_ms=now)
         if mayor:
             self.sync(store.create_agent, town_id, agent_id="mayor-1", role="mayor", name="Mayor", rig_id=None,

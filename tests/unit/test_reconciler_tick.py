@@ -27,7 +27,7 @@ async def test_dispatch_sends_the_start_request_contract_and_updates_state_first
     [req] = h.container.starts
     assert req["agent_id"] == agent_id and agent_id.startswith("polecat-")
     assert req["town_id"] == "town-1" and req["rig_id"] == "rig-1" and req["role"] == "polecat"
-    assert req["model"] == "fake/m1" and req["git_url"] == "https://example.com/r.git"
+    assert req["model"] == "fake/m1" and req["git_url"] == "https://github.com/acme/widgets.git"
     assert req["default_branch"] == "main"
     assert req["branch"] == f"gt/{req['name']}/{short_id(bead_id)}"
     assert "Fix it" in req["prompt"] and "the details" in req["prompt"]

@@ -250,3 +250,26 @@ async def test_approval_telemetry_is_logged_once_per_transition_and_never_the_to
     assert detected.fields["bead_id"] == mr_id and detected.fields["review_decision"] == "REVIEW_REQUIRED"
     for r in caplog.records:  # raw fields, before any scrubbing
         assert DEFAULT_TOKEN not in r.getMessage() and DEFAULT_TOKEN not in repr(getattr(r, "fields", ""))
+
+
+async def test_a_pr_of_another_repository_is_refused_never_polled_nor_merged(h: Harness, gh: FakeGitHub) -> None:
+    """The worker merged whatever PR an agent reported: a PR of another repository (a fork, a
+    prompt-injected link) would have been polled and merged with the rig's token."""
+    elsewhere = gh.add_pr(owner="someone", repo="else", review_decision="APPROVED", checks="success")
+    bead_id, mr_id = await open_pr_mr(h, elsewhere.url)
+    await minutes(h, DELAY_MIN + 2)
+    assert gh.requests == [] and gh.merge_calls == []
+    assert h.bead(mr_id)["status"] != "closed" and h.bead(bead_id)["status"] != "closed"
+    assert history(h, mr_id, "pr_url_refused")
+
+
+def test_a_pr_belongs_to_the_rig_repo_whatever_the_remote_url_form() -> None:
+    from worker_api.scm.repos import pr_of_repo
+
+    pr = "https://github.com/Acme/Widgets/pull/7"
+    for remote in ("https://github.com/acme/widgets.git", "https://github.com/acme/widgets/",
+                   "git@github.com:acme/widgets.git", "ssh://git@github.com/acme/widgets"):
+        assert pr_of_repo(pr, remote), remote
+    for other in ("https://github.com/acme/gadgets.git", "https://gitlab.com/acme/widgets.git", "not a url [x"):
+        assert not pr_of_repo(pr, other), other
+    assert not pr_of_repo("http://github.com/acme/widgets/pull/7", "https://github.com/acme/widgets.git")

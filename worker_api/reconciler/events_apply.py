@@ -22,6 +22,7 @@ from worker_api import events as ev
 from worker_api import lifecycle as lc
 from worker_api import store
 from worker_api.reconciler.apply import ApplyContext
+from worker_api.scm.repos import pr_of_repo
 from worker_api.reconciler.constants import (
     COMPLETION_RACE_MS,
     EVENT_MAX_ATTEMPTS,
@@ -101,18 +102,38 @@ def _release(conn: sqlite3.Connection, ctx: ApplyContext, agent: dict[str, Any],
                      (ctx.town_id, agent["agent_id"]))
 
 
+def _checked_pr_url(conn: sqlite3.Connection, ctx: ApplyContext, agent: dict, bead: dict | None,
+                    pr_url: str | None) -> str | None:
+    """The reported ``pr_url`` when it is a PR of the bead's rig's repository; otherwise None, logged
+    and recorded: the worker never polls or merges a PR of another repository."""
+    if not pr_url:
+        return None
+    rig = bx.get_rig(conn, ctx.town_id, bead["rig_id"]) if bead and bead.get("rig_id") else None
+    if rig is not None and pr_of_repo(pr_url, rig["git_url"]):
+        return pr_url
+    log.warning("pr_url.refused", town=ctx.town_id, agent_id=agent["agent_id"], pr_url=pr_url[:300],
+                rig_id=rig["rig_id"] if rig else None)
+    if bead is not None:
+        bx.record(conn, ctx.town_id, bead["bead_id"], "pr_url_refused", ctx.now, agent["agent_id"], pr_url=pr_url[:300])
+    return None
+
+
 def on_agent_done(conn: sqlite3.Connection, ctx: ApplyContext, event: dict[str, Any]) -> None:
     agent = _agent(conn, ctx, event)
-    t, now, p = ctx.town_id, ctx.now, event["payload"]
+    t, now, p = ctx.town_id, ctx.now, dict(event["payload"])
     if agent["role"] == "mayor":
         return
     bead = bx.get_bead(conn, t, agent["current_hook_bead_id"]) if agent["current_hook_bead_id"] else None
+    if p.get("pr_url"):
+        p["pr_url"] = _checked_pr_url(conn, ctx, agent, bead, p["pr_url"])
     if agent["role"] == "refinery":
         if bead is not None and bead["type"] == "merge_request" and bead["status"] == "in_progress":
             if p.get("pr_url"):
                 bx.update_review(conn, t, bead["bead_id"], pr_url=p["pr_url"])
                 bx.merge_metadata(conn, t, bead["bead_id"], {"pr_url": p["pr_url"]})
                 bx.record(conn, t, bead["bead_id"], "pr_created", now, agent["agent_id"], pr_url=p["pr_url"])
+            elif event["payload"].get("pr_url"):
+                pass  # a PR of another repository: neither merged nor a PR to watch; R2 reopens the MR
             else:
                 bx.record(conn, t, bead["bead_id"], "review_completed", now, agent["agent_id"], merged=True)
                 lc.transition_bead(conn, t, bead["bead_id"], "closed", now, reason="merged", actor=agent["agent_id"])

@@ -57,14 +57,14 @@ class Forge:
     def __init__(self, root: Path, *, tokens: Mapping[str, str] | None = None) -> None:
         self.root = root
         self.tokens: dict[str, str] = dict(tokens or {})
-        self.private: set[str] = set()
         self.url = ""
         self._runner: web.AppRunner | None = None
         self._backend = http_backend()
+        self.private: set[str] = set()
         try:
-            self.private = set(json.loads((root / PRIVATE_FILE).read_text()))
+            self.private.update(json.loads((root / PRIVATE_FILE).read_text()))
         except (OSError, ValueError, TypeError):
-            pass
+            pass  # a new forge, or one whose repos are all public
 
     # -- server ---------------------------------------------------------------------------------
     def app(self) -> web.Application:

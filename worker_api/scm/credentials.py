@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import sqlite3
 from typing import Any
-from urllib.parse import urlsplit
 
 from aiohttp import web
 
@@ -22,24 +21,16 @@ from worker_api import beads as bx
 from worker_api import store
 from worker_api.appkeys import DB, TOWN
 from worker_api.scm import tokens
+from worker_api.scm.repos import parse_remote
 
 log = get_logger("worker_api.scm.credentials")
 USERNAME = "x-access-token"  # what GitHub expects beside an installation token
 
 
 def repo_key(url: str) -> tuple[str, str, str] | None:
-    """(scheme, host[:port], path) of an http(s) URL, the path without a trailing ``.git`` or ``/``."""
-    try:
-        parts = urlsplit(url)
-        port = parts.port  # raises on a port that is not a number
-    except ValueError:  # e.g. an unbalanced "[" in the host
-        return None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        return None
-    host = parts.hostname.lower() + (f":{port}" if port else "")
-    path = parts.path.rstrip("/")
-    path = path[:-4] if path.endswith(".git") else path
-    return parts.scheme, host, path.lstrip("/")
+    """(scheme, host[:port], path) of an http(s) remote: what a credential is for."""
+    remote = parse_remote(url)
+    return remote if remote and remote[0] in ("http", "https") else None
 
 
 def _credential_tx(conn: sqlite3.Connection, town_id: str, agent_id: str, url: str) -> dict[str, Any]:

@@ -12,18 +12,30 @@ _PR_PATH = re.compile(r"^/([A-Za-z0-9_.-]+)/([A-Za-z0-9_.-]+)/pull/[0-9]{1,9}(?:
 _SCP_LIKE = re.compile(r"^[A-Za-z0-9_.-]+@([A-Za-z0-9_.-]+):(.+)$")  # git@github.com:owner/repo.git
 
 
-def host_and_repo(git_url: str) -> tuple[str, str] | None:
-    """(host, ``owner/repo``) of a git remote, lower case, without ``.git`` or a trailing ``/``."""
-    m = _SCP_LIKE.match(git_url)
-    try:
-        host, path = (m.group(1), m.group(2)) if m else (urlsplit(git_url).hostname, urlsplit(git_url).path)
-    except ValueError:
-        return None
-    if not host or not path:
-        return None
+def parse_remote(url: str) -> tuple[str, str, str] | None:
+    """(scheme, host[:port], path) of a git remote, the host lower case, the path without a leading
+    or trailing ``/`` or a trailing ``.git``; an scp-like ``git@host:owner/repo`` is scheme ``ssh``."""
+    m = _SCP_LIKE.match(url)
+    if m:
+        scheme, host, path = "ssh", m.group(1).lower(), m.group(2)
+    else:
+        try:
+            parts = urlsplit(url)
+            port = parts.port  # raises on a port that is not a number
+        except ValueError:  # e.g. an unbalanced "[" in the host
+            return None
+        if not parts.scheme or not parts.hostname:
+            return None
+        scheme, host, path = parts.scheme, parts.hostname.lower() + (f":{port}" if port else ""), parts.path
     path = path.strip("/")
     path = path[:-4] if path.endswith(".git") else path
-    return host.lower(), path.lower()
+    return (scheme, host, path) if path else None
+
+
+def host_and_repo(git_url: str) -> tuple[str, str] | None:
+    """(host, ``owner/repo``) of a git remote, lower case: what a PR URL of it names."""
+    remote = parse_remote(git_url)
+    return (remote[1].split(":")[0], remote[2].lower()) if remote else None
 
 
 def pr_of_repo(pr_url: str, git_url: str) -> bool:

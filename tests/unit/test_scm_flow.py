@@ -273,3 +273,34 @@ def test_a_pr_belongs_to_the_rig_repo_whatever_the_remote_url_form() -> None:
     for other in ("https://github.com/acme/gadgets.git", "https://gitlab.com/acme/widgets.git", "not a url [x"):
         assert not pr_of_repo(pr, other), other
     assert not pr_of_repo("http://github.com/acme/widgets/pull/7", "https://github.com/acme/widgets.git")
+
+
+# ---------------------------------------------------------------- the PR feedback loop
+
+
+def fixups(h: Harness, mr_id: str) -> list[dict]:
+    return [b for b in h.beads(type="issue") if b["metadata"].get("mr_bead_id") == mr_id]
+
+
+async def test_a_red_check_becomes_one_fix_up_bead_on_the_pr_branch_that_blocks_the_mr(h: Harness,
+                                                                                      gh: FakeGitHub) -> None:
+    """Nothing emitted pr_feedback_detected: a red CI just failed the MR after the review timeout."""
+    pr = gh.add_pr(review_decision="APPROVED", checks="failure")
+    _, mr_id = await open_pr_mr(h, pr.url)
+    await minutes(h, 3)  # several polls of the same red head commit
+    [fix] = fixups(h, mr_id)
+    assert "gt:pr-feedback" in fix["labels"] and "Failing checks" in fix["body"]
+    assert h.sync(bx.dependencies, h.town_id, mr_id, "blocks") == [fix["bead_id"]]
+    assert any(s.get("branch") == "gt/polecat/1" and fix["title"][:20] in s.get("prompt", "") for s in h.container.starts)
+    assert h.bead(mr_id)["status"] == "in_progress" and gh.merge_calls == []
+    pr.head_sha = "b" * 40  # the fix was pushed, and is still red: new feedback, into the same open bead
+    await minutes(h, 2)
+    assert len(fixups(h, mr_id)) == 1 and len(history(h, mr_id, "pr.feedback_detected")) == 2
+
+
+async def test_a_conflicting_commit_on_main_is_a_conflict_bead_not_a_failed_mr(h: Harness, gh: FakeGitHub) -> None:
+    pr = gh.add_pr(review_decision="APPROVED", mergeable="CONFLICTING")
+    _, mr_id = await open_pr_mr(h, pr.url)
+    await minutes(h, 2)
+    [fix] = fixups(h, mr_id)
+    assert "gt:pr-conflict" in fix["labels"] and h.bead(mr_id)["status"] == "in_progress"

@@ -65,3 +65,28 @@ def metadata_for(s: PrStatus) -> dict[str, object]:
         "unresolved_threads": s.unresolved_threads,
         "head_sha": s.head_sha,
     }
+
+
+def feedback_for(s: PrStatus) -> list[tuple[str, str, str]]:
+    """What an open PR asks its author to fix, as (event type, kind, text): a merge conflict, failing
+    checks, unresolved review threads or requested changes. Each is tied to the PR's head commit by
+    :func:`feedback_signature`, so one poll after another does not repeat it; a new push that is
+    still red is new feedback."""
+    if s.state != "open":
+        return []
+    out: list[tuple[str, str, str]] = []
+    if s.mergeable == "CONFLICTING" or s.merge_state_status == "DIRTY":
+        out.append(("pr_conflict_detected", "conflict",
+                    "The PR conflicts with its base branch: merge or rebase the base into the branch, resolve, push."))
+    if s.checks == "failure":
+        names = ", ".join(s.failing_checks) or "one or more checks"
+        out.append(("pr_feedback_detected", "checks", f"Failing checks on the PR: {names}. Fix them and push."))
+    if s.unresolved_threads or s.review_decision == "CHANGES_REQUESTED":
+        out.append(("pr_feedback_detected", "review",
+                    f"Review feedback on the PR ({s.unresolved_threads} unresolved thread(s), decision "
+                    f"{s.review_decision or 'none'}): address it and push."))
+    return out
+
+
+def feedback_signature(s: PrStatus, kind: str) -> str:
+    return f"{kind}:{s.head_sha or '-'}:{s.unresolved_threads if kind == 'review' else ''}"

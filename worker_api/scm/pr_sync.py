@@ -86,6 +86,25 @@ def _approval_transition(conn: sqlite3.Connection, town_id: str, bead_id: str, m
                   merge_state_status=s.merge_state_status, waited_ms=now - int(since) if since else None)
 
 
+def _emit_feedback(conn: sqlite3.Connection, town_id: str, bead_id: str, meta: dict[str, Any],
+                   patch: dict[str, Any], s: PrStatus, now: int) -> None:
+    """The PR feedback loop: a poll that saw the PR open (just now, so not a PR closed or merged
+    meanwhile) and red for a reason its author must fix emits ``pr_feedback_detected`` /
+    ``pr_conflict_detected`` once per head commit; the reconciler turns it into a fix-up bead that
+    blocks the MR and goes to a polecat on the PR's branch."""
+    seen = list(meta.get("feedback_seen") or [])
+    for event_type, kind, text in gating.feedback_for(s):
+        signature = gating.feedback_signature(s, kind)
+        if signature in seen or _pending_event(conn, town_id, bead_id, event_type):
+            continue
+        seen.append(signature)
+        ev.insert_event(conn, town_id, event_type, bead_id=bead_id, payload={"kind": kind, "feedback": text},
+                        now_ms=now)
+        telemetry(conn, town_id, bead_id, "pr.feedback_detected", now, kind=kind, head_sha=s.head_sha)
+    if len(seen) != len(meta.get("feedback_seen") or []):
+        patch["feedback_seen"] = seen[-20:]
+
+
 def record_status_tx(conn: sqlite3.Connection, town_id: str, bead_id: str, s: PrStatus, now: int, delay_ms: int,
                      merging: bool = False) -> bool:
     """Write one poll's facts; True when a ``merge_pr`` may go ahead now."""
@@ -99,6 +118,7 @@ def record_status_tx(conn: sqlite3.Connection, town_id: str, bead_id: str, s: Pr
     patch: dict[str, Any] = {**gating.metadata_for(s), "poll_failures": None, "poll_error_kind": None,
                              "poll_error": None}
     _approval_transition(conn, town_id, bead_id, meta, patch, s, now)
+    _emit_feedback(conn, town_id, bead_id, meta, patch, s, now)
     blockers = gating.merge_blockers(s)
     if blockers:
         patch.update(_AUTO_MERGE_KEYS, auto_merge_blockers=blockers)

@@ -194,6 +194,18 @@ def credential_helper_env(command: list[str]) -> dict[str, str]:
             "GIT_CONFIG_KEY_1": "credential.useHttpPath", "GIT_CONFIG_VALUE_1": "true"}
 
 
+def git_access_env(req: StartAgentRequest, *, api_url: str | None, container_token: str | None,
+                   credential_helper: list[str] | None) -> dict[str, str]:
+    """What git needs to reach the rig's repository as this agent: the identity and token the
+    credential helper asks the worker with, and the helper itself (the kilo child and the clone)."""
+    env = identity_env(req, api_url)
+    if container_token:
+        env[ident.TOKEN] = container_token
+    if credential_helper:
+        env.update(credential_helper_env(credential_helper))
+    return env
+
+
 def build_child_env(
     req: StartAgentRequest,
     *,
@@ -214,7 +226,8 @@ def build_child_env(
     env.update({k: v for k, v in req.env_vars.items() if k not in RESERVED_ENV_KEYS})
     env.update(paths.xdg_env())
     env.update(HERMETIC_ENV)
-    env.update(identity_env(req, api_url))
+    env.update(git_access_env(req, api_url=api_url, container_token=container_token,
+                              credential_helper=credential_helper))
     env.update(git_identity(req))
     env.update(
         {
@@ -227,10 +240,6 @@ def build_child_env(
             "GIT_TERMINAL_PROMPT": "0",
         }
     )
-    if container_token:
-        env["GASTOWN_CONTAINER_TOKEN"] = container_token
-    if credential_helper:
-        env.update(credential_helper_env(credential_helper))
     if kilocode_token:
         env["KILOCODE_TOKEN"] = kilocode_token
         env["KILO_AUTH_CONTENT"] = json.dumps({"kilo": {"type": "api", "key": kilocode_token}})

@@ -33,9 +33,8 @@ from supervisor.kilo_env import (
     build_child_env,
     build_kilo_config,
     config_content,
-    credential_helper_env,
+    git_access_env,
     git_identity,
-    identity_env,
     split_model,
 )
 from supervisor.kilo_process import KiloProcess, KiloStartError, allocate_port
@@ -210,9 +209,8 @@ class Supervisor:
         git_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(rec.paths.home),
                    "GIT_TERMINAL_PROMPT": "0", **git_identity(rec.request),
                    # The clone asks for the rig's credential as the agent would (helper + identity).
-                   **identity_env(rec.request, self.worker.api_url), **credential_helper_env(self.cfg.credential_helper)}
-        if self.worker.token:
-            git_env["GASTOWN_CONTAINER_TOKEN"] = self.worker.token
+                   **git_access_env(rec.request, api_url=self.worker.api_url, container_token=self.worker.token,
+                                    credential_helper=self.cfg.credential_helper)}
         await asyncio.to_thread(prepare_workspace, rec.request, rec.paths.workdir, git_env)
 
     async def _bring_up(self, rec: AgentRecord, warm: Server | None) -> None:

@@ -25,7 +25,6 @@ import hmac
 import json
 import os
 import re
-import shutil
 import subprocess
 import tempfile
 from pathlib import Path
@@ -239,9 +238,6 @@ class Forge:
         out = self._run(["--git-dir", str(self.root / f"{name}.git"), "for-each-ref", "--format=%(objectname)",
                          f"refs/heads/{branch}"]).strip()
         return out or None
-
-    def remove(self) -> None:
-        shutil.rmtree(self.root, ignore_errors=True)
 
 
 async def _serve(root: Path, host: str, port: int, repos: list[str]) -> None:

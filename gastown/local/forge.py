@@ -1,8 +1,10 @@
 """A local git forge: real git smart HTTP (git's own ``git http-backend``) with token auth, on
 127.0.0.1, for ``make run`` and the tests (docs/forge.md).
 
-Clone, fetch and push go over ``http://127.0.0.1:PORT/git/<repo>.git`` exactly as against a hosted
-forge. A push always needs a token; a clone or fetch of a private repo too. A missing or wrong
+Clone, fetch and push go over ``http://127.0.0.1:PORT/<owner>/<repo>.git`` exactly as against a
+hosted forge; a bare ``name`` means ``town/name``. The layout is GitHub Enterprise's: pull requests
+at ``/<owner>/<repo>/pull/<n>``, the REST API under ``/api/v3`` and GraphQL at ``/api/graphql``
+(``forge_api.py``), so the SCM adapter talks to it as to any GitHub. A push always needs a token; a clone or fetch of a private repo too. A missing or wrong
 token is ``401`` with ``WWW-Authenticate: Basic``, so git asks its credential helper, the way it
 does with GitHub. The token is the Basic password (any user name) or a Bearer token. Tokens are
 never logged.
@@ -32,7 +34,11 @@ from typing import Mapping
 
 from aiohttp import web
 
+from gastown.local import forge_api
+from gastown.local.forge_pulls import MERGE_METHODS, PullStore, RepoSettings
+
 REPO_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+DEFAULT_OWNER = "town"
 SERVICES = frozenset({"git-upload-pack", "git-receive-pack"})
 CGI_TIMEOUT_S = 300.0
 PRIVATE_FILE = "private.json"
@@ -64,11 +70,25 @@ class Forge:
             self.private.update(json.loads((root / PRIVATE_FILE).read_text()))
         except (OSError, ValueError, TypeError):
             pass  # a new forge, or one whose repos are all public
+        self.pulls = PullStore(root)
+
+    @staticmethod
+    def full_name(name: str) -> str:
+        """``owner/name`` of a repository (a bare ``name`` is the default owner's); ForgeError if invalid."""
+        owner, _, repo = name.rpartition("/")
+        owner = owner or DEFAULT_OWNER
+        if not (REPO_NAME.match(owner) and REPO_NAME.match(repo)) or repo.endswith(".git"):
+            raise ForgeError(f"bad repository name {name!r}")
+        return f"{owner}/{repo}"
+
+    def exists(self, full: str) -> bool:
+        return (self.root / f"{full}.git").is_dir()
 
     # -- server ---------------------------------------------------------------------------------
     def app(self) -> web.Application:
         app = web.Application(client_max_size=0)
-        app.router.add_route("*", "/git/{repo}.git/{tail:.*}", self._git)
+        forge_api.mount(app, self)
+        app.router.add_route("*", "/{owner}/{repo}.git/{tail:.*}", self._git)
         return app
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
@@ -94,7 +114,12 @@ class Forge:
         await self.close()
 
     def repo_url(self, name: str) -> str:
-        return f"{self.url}/git/{name}.git"
+        return f"{self.url}/{self.full_name(name)}.git"
+
+    @property
+    def api_url(self) -> str:
+        """What ``GASTOWN_GITHUB_API_URL`` is set to for this forge (GitHub Enterprise's layout)."""
+        return f"{self.url}/api/v3"
 
     # -- auth -----------------------------------------------------------------------------------
     def user_of(self, header: str) -> str | None:
@@ -121,8 +146,12 @@ class Forge:
 
     # -- git smart HTTP -------------------------------------------------------------------------
     async def _git(self, request: web.Request) -> web.StreamResponse:
-        name, tail = request.match_info["repo"], request.match_info["tail"]
-        if not REPO_NAME.match(name) or not (self.root / f"{name}.git").is_dir():
+        tail = request.match_info["tail"]
+        try:
+            name = self.full_name(f"{request.match_info['owner']}/{request.match_info['repo']}")
+        except ForgeError:
+            return web.Response(status=404, text="no such repository\n")
+        if not self.exists(name):
             return web.Response(status=404, text="no such repository\n")
         service = request.query.get("service") or tail.rsplit("/", 1)[-1]
         if service not in SERVICES and tail not in ("HEAD", "info/refs"):
@@ -200,22 +229,27 @@ class Forge:
         return out.stdout
 
     def create_repo(self, name: str, *, private: bool = True, files: Mapping[str, str] | None = None,
-                    default_branch: str = "main") -> str:
-        """A bare repo with one commit on ``default_branch`` holding ``files``; its clone URL."""
-        if not REPO_NAME.match(name):
-            raise ForgeError(f"bad repository name {name!r}")
+                    default_branch: str = "main", require_review: bool = False,
+                    merge_methods: tuple[str, ...] = MERGE_METHODS) -> str:
+        """A bare repo with one commit on ``default_branch`` holding ``files``; its clone URL.
+        ``require_review``: PRs need an approving review (branch protection); ``merge_methods``:
+        the PR merge methods allowed, others are 405."""
+        name = self.full_name(name)
         bare = self.root / f"{name}.git"
+        bare.parent.mkdir(parents=True, exist_ok=True)
         self._run(["init", "-q", "--bare", "-b", default_branch, str(bare)])
         if private:
             self.private.add(name)
             (self.root / PRIVATE_FILE).write_text(json.dumps(sorted(self.private)))
+        self.pulls.repos[name] = RepoSettings(private, default_branch, require_review, list(merge_methods))
+        self.pulls.save()
         self.commit(name, default_branch, files or {"README.md": f"# {name}\n"}, message="initial commit")
         return self.repo_url(name)
 
     def commit(self, name: str, branch: str, files: Mapping[str, str], *, message: str = "forge commit") -> str:
         """Commit ``files`` on ``branch`` straight into the bare repo (e.g. a conflicting commit on
         ``main``); the new commit's sha."""
-        bare = self.root / f"{name}.git"
+        bare = self.root / f"{self.full_name(name)}.git"
         with tempfile.TemporaryDirectory(prefix="forge-") as td:
             work = Path(td) / "w"
             self._run(["clone", "-q", str(bare), str(work)])
@@ -232,10 +266,12 @@ class Forge:
 
     def log(self, name: str, branch: str = "main") -> list[str]:
         """Subjects of ``branch``'s history, newest first."""
-        return self._run(["--git-dir", str(self.root / f"{name}.git"), "log", "--format=%s", branch]).splitlines()
+        return self._run(["--git-dir", str(self.root / f"{self.full_name(name)}.git"), "log", "--format=%s",
+                          branch]).splitlines()
 
     def head(self, name: str, branch: str) -> str | None:
-        out = self._run(["--git-dir", str(self.root / f"{name}.git"), "for-each-ref", "--format=%(objectname)",
+        out = self._run(["--git-dir", str(self.root / f"{self.full_name(name)}.git"), "for-each-ref",
+                         "--format=%(objectname)",
                          f"refs/heads/{branch}"]).strip()
         return out or None
 
@@ -254,9 +290,10 @@ async def _serve(root: Path, host: str, port: int, repos: list[str]) -> None:
     await forge.start(host, port)
     try:
         for name in repos:
-            if not (root / f"{name}.git").is_dir():
+            if not forge.exists(forge.full_name(name)):
                 await asyncio.to_thread(forge.create_repo, name)
-        print(json.dumps({"forge": forge.url, "repos": {n: forge.repo_url(n) for n in repos}}), flush=True)
+        print(json.dumps({"forge": forge.url, "api": forge.api_url, "repos": {n: forge.repo_url(n) for n in repos}}),
+              flush=True)
         await stop.wait()
     finally:
         await forge.close()

@@ -114,7 +114,7 @@ def test_up_twice_in_one_state_dir_each_stopped_by_sigint_through_a_dead_pipe(tm
         town_id = saved["town_id"]
         # The forge is part of the town: its private demo repo needs the token, the rig has it.
         assert "forge: git smart HTTP at" in out and "rig demo: created" in out, out
-        repo = f"http://127.0.0.1:{saved['forge_port']}/git/demo.git"
+        repo = f"http://127.0.0.1:{saved['forge_port']}/town/demo.git"
         assert _ls_remote(repo, None).returncode != 0
         listed = _ls_remote(repo, saved["forge_token"])
         assert listed.returncode == 0 and "refs/heads/main" in listed.stdout, listed

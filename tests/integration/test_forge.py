@@ -72,12 +72,12 @@ async def test_unknown_repos_and_routes_are_404_and_a_bearer_token_works(forge: 
 
     forge.create_repo("app")
     async with aiohttp.ClientSession() as http:
-        async with http.get(f"{forge.url}/git/nope.git/info/refs?service=git-upload-pack") as r:
+        async with http.get(f"{forge.url}/town/nope.git/info/refs?service=git-upload-pack") as r:
             assert r.status == 404
-        async with http.get(f"{forge.url}/git/app.git/objects/info/packs") as r:
+        async with http.get(f"{forge.url}/town/app.git/objects/info/packs") as r:
             assert r.status == 404  # dumb HTTP is not served: smart routes only
-        async with http.get(f"{forge.url}/git/app.git/info/refs?service=git-upload-pack") as r:
+        async with http.get(f"{forge.url}/town/app.git/info/refs?service=git-upload-pack") as r:
             assert r.status == 401 and r.headers["WWW-Authenticate"].startswith("Basic")
-        async with http.get(f"{forge.url}/git/app.git/info/refs?service=git-upload-pack",
+        async with http.get(f"{forge.url}/town/app.git/info/refs?service=git-upload-pack",
                             headers={"Authorization": f"Bearer {TOKEN}"}) as r:
             assert r.status == 200 and r.headers["Content-Type"] == "application/x-git-upload-pack-advertisement"

@@ -60,6 +60,11 @@ class MergeResult:
 
 
 class ScmProvider(Protocol):
+    async def open_pr(self, git_url: str, token: str, *, head: str, base: str, title: str, body: str) -> str:
+        """The URL of the open PR from ``head`` into ``base``: a new one, or the one already open
+        (a retry after a lost answer must not open a second)."""
+        ...
+
     async def pr_status(self, pr_url: str, token: str) -> PrStatus: ...
 
     async def merge(self, pr_url: str, token: str, *, head_sha: str | None = None) -> MergeResult: ...

@@ -22,6 +22,7 @@ from urllib.parse import urlparse
 import aiohttp
 
 from worker_api.scm.base import MergeResult, PrStatus, ScmError
+from worker_api.scm.repos import parse_remote
 
 DEFAULT_API_URL = "https://api.github.com"
 API_URL_ENV = "GASTOWN_GITHUB_API_URL"
@@ -139,7 +140,8 @@ class GitHubProvider:
         if not token:
             raise ScmError("no_token", "no GitHub token configured for this rig")
         try:
-            async with self._http().request(method, url, json=body, headers=self._headers(token),
+            async with self._http().request(method, url, json=body if method != "GET" else None,
+                                            headers=self._headers(token),
                                             timeout=self.timeout) as r:
                 text = await r.text()
                 try:
@@ -164,6 +166,33 @@ class GitHubProvider:
             # A revoked or expired token is fixed by an operator, not by failing the work at once.
             return ScmError("auth", msg or f"HTTP {status}", status)
         return ScmError("http", msg or f"HTTP {status}", status)
+
+    def repo_of(self, git_url: str) -> tuple[str, str]:
+        """(owner, name) of a rig's remote on this GitHub; ``host_mismatch`` for another host."""
+        remote = parse_remote(git_url)
+        parts = remote[2].split("/") if remote else []
+        if remote is None or len(parts) != 2:
+            raise ScmError("unrecognized_url", "not a GitHub repository URL")
+        if remote[1].split(":")[0] not in self.web_hosts:
+            raise ScmError("host_mismatch", f"host {remote[1]} is not served by this GitHub adapter")
+        return parts[0], parts[1]
+
+    async def open_pr(self, git_url: str, token: str, *, head: str, base: str, title: str, body: str) -> str:
+        owner, name = self.repo_of(git_url)
+        url = f"{self.api_url}/repos/{owner}/{name}/pulls"
+        status, data, headers = await self._call("POST", url, token, {"title": title[:250], "head": head,
+                                                                      "base": base, "body": body[:60000]})
+        if status == 201 and isinstance(data, dict) and isinstance(data.get("html_url"), str):
+            return data["html_url"]
+        if status != 422:
+            raise self._http_error(status, data, headers)
+        # 422: most often "already exists" (our earlier answer was lost); otherwise a real refusal.
+        status, found, headers = await self._call("GET", f"{url}?state=open&head={owner}:{head}&base={base}", token,
+                                                  {})
+        if status == 200 and isinstance(found, list) and found and isinstance(found[0], dict) \
+                and isinstance(found[0].get("html_url"), str):
+            return found[0]["html_url"]
+        raise self._http_error(422, data, headers)
 
     async def pr_status(self, pr_url: str, token: str) -> PrStatus:
         owner, name, number = parse_pr_url(pr_url, self.web_hosts)

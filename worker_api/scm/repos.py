@@ -40,13 +40,16 @@ def host_and_repo(git_url: str) -> tuple[str, str] | None:
 
 def pr_of_repo(pr_url: str, git_url: str) -> bool:
     """True when ``pr_url`` is a pull request (``https://<host>/<owner>/<repo>/pull/<n>``) of the
-    repository ``git_url`` names."""
+    repository ``git_url`` names; ``http://`` only when the repository itself is served over plain
+    HTTP (a local forge)."""
     try:
         parts = urlsplit(pr_url)
     except ValueError:
         return False
     m = _PR_PATH.match(parts.path)
     repo = host_and_repo(git_url)
-    if parts.scheme != "https" or not parts.hostname or m is None or repo is None:
+    remote = parse_remote(git_url)
+    schemes = ("https", "http") if remote is not None and remote[0] == "http" else ("https",)
+    if parts.scheme not in schemes or not parts.hostname or m is None or repo is None:
         return False
     return (parts.hostname.lower(), f"{m.group(1)}/{m.group(2)}".lower()) == repo

@@ -18,3 +18,26 @@ def bare_origin(tmp: Path, files: dict[str, str] | None = None) -> Path:
     for cmd in (["add", "."], ["commit", "-qm", "seed"], ["push", "-q", "origin", "main"]):
         subprocess.run(["git", "-C", str(seed), *cmd], check=True, env=GIT_ENV, capture_output=True)
     return origin
+
+
+def push_branch(origin: Path, work: Path, branch: str, files: dict[str, str]) -> str:
+    """Commit ``files`` on ``branch`` (from ``main``, or the branch when it exists) and push it; its sha."""
+    if not work.exists():
+        subprocess.run(["git", "clone", "-q", str(origin), str(work)], check=True, capture_output=True)
+    run = lambda *a: subprocess.run(["git", "-C", str(work), *a], check=True, env=GIT_ENV, capture_output=True,  # noqa: E731
+                                    text=True).stdout
+    run("fetch", "-q", "origin")
+    exists = run("ls-remote", "--heads", "origin", branch).strip()
+    run("checkout", "-q", "-B", branch, f"origin/{branch}" if exists else "origin/main")
+    for name, text in files.items():
+        (work / name).write_text(text)
+    run("add", ".")
+    run("commit", "-qm", f"{branch}: {', '.join(files)}")
+    run("push", "-q", "origin", f"HEAD:refs/heads/{branch}")
+    return run("rev-parse", "HEAD").strip()
+
+
+def show(origin: Path, spec: str) -> str:
+    """``git show <spec>`` in a bare repo (e.g. ``main:README.md``)."""
+    return subprocess.run(["git", "--git-dir", str(origin), "show", spec], check=True, capture_output=True,
+                          text=True).stdout

@@ -199,6 +199,7 @@ class ScmView(Answer):
     provider: Literal["github"]
     token_configured: bool
     auto_merge_delay_minutes: float = Field(ge=0)
+    merge_strategy: Literal["direct", "pr"]
 
 
 class Bead(Row):

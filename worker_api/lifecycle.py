@@ -94,6 +94,32 @@ def finish_convoy(conn: sqlite3.Connection, town_id: str, convoy_id: str, to: st
     return True
 
 
+MAX_REWORK_ROUNDS = 3  # ours: a merge request cannot be sent back for ever
+
+
+def send_back_for_rework(conn: sqlite3.Connection, town_id: str, mr: dict[str, Any], text: str, now: int, *,
+                         actor: str, reason: str, max_rounds: int = MAX_REWORK_ROUNDS) -> str | None:
+    """Send a merge request back: a ``gt:rework`` bead on the MR's branch that blocks it, the MR
+    reopened without its approval (a new review follows the fix); past ``max_rounds`` the MR fails.
+    The rework bead's id, or None when the MR failed."""
+    review = bx.get_review(conn, town_id, mr["bead_id"]) or {}
+    rounds = int(review.get("retry_count") or 0) + 1
+    bx.update_review(conn, town_id, mr["bead_id"], retry_count=rounds)
+    bx.record(conn, town_id, mr["bead_id"], "rework_requested", now, actor, round=rounds, reason=reason)
+    if rounds > max_rounds:
+        transition_bead(conn, town_id, mr["bead_id"], "failed", now, reason="too_many_rework_rounds", actor=actor)
+        return None
+    rework = bx.create_bead(conn, town_id, type="issue", title=f"Rework: {mr['title'].removeprefix('Review: ')}"[:200],
+                            body=text, rig_id=mr["rig_id"], labels=["gt:rework"], created_by=actor, now_ms=now,
+                            metadata={"mr_bead_id": mr["bead_id"], "source_bead_id": mr["metadata"].get("source_bead_id"),
+                                      "branch": review.get("branch")})
+    bx.add_dependency(conn, town_id, mr["bead_id"], rework["bead_id"], "blocks")
+    bx.merge_metadata(conn, town_id, mr["bead_id"], {"approved_at": None, "approved_by": None, "merge_strategy": None,
+                                                     "land_failures": None})
+    transition_bead(conn, town_id, mr["bead_id"], "open", now, reason=reason, actor=actor, clear_assignee=True)
+    return str(rework["bead_id"])
+
+
 def unhook_agent(conn: sqlite3.Connection, town_id: str, agent_id: str, now: int, *,
                  clear_checkpoint: bool = False) -> None:
     bx.set_hook(conn, town_id, agent_id, None, now, clear_checkpoint=clear_checkpoint)

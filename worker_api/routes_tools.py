@@ -21,12 +21,12 @@ from worker_api.appkeys import DB, TOWN, now_ms
 from worker_api.db import from_json, to_json
 from worker_api.lifecycle import (
     create_escalation,
+    send_back_for_rework,
     set_agent_idle,
     transition_bead,
     unhook_agent,
 )
 from worker_api.models import Body, Id, ShortText
-from worker_api.reconciler.constants import MAX_REWORK_ROUNDS
 from worker_api.reconciler.service import arm_new_work
 from worker_api.routes_user import bead_view
 
@@ -176,26 +176,12 @@ def _request_changes_tx(conn: sqlite3.Connection, town_id: str, agent_id: str, b
     mr = bx.get_bead(conn, town_id, agent["current_hook_bead_id"]) if agent["current_hook_bead_id"] else None
     if agent["role"] != "refinery" or mr is None or mr["type"] != "merge_request" or mr["status"] != "in_progress":
         raise ApiError(403, "ROLE_FORBIDDEN", "only a refinery hooked to an in-progress merge request may request changes")
-    review = bx.get_review(conn, town_id, mr["bead_id"]) or {}
-    retries = int(review.get("retry_count") or 0) + 1
-    bx.update_review(conn, town_id, mr["bead_id"], retry_count=retries)
-    bx.record(conn, town_id, mr["bead_id"], "rework_requested", now, agent_id, round=retries)
     unhook_agent(conn, town_id, agent_id, now)
     set_agent_idle(conn, town_id, agent_id, now)
-    if retries > MAX_REWORK_ROUNDS:
-        transition_bead(conn, town_id, mr["bead_id"], "failed", now, reason="too_many_rework_rounds", actor=agent_id)
-        return {"rework_bead_id": None, "mr_status": "failed"}
     files = "\n".join(f"- {f}" for f in body.files)
     text = body.feedback + (f"\n\nFiles:\n{files}" if files else "")
-    source_id = mr["metadata"].get("source_bead_id")
-    rework = bx.create_bead(conn, town_id, type="issue", title=f"Rework: {mr['title'].removeprefix('Review: ')}"[:200],
-                            body=text, rig_id=mr["rig_id"], labels=["gt:rework"], created_by=agent_id, now_ms=now,
-                            metadata={"mr_bead_id": mr["bead_id"], "source_bead_id": source_id,
-                                      "branch": review.get("branch")})
-    bx.add_dependency(conn, town_id, mr["bead_id"], rework["bead_id"], "blocks")
-    transition_bead(conn, town_id, mr["bead_id"], "open", now, reason="changes_requested", actor=agent_id,
-                    clear_assignee=True)
-    return {"rework_bead_id": rework["bead_id"], "mr_status": "open"}
+    rework = send_back_for_rework(conn, town_id, mr, text, now, actor=agent_id, reason="changes_requested")
+    return {"rework_bead_id": rework, "mr_status": "open" if rework else "failed"}
 
 
 async def request_changes(request: web.Request) -> web.Response:

@@ -12,7 +12,9 @@ from typing import Any
 
 from gastown.core.http import ApiError
 from tests.test_reconciler_support import FakeClock, FakeContainer, Harness
+from gastown.core.gitops import GitError
 from worker_api import beads as bx
+from worker_api.scm.gitmerge import BranchMerge
 from worker_api import drain, store
 from worker_api.db import Database
 from worker_api.dispatch import StartResult, Target
@@ -72,6 +74,7 @@ class Sim:
         self._secrets = bx.secrets
         bx.secrets = _SeededSecrets(seed)  # type: ignore[assignment]
         self.h = Harness(Database(":memory:"), FakeClock(), SimContainer(self.rnd))
+        self.h.deps.merger = self.merge  # the rigs' remotes are fictional: the merge's outcome is drawn
         for t in TOWNS:
             self.h.setup_town(t, mayor=True)
             for rig in RIGS[1:]:
@@ -79,6 +82,14 @@ class Sim:
                             default_branch="main", now_ms=self.h.clock.ms)
         self.staged: list[tuple[str, str]] = []
         self.ticks = 0
+
+    def merge(self, git_url: str, token: str | None, *, branch: str, target: str, message: str) -> BranchMerge:
+        outcome = self.rnd.choices(["merged", "already_merged", "conflict", "missing_branch", "error"],
+                                   [70, 5, 10, 5, 10])[0]
+        if outcome == "error":
+            raise GitError("simulated network failure")
+        return BranchMerge(outcome, sha="f" * 40 if "merged" in outcome else None,
+                           conflicts=("a.txt",) if outcome == "conflict" else ())
 
     def close(self) -> None:
         bx.secrets = self._secrets

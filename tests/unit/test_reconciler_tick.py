@@ -1,8 +1,10 @@
 """Ticks against a real store and a fake container: events, dispatch, regressions of reference §7."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+from tests.gitrepos import bare_origin, push_branch, show
 from tests.test_reconciler_support import CONTROL, FakeClock, FakeContainer, Harness, h  # noqa: F401 (fixture)
 from worker_api import beads as bx
 from worker_api import events as ev
@@ -40,8 +42,24 @@ async def test_dispatch_sends_the_start_request_contract_and_updates_state_first
     assert violations(h) == []
 
 
-async def test_full_flow_polecat_done_then_refinery_merge_closes_the_bead(h: Harness) -> None:
+def local_origin(h: Harness, tmp_path: Path) -> Path:
+    """Point the harness's rig at a local bare origin."""
+    origin = bare_origin(tmp_path)
+    h.sync(lambda conn: conn.execute("UPDATE rigs SET git_url = ? WHERE town_id = ? AND rig_id = ?",
+                                     (str(origin), h.town_id, "rig-1")))
+    return origin
+
+
+async def polecat_done_and_refinery_approves(h: Harness, push: dict[str, str] | None = None,
+                                             origin: Path | None = None, then_on_main: dict[str, str] | None = None,
+                                             ) -> tuple[str, str, dict[str, Any]]:
+    """A polecat's gt_done (having pushed ``push`` to its branch on ``origin``, after which
+    ``then_on_main`` lands on main), then the refinery's."""
     bead_id, polecat = await dispatch_one(h)
+    if push and origin:
+        push_branch(origin, origin.parent / "polecat", h.container.starts[0]["branch"], push)
+    if then_on_main and origin:
+        push_branch(origin, origin.parent / "other", "main", then_on_main)
     h.clock.advance(30)
     h.event("agent_done", polecat, branch=h.container.starts[0]["branch"], summary="did it")
     await h.tick()
@@ -54,11 +72,38 @@ async def test_full_flow_polecat_done_then_refinery_merge_closes_the_bead(h: Har
     assert h.container.starts[-1]["branch"] == h.container.starts[0]["branch"]
     assert violations(h) == []
     h.clock.advance(30)
-    h.event("agent_done", refinery, branch="main")
+    h.event("agent_done", refinery, branch=h.container.starts[0]["branch"])
     await h.tick()
+    return bead_id, refinery, mr
+
+
+async def test_full_flow_refinery_approval_makes_the_worker_merge_the_branch_on_origin(h: Harness, tmp_path: Path) -> None:
+    """The refinery's gt_done closed the MR on its word: nothing was merged anywhere."""
+    origin = local_origin(h, tmp_path)
+    bead_id, refinery, mr = await polecat_done_and_refinery_approves(h, {"work.txt": "work\n"}, origin)
     assert h.bead(mr["bead_id"])["status"] == "closed" and h.bead(bead_id)["status"] == "closed"
     assert h.agent(refinery)["status"] == "idle" and h.agent(refinery)["current_hook_bead_id"] is None
+    assert show(origin, "main:work.txt") == "work\n"
     assert violations(h) == []
+
+
+async def test_an_approved_branch_that_is_not_on_origin_fails_the_mr_and_reopens_the_bead(h: Harness, tmp_path: Path) -> None:
+    local_origin(h, tmp_path)
+    bead_id, _, mr = await polecat_done_and_refinery_approves(h)
+    assert h.bead(mr["bead_id"])["status"] == "failed"
+    assert h.bead(bead_id)["status"] == "open"
+
+
+async def test_a_merge_conflict_sends_the_mr_back_with_a_rework_bead_on_its_branch(h: Harness, tmp_path: Path) -> None:
+    origin = local_origin(h, tmp_path)
+    bead_id, _, mr = await polecat_done_and_refinery_approves(h, {"README.md": "mine\n"}, origin,
+                                                              then_on_main={"README.md": "theirs\n"})
+    mr_now = h.bead(mr["bead_id"])
+    assert mr_now["status"] == "open" and not mr_now["metadata"].get("approved_at")
+    [rework] = [b for b in h.beads(type="issue") if "gt:rework" in b["labels"]]
+    assert rework["metadata"]["branch"] == h.container.starts[0]["branch"] and "README.md" in rework["body"]
+    assert h.bead(bead_id)["status"] == "in_review"
+    assert show(origin, "main:README.md") == "theirs\n"
 
 
 async def test_request_changes_creates_rework_that_blocks_the_mr_until_done(h: Harness) -> None:

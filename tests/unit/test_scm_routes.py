@@ -38,9 +38,12 @@ async def test_admin_sets_the_token_and_no_route_returns_it(worker: Worker, town
     rig_id = await _rig(worker, town_id)
     path = f"/api/towns/{town_id}/rigs/{rig_id}/scm"
     status, view = await worker.call("PUT", path, token=ADMIN_TOKEN,
-                                     json={"github_token": TOKEN, "auto_merge_delay_minutes": 10})
+                                     json={"github_token": TOKEN, "auto_merge_delay_minutes": 10,
+                                           "merge_strategy": "pr"})
     assert status == 200 and view == {"rig_id": rig_id, "provider": "github", "token_configured": True,
-                                      "auto_merge_delay_minutes": 10}
+                                      "auto_merge_delay_minutes": 10, "merge_strategy": "pr"}
+    status, err = await worker.call("PUT", path, token=ADMIN_TOKEN, json={"merge_strategy": "yolo"})
+    assert status == 400 and err["error"]["code"]
     assert await worker.db.run(tokens.get_rig_token, town_id, rig_id) == TOKEN
     for p in (path, f"/api/towns/{town_id}/rigs", f"/api/towns/{town_id}", f"/api/towns/{town_id}/status"):
         resp = await worker.client.get(p, headers={"Authorization": f"Bearer {container_token}"})
@@ -89,7 +92,8 @@ async def test_default_auto_merge_delay_is_reported(worker: Worker, town: tuple[
     rig_id = await _rig(worker, town_id)
     status, view = await worker.call("GET", f"/api/towns/{town_id}/rigs/{rig_id}/scm", token=ADMIN_TOKEN)
     assert view == {"rig_id": rig_id, "provider": "github", "token_configured": False,
-                    "auto_merge_delay_minutes": tokens.DEFAULT_AUTO_MERGE_DELAY_MS / 60_000}
+                    "auto_merge_delay_minutes": tokens.DEFAULT_AUTO_MERGE_DELAY_MS / 60_000,
+                    "merge_strategy": "direct"}
 
 
 async def test_create_app_passes_the_scm_provider_to_the_reconciler_and_closes_it(tmp_path: Any,

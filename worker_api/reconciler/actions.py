@@ -114,6 +114,22 @@ class MergePr:
 
 
 @dataclass(frozen=True)
+class MergeBranch:
+    """Direct strategy: the worker merges an approved MR's branch into its target through git."""
+
+    kind: ClassVar[str] = "merge_branch"
+    bead_id: str
+
+
+@dataclass(frozen=True)
+class OpenPr:
+    """PR strategy: the worker opens the approved MR's pull request through the SCM adapter."""
+
+    kind: ClassVar[str] = "open_pr"
+    bead_id: str
+
+
+@dataclass(frozen=True)
 class UpdateConvoyProgress:
     kind: ClassVar[str] = "update_convoy_progress"
     convoy_id: str
@@ -150,6 +166,7 @@ class FailConvoy:
 
 Action = Union[
     TransitionBead, ClearBeadAssignee, TransitionAgent, UnhookAgent, ResetAgentDispatchAttempts, DeleteAgent,
-    DispatchAgent, StopAgent, SendNudge, CreateEscalation, NotifyMayor, PollPr, MergePr, UpdateConvoyProgress,
+    DispatchAgent, StopAgent, SendNudge, CreateEscalation, NotifyMayor, PollPr, MergePr, MergeBranch, OpenPr,
+    UpdateConvoyProgress,
     SetConvoyReadyToLand, CreateLandingMr, CloseConvoy, FailConvoy,
 ]

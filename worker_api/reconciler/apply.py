@@ -26,7 +26,7 @@ log = get_logger("worker_api.reconciler")
 @dataclass(frozen=True)
 class Effect:
     """A call to the outside world: ``start`` / ``stop`` / ``message`` to the container, ``poll_pr`` /
-    ``merge_pr`` to the PR provider. ``data`` never holds a secret."""
+    ``merge_pr`` / ``open_pr`` to the PR provider, ``merge_branch`` to git. ``data`` never holds a secret."""
 
     kind: str
     agent_id: str | None = None
@@ -176,6 +176,11 @@ def _merge(conn: sqlite3.Connection, ctx: ApplyContext, a: A.MergePr) -> None:
     ctx.effects.append(Effect("merge_pr", bead_id=a.bead_id, data={"pr_url": a.pr_url}))
 
 
+def _land(conn: sqlite3.Connection, ctx: ApplyContext, a: A.MergeBranch | A.OpenPr) -> None:
+    bx.update_review(conn, ctx.town_id, a.bead_id, last_poll_at=ctx.now)  # rate-limits the retries
+    ctx.effects.append(Effect(a.kind, bead_id=a.bead_id))
+
+
 def _progress(conn: sqlite3.Connection, ctx: ApplyContext, a: A.UpdateConvoyProgress) -> None:
     bx.update_convoy_meta(conn, ctx.town_id, a.convoy_id, total_beads=a.total, closed_beads=a.closed,
                           failed_beads=a.failed)
@@ -229,6 +234,8 @@ _HANDLERS: dict[str, Callable[..., None]] = {
     A.NotifyMayor.kind: _notify,
     A.PollPr.kind: _poll,
     A.MergePr.kind: _merge,
+    A.MergeBranch.kind: _land,
+    A.OpenPr.kind: _land,
     A.UpdateConvoyProgress.kind: _progress,
     A.SetConvoyReadyToLand.kind: _ready,
     A.CreateLandingMr.kind: _landing,

@@ -29,7 +29,7 @@ MR_STUCK_MS = 30 * MINUTE                # R2: in_progress MR without PR and wit
 MR_ABANDONED_MS = 2 * MINUTE             # R3: in_progress MR without PR and nobody hooked
 PR_ORPHANED_MS = 30 * MINUTE             # R4: PR MR without a working refinery
 PR_POLL_INTERVAL_MS = 60 * SECOND
-MAX_REWORK_ROUNDS = 3                    # ours: a refinery cannot request changes for ever
+LAND_RETRY_MS = 30 * SECOND              # R8: between attempts to merge an approved MR or open its PR
 
 LANDING_MAX_ATTEMPTS = 5
 LANDING_COOLDOWN_BASE_MS = 30 * SECOND   # min(2^n * 30 s, 30 min)

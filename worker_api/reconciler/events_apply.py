@@ -22,6 +22,7 @@ from worker_api import events as ev
 from worker_api import lifecycle as lc
 from worker_api import store
 from worker_api.reconciler.apply import ApplyContext
+from worker_api.scm import tokens
 from worker_api.scm.repos import pr_of_repo
 from worker_api.reconciler.constants import (
     COMPLETION_RACE_MS,
@@ -135,8 +136,13 @@ def on_agent_done(conn: sqlite3.Connection, ctx: ApplyContext, event: dict[str, 
             elif event["payload"].get("pr_url"):
                 pass  # a PR of another repository: neither merged nor a PR to watch; R2 reopens the MR
             else:
-                bx.record(conn, t, bead["bead_id"], "review_completed", now, agent["agent_id"], merged=True)
-                lc.transition_bead(conn, t, bead["bead_id"], "closed", now, reason="merged", actor=agent["agent_id"])
+                # An approval, not a merge: the worker lands exactly this branch itself (R8, scm/land.py).
+                rig = bx.get_rig(conn, t, bead["rig_id"]) if bead["rig_id"] else None
+                strategy = tokens.merge_strategy(rig)
+                bx.record(conn, t, bead["bead_id"], "review_completed", now, agent["agent_id"], approved=True,
+                          strategy=strategy)
+                bx.merge_metadata(conn, t, bead["bead_id"], {"approved_at": now, "approved_by": agent["agent_id"],
+                                                             "merge_strategy": strategy, "land_failures": None})
         elif not p.get("pr_url"):
             # An unhooked refinery cannot prove it merged what it was asked to (docs/original-system.md bug 23).
             lc.create_escalation(conn, t, title=f"Refinery {agent['name']} reported done without an MR",

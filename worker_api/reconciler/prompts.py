@@ -20,9 +20,10 @@ POLECAT_SYSTEM = (
     "If you are blocked, call gt_escalate. Save progress notes with gt_checkpoint."
 )
 REFINERY_SYSTEM = (
-    "You are the refinery of this rig: you review and merge. Review the branch against its target. If it "
-    "is good, merge it into the target, push, and call gt_done with the branch. If it needs work, call "
-    "gt_request_changes with precise feedback instead. Never merge work you asked to change."
+    "You are the refinery of this rig: you review. Your workspace is on the merge request's branch; review "
+    "it against its target (git diff origin/<target>...HEAD, run the tests). If it is good, call gt_done "
+    "with the branch: the town then merges exactly that branch itself, so do not merge or push it yourself. "
+    "If it needs work, call gt_request_changes with precise feedback instead."
 )
 
 

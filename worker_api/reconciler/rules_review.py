@@ -1,4 +1,4 @@
-"""reconcileReviewQueue, R1–R7: merge-request beads flow through one refinery per rig, serially.
+"""reconcileReviewQueue, R1–R8: merge-request beads flow through one refinery per rig, serially.
 
 Why serial: two refineries merging into the same target concurrently race on the branch; one
 in_progress MR per rig (invariant #3) makes the merge order the queue order. A refinery's own
@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from worker_api.reconciler.actions import (
     DispatchAgent,
+    MergeBranch,
     MergePr,
+    OpenPr,
     PollPr,
     StopAgent,
     TransitionAgent,
@@ -17,6 +19,7 @@ from worker_api.reconciler.actions import (
     UnhookAgent,
 )
 from worker_api.reconciler.constants import (
+    LAND_RETRY_MS,
     MR_ABANDONED_MS,
     MR_STUCK_MS,
     PR_ORPHANED_MS,
@@ -61,6 +64,13 @@ def reconcile_review_queue(plan: Plan) -> None:
             pr_age = now - max(mr.updated_at, int(meta.get("awaiting_approval_resolved_at") or 0))
             if pr_age > PR_ORPHANED_MS and not working and not awaiting and plan.claim(mr.bead_id):
                 plan.add(TransitionBead(mr.bead_id, "in_progress", "failed", "pr_orphaned"))
+            continue
+        if meta.get("approved_at"):
+            # R8: the refinery approved; the worker lands it (direct merge or a PR), retried at a bounded
+            # rate; no timeout reopens it meanwhile, and the rig's queue waits: merges stay serial.
+            if review is not None and (review.last_poll_at is None or now - review.last_poll_at >= LAND_RETRY_MS) \
+                    and plan.claim(mr.bead_id):
+                plan.add(OpenPr(mr.bead_id) if meta.get("merge_strategy") == "pr" else MergeBranch(mr.bead_id))
             continue
         if not working and age > MR_STUCK_MS and plan.claim(mr.bead_id):  # R2
             plan.add(TransitionBead(mr.bead_id, "in_progress", "open", "mr_stuck", clear_assignee=True))

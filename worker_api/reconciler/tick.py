@@ -34,6 +34,8 @@ from worker_api.reconciler.invariants import check_invariants
 from worker_api.reconciler.reconcile import has_active_work, reconcile
 from worker_api.reconciler.state import load_state
 from worker_api.scm.base import ScmProvider
+from worker_api.scm.gitmerge import Merger, merge_branch
+from worker_api.scm.land import run_land_effect
 from worker_api.scm.pr_sync import run_pr_effect
 
 log = get_logger("worker_api.reconciler")
@@ -48,6 +50,7 @@ class TickDeps:
     provider: ContainerProvider | None = None
     scm: ScmProvider | None = None   # None: PR-based merge requests are neither polled nor merged
     ids: bx.IdFactory = bx.new_id
+    merger: Merger = merge_branch    # the direct strategy's merge through git
 
 
 @dataclass
@@ -150,6 +153,8 @@ async def _run_effect(db: Database, town_id: str, target: Target, deps: TickDeps
                 await db.run(nudges.mark_nudge_delivered, town_id, e.agent_id, e.data["nudge_id"], clock_ms())
         elif e.kind in ("poll_pr", "merge_pr") and deps.scm is not None and e.bead_id:
             await run_pr_effect(db, town_id, deps.scm, e.kind, e.bead_id, e.data["pr_url"], clock_ms)
+        elif e.kind in ("merge_branch", "open_pr") and e.bead_id:
+            await run_land_effect(db, town_id, deps.scm, e.kind, e.bead_id, clock_ms, deps.merger)
     except Exception as exc:  # noqa: BLE001
         log.error("effect.failed", town=town_id, kind=e.kind, agent_id=e.agent_id, error=repr(exc))
 

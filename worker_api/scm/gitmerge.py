@@ -14,6 +14,7 @@ import base64
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 from urllib.parse import urlsplit
 
 from gastown.core import gitops
@@ -48,6 +49,9 @@ def _fetch(bare: Path, git_url: str, branch: str, env: dict[str, str]) -> str | 
             return None
         raise gitops.GitError(f"git fetch failed: {out.stderr.strip()[-300:]}")
     return gitops.rev(bare, f"refs/remotes/origin/{branch}", env)
+
+
+Merger = Callable[..., BranchMerge]  # merge_branch's signature; injected where no remote exists (simulations)
 
 
 def merge_branch(git_url: str, token: str | None, *, branch: str, target: str, message: str) -> BranchMerge:

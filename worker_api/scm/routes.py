@@ -1,4 +1,4 @@
-"""``/api/towns/{t}/rigs/{r}/scm``: configure a rig's GitHub token and auto-merge delay.
+"""``/api/towns/{t}/rigs/{r}/scm``: configure a rig's GitHub token, auto-merge delay and merge strategy.
 
 Why admin-only for writes: a token is a credential to the user's repository; an agent holding the
 town's container token must not swap it. Reads say only whether a token is set, never the token.
@@ -6,7 +6,7 @@ town's container token must not swap it. Reads say only whether a token is set, 
 from __future__ import annotations
 
 import sqlite3
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Literal, Optional
 
 from aiohttp import web
 from pydantic import Field
@@ -26,6 +26,7 @@ class ScmConfig(Body):
 
     github_token: Optional[Annotated[str, Field(min_length=8, max_length=4096, pattern=r"^[\x21-\x7e]+$")]] = None
     auto_merge_delay_minutes: Optional[Annotated[int, Field(ge=0, le=7 * 24 * 60)]] = None
+    merge_strategy: Optional[Literal["direct", "pr"]] = None
 
 
 def _view(conn: sqlite3.Connection, town_id: str, rig_id: str) -> dict[str, Any]:
@@ -34,7 +35,8 @@ def _view(conn: sqlite3.Connection, town_id: str, rig_id: str) -> dict[str, Any]
         raise bx.not_found("rig", rig_id)
     return {"rig_id": rig_id, "provider": "github",
             "token_configured": tokens.get_rig_token(conn, town_id, rig_id) is not None,
-            "auto_merge_delay_minutes": tokens.auto_merge_delay_ms(rig) / 60_000}
+            "auto_merge_delay_minutes": tokens.auto_merge_delay_ms(rig) / 60_000,
+            "merge_strategy": tokens.merge_strategy(rig)}
 
 
 def _put_tx(conn: sqlite3.Connection, town_id: str, rig_id: str, body: ScmConfig) -> dict[str, Any]:
@@ -43,6 +45,8 @@ def _put_tx(conn: sqlite3.Connection, town_id: str, rig_id: str, body: ScmConfig
         tokens.set_rig_token(conn, town_id, rig_id, body.github_token)
     if "auto_merge_delay_minutes" in body.model_fields_set:
         tokens.set_auto_merge_delay(conn, town_id, rig_id, body.auto_merge_delay_minutes)
+    if "merge_strategy" in body.model_fields_set:
+        tokens.set_rig_config(conn, town_id, rig_id, tokens.MERGE_STRATEGY_KEY, body.merge_strategy)
     return _view(conn, town_id, rig_id)
 
 
@@ -53,7 +57,7 @@ async def put_scm(request: web.Request) -> web.Response:
     town_id, rig_id = request[TOWN]["town_id"], path_id(request, "r")
     view = await request.app[DB].run(_put_tx, town_id, rig_id, body)
     log.info("rig.scm_configured", town=town_id, rig_id=rig_id, token_configured=view["token_configured"],
-             auto_merge_delay_minutes=view["auto_merge_delay_minutes"])
+             auto_merge_delay_minutes=view["auto_merge_delay_minutes"], merge_strategy=view["merge_strategy"])
     return web.json_response(view)
 
 

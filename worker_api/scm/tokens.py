@@ -14,6 +14,8 @@ from worker_api import store
 from worker_api.db import from_json, to_json
 
 AUTO_MERGE_DELAY_KEY = "auto_merge_delay_minutes"
+MERGE_STRATEGY_KEY = "merge_strategy"
+MERGE_STRATEGIES = ("direct", "pr")
 DEFAULT_AUTO_MERGE_DELAY_MS = 2 * 60 * 1000  # checks register a few seconds after a push: debounce "green"
 
 
@@ -48,13 +50,24 @@ def auto_merge_delay_ms(rig: dict[str, Any] | None) -> int:
     return DEFAULT_AUTO_MERGE_DELAY_MS if minutes is None else max(0, int(float(minutes) * 60_000))
 
 
-def set_auto_merge_delay(conn: sqlite3.Connection, town_id: str, rig_id: str, minutes: int | None) -> None:
+def merge_strategy(rig: dict[str, Any] | None) -> str:
+    """How an approved MR lands: ``direct`` (the worker merges through git, the default) or ``pr``."""
+    value = ((rig or {}).get("config") or {}).get(MERGE_STRATEGY_KEY)
+    return value if value in MERGE_STRATEGIES else "direct"
+
+
+def set_rig_config(conn: sqlite3.Connection, town_id: str, rig_id: str, key: str, value: Any) -> None:
+    """Set (or, with None, remove) one key of the rig's ``config``."""
     row = conn.execute("SELECT config FROM rigs WHERE town_id = ? AND rig_id = ?", (town_id, rig_id)).fetchone()
     if row is None:
         return
     config = from_json(row[0], {})
-    if minutes is None:
-        config.pop(AUTO_MERGE_DELAY_KEY, None)
+    if value is None:
+        config.pop(key, None)
     else:
-        config[AUTO_MERGE_DELAY_KEY] = minutes
+        config[key] = value
     conn.execute("UPDATE rigs SET config = ? WHERE town_id = ? AND rig_id = ?", (to_json(config), town_id, rig_id))
+
+
+def set_auto_merge_delay(conn: sqlite3.Connection, town_id: str, rig_id: str, minutes: int | None) -> None:
+    set_rig_config(conn, town_id, rig_id, AUTO_MERGE_DELAY_KEY, minutes)

@@ -43,8 +43,8 @@ def still_running(procs: list[psutil.Process]) -> list[str]:
 class ContainerProc:
     """``gastown container`` as a real process, driven over HTTP."""
 
-    def __init__(self, env: dict[str, str]) -> None:
-        self.port = free_port()
+    def __init__(self, env: dict[str, str], port: int | None = None) -> None:
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = open(Path(env["GASTOWN_DATA_DIR"]).parent / f"container-{self.port}.log", "wb")
         self.proc = subprocess.Popen([sys.executable, "-m", "gastown.cli", "container", "--host", "127.0.0.1", "--port", str(self.port)],

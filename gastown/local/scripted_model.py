@@ -4,7 +4,8 @@ Kilo 7.7.7 (provider npm `@ai-sdk/openai-compatible`) always POSTs /v1/chat/comp
 stream:true + stream_options.include_usage; we answer with the exact SSE shape it parses
 (role chunk, content/tool_call chunks, finish_reason chunk, usage chunk with choices: [], [DONE]).
 Behaviour is scripted per test with `enqueue(...)`, else keyed on the last user text
-(see `_default_response`). Standalone: `python -m gastown.local.scripted_model --port 18080`.
+(see `_default_response`): a prompt can carry a whole script of tool calls (`parse_steps`), so
+agents dispatched by the town act on the bead text they are given. Standalone: `python -m gastown.local.scripted_model --port 18080`.
 """
 from __future__ import annotations
 
@@ -107,18 +108,55 @@ def make_record(body: dict, index: int = 0) -> LLMRequest:
                     if isinstance(t, dict)])
 
 
-def _parse_tool_calls(text: str) -> list[ToolCall]:
-    """Every `CALL_TOOL <name> [<json-object>]` in the text becomes one tool call."""
-    calls, dec = [], json.JSONDecoder()
-    for m in re.finditer(r"CALL_TOOL\s+([\w.\-]+)[ \t]*", text):
+_BRANCH = re.compile(r"[Bb]ranch:? `([^`]+)`")
+
+
+def _fill(value: Any, branch: str | None) -> Any:
+    """``{{branch}}`` in a scripted argument becomes the branch the prompt names (a polecat's
+    "Your branch: `…`", a refinery's "Branch `…` into"), so a script is written before dispatch."""
+    if isinstance(value, str) and branch:
+        return value.replace("{{branch}}", branch)
+    if isinstance(value, dict):
+        return {k: _fill(v, branch) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_fill(v, branch) for v in value]
+    return value
+
+
+def parse_steps(text: str) -> list[list[ToolCall]]:
+    """The script in a prompt: ``CALL_TOOL <name> [<json>]`` calls, one step each group; a
+    ``THEN_TOOL`` starts the next step, run after the previous step's results came back. Calls in
+    one step are parallel. A keyword inside an earlier call's JSON (a script meant for the next
+    agent, e.g. in a gt_done summary) is part of that JSON, not of this script."""
+    steps: list[list[ToolCall]] = []
+    dec, end = json.JSONDecoder(), 0
+    m_branch = _BRANCH.search(text)
+    branch = m_branch.group(1) if m_branch else None
+    for m in re.finditer(r"(CALL_TOOL|THEN_TOOL)\s+([\w.\-]+)[ \t]*", text):
+        if m.start() < end:
+            continue
         args: dict = {}
+        end = m.end()
         if text[m.end():m.end() + 1] == "{":
             try:
-                args = dec.raw_decode(text, m.end())[0]
+                args, end = dec.raw_decode(text, m.end())
             except ValueError:
                 pass
-        calls.append(ToolCall(m.group(1), args if isinstance(args, dict) else {}))
-    return calls
+        if m.group(1) == "THEN_TOOL" or not steps:
+            steps.append([])
+        steps[-1].append(ToolCall(m.group(2), _fill(args, branch) if isinstance(args, dict) else {}))
+    return steps
+
+
+def _parse_tool_calls(text: str) -> list[ToolCall]:
+    """Every call of the script's first step."""
+    steps = parse_steps(text)
+    return steps[0] if steps else []
+
+
+def _calls_since_last_user(messages: list[dict]) -> int:
+    last_user = max((i for i, m in enumerate(messages) if m.get("role") == "user"), default=-1)
+    return sum(1 for m in messages[last_user + 1:] if m.get("role") == "assistant" and m.get("tool_calls"))
 
 
 def provider_config_for(base_url: str, models=("m1", "m2"), provider_id: str = "fake") -> dict:
@@ -226,6 +264,10 @@ class FakeLLM:
     def _default_response(self, rec: LLMRequest) -> Response:
         text = rec.last_user_text
         if rec.has_tool_result:
+            steps, done = parse_steps(text), _calls_since_last_user(rec.messages)
+            if done < len(steps):
+                step = steps[done]
+                return step if len(step) > 1 else step[0]
             last = rec.messages[-1]
             return Reply("TOOL RESULT SEEN: " + _text_of(last.get("content"))[:200])
         for code in (500, 400):

@@ -65,6 +65,7 @@ class TownProcs:
         return proc
 
     async def start(self, *, merge_strategy: str = "direct", container_env_extra: dict[str, str] | None = None,
+                    worker_env_extra: dict[str, str] | None = None,
                     repo_settings: dict[str, Any] | None = None) -> "TownProcs":
         self.forge.create_repo(REPO, files={"README.md": "# app\n"}, **(repo_settings or {}))
         forge = self._spawn("forge", [sys.executable, "-m", "gastown.local.forge", "--root", str(self.tmp / "forge"),
@@ -73,7 +74,7 @@ class TownProcs:
         worker = self._spawn("worker", [sys.executable, "-m", "gastown.cli", "worker", "--port", str(self.worker_port),
                                         "--db", str(self.tmp / "worker.db")],
                              {"GASTOWN_ADMIN_TOKEN": ADMIN, "GASTOWN_JWT_SECRET": JWT,
-                              "GASTOWN_GITHUB_API_URL": f"{self.forge_url}/api/v3"})
+                              "GASTOWN_GITHUB_API_URL": f"{self.forge_url}/api/v3", **(worker_env_extra or {})})
         await _until_http(f"{self.worker_url}/alive", worker, "worker")
         container_port = free_port()
         code, town = await self.api("POST", "/api/towns", {"name": "e2e", "default_model": "fake/m1",

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from gastown.local.scripted_model import Reply, ToolCall
 from tests.s3servers import seaweedfs  # noqa: F401 - fixture
 from tests.townproc import TownProcs, script, tool, until
 
@@ -57,5 +58,74 @@ async def test_a_convoy_of_two_beads_is_written_reviewed_and_merged_on_the_forge
         seen = {name for r in reviews for name, text in (("one.txt", "first"), ("two.txt", "second"))
                 if f"cat {name}" in r.last_user_text and text in str(r.messages[-1].get("content"))}
         assert seen == {"one.txt", "two.txt"}
+    finally:
+        await town.close()
+
+
+async def test_pr_strategy_a_conflict_and_a_red_check_become_fix_up_beads_then_the_pr_merges(fake_llm, seaweedfs,
+                                                                                            tmp_path: Path):
+    """The worker opens the PR; a conflicting commit on main is a conflict bead (not a failed MR); a red
+    check is a feedback bead; polecats on the PR branch push the fixes; green and approved, the PR
+    merges after the auto-merge delay and the bead closes."""
+    town = TownProcs(tmp_path, fake_llm, seaweedfs)
+    try:
+        await town.start(merge_strategy="pr", repo_settings={"require_review": True},
+                         worker_env_extra={"GASTOWN_PR_POLL_INTERVAL_S": "1"})
+        code, slung = await town.api("POST", f"/api/towns/{town.town_id}/sling", {
+            "rig_id": town.rig_id, "title": "Add feature", "body": polecat_script("feature.txt", "ours")})
+        assert code == 201, slung
+
+        async def pr_opened():
+            mrs = (await town.town("/beads?type=merge_request"))["beads"]
+            return mrs[0] if mrs and mrs[0]["metadata"].get("pr_url") else None
+
+        mr = await until(pr_opened, 300, "the worker to open the PR")
+        assert mr["metadata"]["pr_url"] == f"{town.forge_url}/acme/app/pull/1"
+        code, pr = await town.forge_api("GET", "/pulls/1")
+        assert code == 200 and pr["state"] == "open" and pr["base"]["ref"] == "main"
+        branch = pr["head"]["ref"]
+
+        async def fix_up(label: str):
+            beads = (await town.town("/beads?type=issue"))["beads"]
+            return next((b for b in beads if label in b["labels"]), None)
+
+        async def closed(bead_id: str):
+            return (await town.town(f"/beads/{bead_id}"))["status"] == "closed"
+
+        def polecat_pushes(command: str) -> None:
+            fake_llm.enqueue(ToolCall("bash", {"command": command, "description": "fix the PR"}),
+                             ToolCall("gastown_gt_done", {"branch": branch, "summary": "fixed"}), Reply("Fixed."))
+
+        # A conflicting commit on main: a conflict bead blocks the MR, which stays in progress.
+        polecat_pushes("git fetch -q origin && git merge -q -X ours -m 'merge main' origin/main && git push -q origin HEAD")
+        await asyncio.to_thread(town.forge.commit, "acme/app", "main", {"feature.txt": "theirs\n"}, message="clash")
+        conflict = await until(lambda: fix_up("gt:pr-conflict"), 120, "a conflict bead")
+        assert conflict["metadata"]["branch"] == branch
+        assert (await town.town(f"/beads/{mr['bead_id']}"))["status"] == "in_progress"
+        await until(lambda: closed(conflict["bead_id"]), 240, "the conflict fix pushed and done")
+        code, pr = await town.forge_api("GET", "/pulls/1")
+        assert pr["mergeable"] is True
+
+        # A red check: a feedback bead, fixed by a polecat on the PR branch.
+        polecat_pushes("echo fixed > fix.txt && git add fix.txt && git commit -qm 'fix ci' && git push -q origin HEAD")
+        red_head = pr["head"]["sha"]
+        assert (await town.forge_api("POST", f"/statuses/{red_head}", {"state": "failure", "context": "ci"}))[0] == 201
+        feedback = await until(lambda: fix_up("gt:pr-feedback"), 120, "a feedback bead")
+        assert "ci" in feedback["body"]
+        await until(lambda: closed(feedback["bead_id"]), 240, "the check fix pushed and done")
+        code, pr = await town.forge_api("GET", "/pulls/1")
+        assert pr["head"]["sha"] != red_head and pr["state"] == "open"
+
+        # Green and approved: merged after the (zero) auto-merge delay; the bead closes.
+        await town.forge_api("POST", f"/statuses/{pr['head']['sha']}", {"state": "success", "context": "ci"})
+        assert (await town.forge_api("POST", "/pulls/1/reviews", {"event": "APPROVE"}))[0] == 200
+        await until(lambda: closed(slung["bead_id"]), 120, "the PR merged and the bead closed")
+        assert (await town.town(f"/beads/{mr['bead_id']}"))["status"] == "closed"
+        code, pr = await town.forge_api("GET", "/pulls/1")
+        assert pr["merged"] is True
+        work = await asyncio.to_thread(town.clone, tmp_path / "fresh")
+        assert (work / "feature.txt").read_text() == "ours\n" and (work / "fix.txt").read_text() == "fixed\n"
+    except AssertionError as e:
+        raise AssertionError(f"{e}\n{town.logs()}") from None
     finally:
         await town.close()

@@ -4,6 +4,8 @@ Each value is the original system's (docs/original-system.md) unless noted; the 
 """
 from __future__ import annotations
 
+import os
+
 SECOND = 1000
 MINUTE = 60 * SECOND
 HOUR = 60 * MINUTE
@@ -28,7 +30,7 @@ MAX_ACTIVE_POLECATS = 10                 # ours: one container cannot run thousa
 MR_STUCK_MS = 30 * MINUTE                # R2: in_progress MR without PR and without a working agent
 MR_ABANDONED_MS = 2 * MINUTE             # R3: in_progress MR without PR and nobody hooked
 PR_ORPHANED_MS = 30 * MINUTE             # R4: PR MR without a working refinery
-PR_POLL_INTERVAL_MS = 60 * SECOND
+PR_POLL_INTERVAL_MS = int(float(os.environ.get("GASTOWN_PR_POLL_INTERVAL_S") or 60) * SECOND)  # R1
 LAND_RETRY_MS = 30 * SECOND              # R8: between attempts to merge an approved MR or open its PR
 
 LANDING_MAX_ATTEMPTS = 5

@@ -211,7 +211,8 @@ class Supervisor:
                    # The clone asks for the rig's credential as the agent would (helper + identity).
                    **git_access_env(rec.request, api_url=self.worker.api_url, container_token=self.worker.token,
                                     credential_helper=self.cfg.credential_helper)}
-        await asyncio.to_thread(prepare_workspace, rec.request, rec.paths.workdir, git_env)
+        mirror = self.cfg.data_dir / "rigs" / rec.request.rig_id / "mirror.git"
+        await asyncio.to_thread(prepare_workspace, rec.request, rec.paths.workdir, git_env, mirror)
 
     async def _bring_up(self, rec: AgentRecord, warm: Server | None) -> None:
         async with BringUp(self, rec, warm) as up:

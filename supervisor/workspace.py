@@ -1,8 +1,16 @@
 """Per-agent git workspace. kilo wants a git repo: clone ``git_url`` when given, else ``git init``
-with one empty commit. Runs in a thread (git is blocking) with a timeout on every command."""
+with one empty commit. Runs in a thread (git is blocking) with a timeout on every command.
+
+One mirror per rig (``$GASTOWN_DATA_DIR/rigs/<rig_id>/mirror.git``, a bare clone refreshed under a
+per-rig lock) holds the rig's objects; each agent's workspace is its own clone that borrows them
+(``git clone --reference``: alternates), so a second agent of the rig downloads nothing it does not
+lack. Not ``git worktree``: a worktree cannot check out a branch another worktree holds, and the
+refinery and rework polecats must check out the branch the first polecat still has checked out.
+"""
 from __future__ import annotations
 
 import subprocess
+import threading
 from pathlib import Path
 from typing import Mapping
 
@@ -36,19 +44,44 @@ def git(args: list[str], cwd: Path, env: Mapping[str, str], timeout: float = GIT
     return out.stdout
 
 
-def prepare_workspace(req: StartAgentRequest, workdir: Path, env: Mapping[str, str]) -> Path:
-    """The agent's repo on the requested branch. A new workspace is cloned (or initialised when
-    there is no ``git_url``); a reused one (restart, re-dispatch) is fetched first. Committed work
-    on the branch is never thrown away (see :func:`switch_branch`)."""
+_MIRROR_LOCKS: dict[Path, threading.Lock] = {}
+_MIRROR_LOCKS_GUARD = threading.Lock()
+
+
+def refresh_mirror(mirror: Path, git_url: str, env: Mapping[str, str]) -> None:
+    """Create or fetch the rig's bare mirror (one at a time per mirror: concurrent fetches into one
+    repository race on its ref locks). Never gc'd with pruning: agents' clones borrow its objects."""
+    with _MIRROR_LOCKS_GUARD:
+        lock = _MIRROR_LOCKS.setdefault(mirror, threading.Lock())
+    with lock:
+        if not (mirror / "HEAD").exists():
+            mirror.parent.mkdir(parents=True, exist_ok=True)
+            git(["clone", "--quiet", "--bare", "--", git_url, str(mirror)], mirror.parent, env)
+            git(["config", "gc.auto", "0"], mirror, env)
+            return
+        if git(["remote", "get-url", "origin"], mirror, env, timeout=10).strip() != git_url:
+            git(["remote", "set-url", "origin", git_url], mirror, env, timeout=10)
+        git(["fetch", "--quiet", "--prune", "origin", "+refs/heads/*:refs/heads/*"], mirror, env)
+
+
+def prepare_workspace(req: StartAgentRequest, workdir: Path, env: Mapping[str, str],
+                      mirror: Path | None = None) -> Path:
+    """The agent's repo on the requested branch. A new workspace is cloned (borrowing the rig
+    ``mirror``'s objects when given) or initialised when there is no ``git_url``; a reused one
+    (restart, re-dispatch) is fetched first. Committed work on the branch is never thrown away
+    (see :func:`switch_branch`)."""
     workdir.mkdir(parents=True, exist_ok=True)
     remote = bool(req.git_url) and not req.lightweight
+    if remote and mirror is not None:
+        refresh_mirror(mirror, str(req.git_url), env)
     if (workdir / ".git").exists():
         if remote and has_origin(workdir, env):
             git(["fetch", "--quiet", "--prune", "origin"], workdir, env)
             switch_branch(req, workdir, env)
         return workdir
     if remote:
-        git(["clone", "--quiet", "--", req.git_url, str(workdir)], workdir.parent, env)
+        reference = ["--reference", str(mirror)] if mirror is not None else []
+        git(["clone", "--quiet", *reference, "--", req.git_url, str(workdir)], workdir.parent, env)
         switch_branch(req, workdir, env)
         return workdir
     git(["init", "-q", "-b", req.default_branch or "main"], workdir, env)

@@ -44,11 +44,34 @@ def commit(workdir: Path, name: str, tmp_path: Path) -> str:
     return rev(workdir)
 
 
-async def prepare(req: StartAgentRequest, workdir: Path, tmp_path: Path, token: str | None = None) -> None:
+async def prepare(req: StartAgentRequest, workdir: Path, tmp_path: Path, token: str | None = None,
+                  mirror: Path | None = None) -> None:
     """In a thread: the forge serves on this loop. ``token``: git's credential helper answers with it."""
     helper = {"GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": "credential.helper",
               "GIT_CONFIG_VALUE_0": f"!f() {{ echo username=a; echo password={token}; }}; f"} if token else {}
-    await asyncio.to_thread(prepare_workspace, req, workdir, {**env(tmp_path), **helper})
+    await asyncio.to_thread(prepare_workspace, req, workdir, {**env(tmp_path), **helper}, mirror)
+
+
+def own_objects(workdir: Path) -> int:
+    """Objects a clone holds itself (loose and packed), not borrowed through alternates."""
+    out = subprocess.run(["git", "count-objects", "-v"], cwd=workdir, capture_output=True, text=True, check=True).stdout
+    counts = dict(line.split(": ") for line in out.splitlines())
+    return int(counts["count"]) + int(counts["in-pack"])
+
+
+async def test_two_agents_of_one_rig_share_the_rigs_mirror_instead_of_cloning_twice(forge: Forge, tmp_path: Path):
+    """Each agent cloned the rig's whole repository from the network into its own workspace."""
+    url = forge.create_repo("app", private=False, files={f"f{i}.txt": f"{i}\n" for i in range(20)})
+    mirror = tmp_path / "rigs" / "rig-1" / "mirror.git"
+    await prepare(request(url, branch="gt/a/1"), tmp_path / "a", tmp_path, mirror=mirror)
+    await prepare(request(url, branch="gt/b/2"), tmp_path / "b", tmp_path, mirror=mirror)
+    for ws in (tmp_path / "a", tmp_path / "b"):
+        assert (ws / ".git/objects/info/alternates").read_text().strip() == str(mirror / "objects")
+        assert own_objects(ws) == 0 and (ws / "f7.txt").read_text() == "7\n"
+    # A branch pushed after the mirror was made reaches the next agent through the mirror's refresh.
+    tip = forge.commit("app", "gt/a/1", {"a.txt": "a\n"}, message="pushed by a")
+    await prepare(request(url, branch="gt/a/1"), tmp_path / "c", tmp_path, mirror=mirror)
+    assert rev(tmp_path / "c") == tip and own_objects(tmp_path / "c") == 0
 
 
 async def test_a_branch_that_exists_on_origin_is_checked_out_tracking_it(forge: Forge, tmp_path: Path):

@@ -128,8 +128,10 @@ class TownProcs:
                        capture_output=True, timeout=60)
         return dest
 
-    def logs(self) -> str:
-        return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}" for p in sorted(self.tmp.glob("*.log")))
+    def logs(self, full: bool = False) -> str:
+        """Every process log of the town (the container's, its kilo stderr included): tails, or whole."""
+        files = sorted([*self.tmp.glob("*.log"), *self.tmp.glob("container/*.log")])
+        return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[None if full else -3000:]}" for p in files)
 
     async def close(self) -> None:
         for p in reversed(self.procs):

@@ -6,13 +6,15 @@ helper, gt_done)."""
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
+import psutil
 import pytest
 
 from gastown.local.scripted_model import Reply, ToolCall
 from tests.s3servers import seaweedfs  # noqa: F401 - fixture
-from tests.townproc import TownProcs, script, tool, until
+from tests.townproc import FORGE_TOKEN, TownProcs, script, tool, until
 
 pytestmark = pytest.mark.kilo
 
@@ -36,6 +38,7 @@ async def test_a_convoy_of_two_beads_is_written_reviewed_and_merged_on_the_forge
             "beads": [{"title": "Add one", "body": polecat_script("one.txt", "first")},
                       {"title": "Add two", "body": polecat_script("two.txt", "second")}]})
         assert code == 201, convoy
+        sampler = asyncio.create_task(sample_kilo_processes(seen_procs := []))
 
         async def landed():
             c = await town.town(f"/convoys/{convoy['convoy_id']}")
@@ -58,8 +61,41 @@ async def test_a_convoy_of_two_beads_is_written_reviewed_and_merged_on_the_forge
         seen = {name for r in reviews for name, text in (("one.txt", "first"), ("two.txt", "second"))
                 if f"cat {name}" in r.last_user_text and text in str(r.messages[-1].get("content"))}
         assert seen == {"one.txt", "two.txt"}
+        sampler.cancel()
+        await no_token_anywhere(town, seen_procs, tmp_path)
     finally:
         await town.close()
+
+
+async def sample_kilo_processes(out: list[str]) -> None:
+    """Every kilo's argv and env while the town works (what an agent's ``ps`` or /proc shows)."""
+    while True:
+        for p in psutil.process_iter(["cmdline", "environ"]):
+            try:
+                if any("kilo" in part for part in p.info["cmdline"] or []):
+                    out.append(" ".join(p.info["cmdline"]) + json.dumps(p.info["environ"] or {}))
+            except (psutil.Error, TypeError):
+                pass
+        await asyncio.sleep(0.5)
+
+
+async def no_token_anywhere(town: TownProcs, kilo_procs: list[str], tmp_path: Path) -> None:
+    """The rig's forge token never leaves the worker: not in any process log, registry entry,
+    AgentStatus, agent event, kilo argv or env, nor in any git config on the container's disk."""
+    assert kilo_procs and "GASTOWN_AGENT_ID" in kilo_procs[-1], "no kilo argv and env were sampled"
+    assert town.container is not None
+    places = {"kilo argv/env": "\n".join(kilo_procs), "logs": town.logs(full=True),
+              "registry": json.dumps(await town.town("/container-registry"))}
+    code, agents = await town.container.call("GET", "/agents")
+    places["AgentStatus"] = json.dumps(agents)
+    for a in agents["agents"]:
+        places[f"events {a['agent_id']}"] = json.dumps(await town.container.call("GET", f"/agents/{a['agent_id']}/events?after=0"))
+    for config in (tmp_path / "container").rglob("config"):
+        if config.parent.name in (".git", "mirror.git"):
+            places[str(config)] = config.read_text()
+    assert len([k for k in places if k.startswith("events")]) >= 3  # two polecats and the refinery
+    leaked = [name for name, text in places.items() if FORGE_TOKEN in text]
+    assert leaked == []
 
 
 async def test_pr_strategy_a_conflict_and_a_red_check_become_fix_up_beads_then_the_pr_merges(fake_llm, seaweedfs,

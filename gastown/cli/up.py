@@ -164,8 +164,9 @@ async def _object_store(town: Town, state: TownState) -> dict[str, str]:
     return {**s3servers.s3_env(server, "gastown"), "GASTOWN_SNAPSHOT_URL": "s3://gastown/snapshots"}
 
 
-async def _forge(town: Town, state: TownState, env: dict[str, str]) -> str:
-    """The local git forge (git smart HTTP, token auth) with a private ``demo`` repo; its clone URL."""
+async def _forge(town: Town, state: TownState, env: dict[str, str]) -> tuple[str, str]:
+    """The local git forge (git smart HTTP, token auth, the GitHub API subset) with a private
+    ``demo`` repo; its clone URL and the API URL the worker's SCM adapter is pointed at."""
     port = state.forge_port or free_port()
     proc = await town.children.spawn("forge", [sys.executable, "-m", "gastown.local.forge", "--root",
                                                str(town.dir / "forge"), "--port", str(port), "--repo", DEMO_REPO],
@@ -174,8 +175,9 @@ async def _forge(town: Town, state: TownState, env: dict[str, str]) -> str:
     line = await asyncio.wait_for(proc.stdout.readline(), STEP_TIMEOUT_S)
     info = json.loads(line)
     state.forge_port = port
-    town.out.say(f"forge: git smart HTTP at {info['forge']}, private repo {info['repos'][DEMO_REPO]}")
-    return info["repos"][DEMO_REPO]
+    town.out.say(f"forge: git smart HTTP at {info['forge']}, private repo {info['repos'][DEMO_REPO]},"
+                 f" GitHub API at {info['api']}")
+    return info["repos"][DEMO_REPO], info["api"]
 
 
 async def _ensure_rig(town: Town, state: TownState, git_url: str) -> None:
@@ -279,10 +281,11 @@ async def _bring_up(town: Town) -> None:
     state = town.state = await _load_or_new_state(town)
     provider_env, model = await _model_provider(town, base_env)
     store_env = await _object_store(town, state)
-    repo_url = await _forge(town, state, base_env)
+    repo_url, forge_api = await _forge(town, state, base_env)
     state.save(town.dir)
     town.out.say("starting worker API …")
-    worker_env = {**base_env, "GASTOWN_ADMIN_TOKEN": state.admin_token, "GASTOWN_JWT_SECRET": state.jwt_secret}
+    worker_env = {**base_env, "GASTOWN_ADMIN_TOKEN": state.admin_token, "GASTOWN_JWT_SECRET": state.jwt_secret,
+                  "GASTOWN_GITHUB_API_URL": forge_api}
     await town.children.spawn("worker", [*gastown, "worker", "--port", str(state.worker_port),
                                          "--db", str(town.dir / "worker.db")], worker_env)
     await town.wait_http(f"{state.worker_url}/alive")

@@ -110,3 +110,23 @@ async def test_the_supervisor_clones_a_private_rig_repo_for_its_agent(worker, fo
     assert (rec.paths.workdir / "README.md").read_text() == "private\n"
     env = sup.build_launch(rec, "pw")
     assert env["GIT_CONFIG_KEY_0"] == "credential.helper" and RIG_TOKEN not in json.dumps(env)
+
+
+async def test_a_rig_token_rotated_mid_task_is_used_by_the_agents_next_git_call(worker, forge, rig, tmp_path):
+    """The helper caches nothing: after the operator rotates the rig's token (the old one revoked on
+    the forge), the agent's next push asks the worker again and gets the new one."""
+    town_id, token, url = rig
+    env = agent_env(tmp_path, worker.url, town_id, token)
+    assert (await git(env, "clone", url, str(tmp_path / "ws"))).returncode == 0
+    new = "forge-rig-token-rotated-0123456789"
+    forge.tokens.pop(RIG_TOKEN)
+    forge.tokens[new] = "rig-1"
+    (tmp_path / "ws" / "later.txt").write_text("later\n")
+    for args in (["add", "later.txt"], ["commit", "-qm", "later"]):
+        assert (await git(env, *args, cwd=tmp_path / "ws")).returncode == 0
+    stale = await git(env, "push", "origin", "HEAD:refs/heads/polecat/later", cwd=tmp_path / "ws")
+    assert stale.returncode != 0  # the revoked token, still configured on the worker
+    assert (await worker.request("PUT", f"/api/towns/{town_id}/rigs/rig-1/scm", json={"github_token": new}))[0] == 200
+    push = await git(env, "push", "origin", "HEAD:refs/heads/polecat/later", cwd=tmp_path / "ws")
+    assert push.returncode == 0, push.stderr
+    assert forge.log("app", "polecat/later")[0] == "later"

@@ -48,6 +48,7 @@ class Town(Row):
     small_model: Optional[str]
     organization_id: Optional[str]
     created_at: EpochMs
+    owner_user_id: Optional[Id] = None
     draining: bool = False
 
 

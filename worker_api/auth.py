@@ -8,7 +8,9 @@ access, so existence of other towns is not revealed to a container).
 
 Policies: ``public`` (no auth), ``admin``, ``town`` (admin token or a valid container token of
 the path town), ``refresh`` (admin, or a container token of the path town that may be expired, see
-``ContainerTokens.verify_allow_expired``).
+``ContainerTokens.verify_allow_expired``), ``user`` (admin, or a user: on a town path only the
+town's owner), ``member`` (``town`` or ``user``: what both a town's agents and its owner may do,
+e.g. beads and convoys). A user token on a ``town``/``refresh``/``admin`` route is 403.
 """
 from __future__ import annotations
 
@@ -20,21 +22,22 @@ from aiohttp import web
 
 from gastown.core.http import ApiError, bearer_token, path_id
 from gastown.core.jsonlog import get_logger
-from worker_api import store
+from worker_api import store, users
 from worker_api.appkeys import ADMIN_TOKEN, AUTH_POLICIES, DB, PRINCIPAL, TOKENS, TOWN
 from worker_api.tokens import TokenClaims, TokenError
 
 log = get_logger("worker_api.auth")
 
-PUBLIC, ADMIN, TOWN_ACCESS, REFRESH = "public", "admin", "town", "refresh"
+PUBLIC, ADMIN, TOWN_ACCESS, REFRESH, USER, MEMBER = "public", "admin", "town", "refresh", "user", "member"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 @dataclass(frozen=True)
 class Principal:
-    kind: str  # "admin" | "container"
+    kind: str  # "admin" | "container" | "user"
     town_id: str | None = None
     claims: TokenClaims | None = None
+    user_id: str | None = None
 
 
 def is_admin_token(request: web.Request, token: str) -> bool:
@@ -76,10 +79,20 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     if policy == PUBLIC:
         return await handler(request)
 
-    principal = authenticate(request, policy)
+    token = bearer_token(request)
+    if token is not None and users.is_user_token(token):
+        principal = await _user_principal(request, token, policy)
+    else:
+        principal = authenticate(request, policy)
+        if principal.kind == "container" and policy == USER:
+            raise ApiError(403, "FORBIDDEN", "a user token is required")
     for name in match_info:
         path_id(request, name)  # 400 INVALID_ID
     town_id = match_info.get("t")
+    if principal.kind == "user" and town_id is not None:
+        owner = await request.app[DB].run(users.town_owner, town_id, write=False)
+        if owner != principal.user_id:  # another user's town, or one that does not exist: same answer
+            raise ApiError(403, "FORBIDDEN", "this town belongs to another user")
     if principal.kind == "container" and principal.town_id != town_id:
         if policy == REFRESH:
             log.warning("token.refresh_refused", reason="wrong_town", path_town=town_id)
@@ -91,6 +104,16 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         request[TOWN] = town
     request[PRINCIPAL] = principal
     return await handler(request)
+
+
+async def _user_principal(request: web.Request, token: str, policy: str) -> Principal:
+    user_id = await request.app[DB].run(users.user_of_token, token, write=False)
+    if user_id is None:
+        log.warning("auth.token_rejected", reason="unknown_user_token", path=request.path)
+        raise _unauthorized("user token rejected")
+    if policy not in (USER, MEMBER):
+        raise ApiError(403, "FORBIDDEN", "not a route for user tokens")
+    return Principal("user", user_id=user_id)
 
 
 def require_town(request: web.Request) -> dict[str, Any]:

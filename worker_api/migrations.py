@@ -216,3 +216,44 @@ CREATE INDEX town_events_by_bead ON town_events(town_id, bead_id) WHERE bead_id 
 """,
     )
 )
+
+MIGRATIONS.append(
+    Migration(
+        name="users and their towns, the mayor's inbox, the agents' event archive",
+        sql="""
+CREATE TABLE users (
+    user_id     TEXT PRIMARY KEY,
+    name        TEXT NOT NULL,
+    token_hash  TEXT NOT NULL UNIQUE,     -- sha256 of the user's token: the token itself is never stored
+    created_at  INTEGER NOT NULL
+);
+ALTER TABLE towns ADD COLUMN owner_user_id TEXT;
+CREATE INDEX towns_by_owner ON towns(owner_user_id) WHERE owner_user_id IS NOT NULL;
+
+CREATE TABLE mayor_messages (
+    id            INTEGER PRIMARY KEY AUTOINCREMENT,
+    town_id       TEXT NOT NULL REFERENCES towns(town_id) ON DELETE CASCADE,
+    text          TEXT NOT NULL,
+    created_at    INTEGER NOT NULL,
+    delivered_at  INTEGER,
+    attempts      INTEGER NOT NULL DEFAULT 0,
+    last_error    TEXT
+);
+CREATE INDEX mayor_messages_pending ON mayor_messages(town_id, id) WHERE delivered_at IS NULL;
+
+CREATE TABLE agent_events (
+    seq           INTEGER PRIMARY KEY AUTOINCREMENT,   -- the SSE id: increasing across the worker
+    town_id       TEXT NOT NULL REFERENCES towns(town_id) ON DELETE CASCADE,
+    agent_id      TEXT NOT NULL,
+    source_id     INTEGER NOT NULL,                    -- the container's event id (dedup on resend)
+    type          TEXT NOT NULL,
+    data          TEXT NOT NULL,
+    ts            INTEGER NOT NULL,
+    received_at   INTEGER NOT NULL
+);
+CREATE INDEX agent_events_by_town ON agent_events(town_id, seq);
+CREATE INDEX agent_events_by_agent ON agent_events(town_id, agent_id, seq);
+CREATE INDEX agent_events_by_source ON agent_events(town_id, agent_id, source_id);
+""",
+    )
+)

@@ -3,7 +3,7 @@ middleware enforces and ``/openapi.json`` all come from :data:`ROUTES`.
 
 Auth policies (``worker_api.auth``): ``public`` (none), ``admin`` (GASTOWN_ADMIN_TOKEN), ``town``
 (admin token or a container token of the path town), ``refresh`` (like town, but the container
-token may be expired). A route without a declaration does not exist; the middleware fails closed.
+token may be expired), ``user`` (admin or a user token; on a town, its owner), ``member`` (town or user). A route without a declaration does not exist; the middleware fails closed.
 """
 from __future__ import annotations
 
@@ -22,7 +22,9 @@ from worker_api import routes_tools as tools
 from worker_api import routes_towns as towns
 from worker_api import routes_user as user
 from worker_api.appkeys import AUTH_POLICIES
-from worker_api.auth import ADMIN, PUBLIC, REFRESH, TOWN_ACCESS
+from worker_api.auth import ADMIN, MEMBER, PUBLIC, REFRESH, TOWN_ACCESS, USER
+from worker_api.front import answers as fa
+from worker_api.front import routes as front
 from worker_api.scm import credentials
 from worker_api.scm import routes as scm
 
@@ -78,12 +80,16 @@ ROUTES: tuple[Route, ...] = (
           Reply("Prometheus text exposition", schema={"type": "string"}, media="text/plain"),
           summary="Prometheus metrics of every town, read from the store at scrape time"),
     # towns
-    route("post", "/api/towns", towns.create_town, "createTown", ADMIN, 201, a.TownCreated, body=m.CreateTown,
-          errors=(409,)),
-    route("get", T, towns.get_town, "getTown", TOWN_ACCESS, 200, a.Town),
+    route("post", "/api/towns", towns.create_town, "createTown", USER, 201, a.TownCreated, body=m.CreateTown,
+          errors=(409,), summary="A user's town is its own (owner_user_id); the admin's has no owner"),
+    route("get", "/api/towns", front.list_towns, "listTowns", USER, 200, fa.TownList,
+          summary="The caller's towns (the admin sees every town)"),
+    route("post", "/api/users", front.create_user, "createUser", ADMIN, 201, fa.UserCreated, body=front.CreateUser,
+          summary="A user and its token (shown once; only its hash is kept)"),
+    route("get", T, towns.get_town, "getTown", MEMBER, 200, a.Town),
     route("post", f"{T}/agents", towns.create_agent, "createAgent", ADMIN, 201, a.Agent, body=m.CreateAgent,
           errors=(409,)),
-    route("get", f"{T}/agents", towns.list_agents, "listAgents", TOWN_ACCESS, 200, a.AgentList),
+    route("get", f"{T}/agents", towns.list_agents, "listAgents", MEMBER, 200, a.AgentList),
     route("get", f"{T}/container-registry", towns.get_registry, "getRegistry", TOWN_ACCESS, 200, a.RegistryAnswer),
     route("post", f"{T}/container-registry", towns.put_registry, "putRegistry", TOWN_ACCESS, 200, a.RegistryStored,
           body=m.Registry,
@@ -112,33 +118,33 @@ ROUTES: tuple[Route, ...] = (
     route("post", f"{T}/container-ready", rc.container_ready, "containerReady", TOWN_ACCESS, 200, a.Cleared,
           body=m.ContainerReady),
     # rigs, beads, convoys
-    route("post", f"{T}/rigs", user.create_rig, "createRig", TOWN_ACCESS, 201, a.Rig, body=user.CreateRig,
+    route("post", f"{T}/rigs", user.create_rig, "createRig", MEMBER, 201, a.Rig, body=user.CreateRig,
           errors=(409,)),
-    route("get", f"{T}/rigs", user.list_rigs, "listRigs", TOWN_ACCESS, 200, a.RigList),
+    route("get", f"{T}/rigs", user.list_rigs, "listRigs", MEMBER, 200, a.RigList),
     route("put", f"{T}/rigs/{{r}}/scm", scm.put_scm, "putRigScm", ADMIN, 200, a.ScmView, body=scm.ScmConfig,
           summary="Set (or with null remove) the rig's GitHub token and auto-merge delay; absent fields unchanged"),
-    route("get", f"{T}/rigs/{{r}}/scm", scm.get_scm, "getRigScm", TOWN_ACCESS, 200, a.ScmView,
+    route("get", f"{T}/rigs/{{r}}/scm", scm.get_scm, "getRigScm", MEMBER, 200, a.ScmView,
           summary="Whether a token is configured (never the token) and the auto-merge delay"),
-    route("post", f"{T}/beads", user.create_bead, "createBead", TOWN_ACCESS, 201, a.Bead, body=user.CreateBead),
-    route("get", f"{T}/beads", user.list_beads, "listBeads", TOWN_ACCESS, 200, a.BeadList, query=Q_BEADS),
-    route("get", f"{T}/beads/{{b}}", user.get_bead, "getBead", TOWN_ACCESS, 200, a.BeadView),
-    route("patch", f"{T}/beads/{{b}}", user.patch_bead, "patchBead", TOWN_ACCESS, 200, a.BeadView,
+    route("post", f"{T}/beads", user.create_bead, "createBead", MEMBER, 201, a.Bead, body=user.CreateBead),
+    route("get", f"{T}/beads", user.list_beads, "listBeads", MEMBER, 200, a.BeadList, query=Q_BEADS),
+    route("get", f"{T}/beads/{{b}}", user.get_bead, "getBead", MEMBER, 200, a.BeadView),
+    route("patch", f"{T}/beads/{{b}}", user.patch_bead, "patchBead", MEMBER, 200, a.BeadView,
           body=user.PatchBead, errors=(409,)),
-    route("delete", f"{T}/beads/{{b}}", user.delete_bead, "deleteBead", TOWN_ACCESS, 200, a.Deleted),
-    route("post", f"{T}/sling", user.sling, "sling", TOWN_ACCESS, 201, a.Slung, body=user.Sling),
-    route("post", f"{T}/convoys", user.create_convoy, "createConvoy", TOWN_ACCESS, 201, a.ConvoyCreated,
+    route("delete", f"{T}/beads/{{b}}", user.delete_bead, "deleteBead", MEMBER, 200, a.Deleted),
+    route("post", f"{T}/sling", user.sling, "sling", MEMBER, 201, a.Slung, body=user.Sling),
+    route("post", f"{T}/convoys", user.create_convoy, "createConvoy", MEMBER, 201, a.ConvoyCreated,
           body=user.CreateConvoy, errors=(409,)),
-    route("get", f"{T}/convoys", user.list_convoys, "listConvoys", TOWN_ACCESS, 200, a.ConvoyList),
-    route("get", f"{T}/convoys/{{c}}", user.get_convoy, "getConvoy", TOWN_ACCESS, 200, a.Convoy),
-    route("post", f"{T}/convoys/{{c}}/start", user.start_convoy, "startConvoy", TOWN_ACCESS, 200, a.Convoy,
+    route("get", f"{T}/convoys", user.list_convoys, "listConvoys", MEMBER, 200, a.ConvoyList),
+    route("get", f"{T}/convoys/{{c}}", user.get_convoy, "getConvoy", MEMBER, 200, a.Convoy),
+    route("post", f"{T}/convoys/{{c}}/start", user.start_convoy, "startConvoy", MEMBER, 200, a.Convoy,
           errors=(409,)),
-    route("post", f"{T}/convoys/{{c}}/close", user.close_convoy, "closeConvoy", TOWN_ACCESS, 200, a.Convoy),
-    route("get", f"{T}/status", user.town_status, "townStatus", TOWN_ACCESS, 200, a.TownStatus),
-    route("get", f"{T}/invariants", user.invariants, "invariants", TOWN_ACCESS, 200, a.Violations),
+    route("post", f"{T}/convoys/{{c}}/close", user.close_convoy, "closeConvoy", MEMBER, 200, a.Convoy),
+    route("get", f"{T}/status", user.town_status, "townStatus", MEMBER, 200, a.TownStatus),
+    route("get", f"{T}/invariants", user.invariants, "invariants", MEMBER, 200, a.Violations),
     # agent tools and interventions
-    route("post", f"{T}/beads/{{b}}/close", tools.close_bead, "closeBead", TOWN_ACCESS, 200, a.BeadView,
+    route("post", f"{T}/beads/{{b}}/close", tools.close_bead, "closeBead", MEMBER, 200, a.BeadView,
           body=tools.CloseBead, body_required=False),
-    route("post", f"{T}/beads/{{b}}/reassign", tools.reassign_bead, "reassignBead", TOWN_ACCESS, 200, a.BeadView,
+    route("post", f"{T}/beads/{{b}}/reassign", tools.reassign_bead, "reassignBead", MEMBER, 200, a.BeadView,
           body=tools.Reassign, body_required=False, errors=(409,)),
     route("get", f"{A}/git-credential", credentials.git_credential, "gitCredential", TOWN_ACCESS, 200, a.GitCredential,
           query=({"name": "url", "in": "query", "required": True,

@@ -47,9 +47,10 @@ async def create_town(request: web.Request) -> web.Response:
         small_model=body.small_model,
         organization_id=body.organization_id,
         now_ms=now_ms(request),
+        owner_user_id=request[PRINCIPAL].user_id,
     )
     token = request.app[TOKENS].mint(town_id)
-    log.info("town.created", town=town_id, name=body.name)
+    log.info("town.created", town=town_id, name=body.name, owner=request[PRINCIPAL].user_id)
     return web.json_response({"town_id": town_id, "container_token": token}, status=201)
 
 

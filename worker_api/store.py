@@ -26,7 +26,7 @@ class ConflictError(ApiError):
 
 # ---------------------------------------------------------------- towns
 
-_TOWN_PUBLIC = "town_id, name, container_url, default_model, small_model, organization_id, created_at"
+_TOWN_PUBLIC = "town_id, name, container_url, default_model, small_model, organization_id, created_at, owner_user_id"
 
 
 def create_town(
@@ -40,12 +40,14 @@ def create_town(
     small_model: str | None,
     organization_id: str | None,
     now_ms: int,
+    owner_user_id: str | None = None,
 ) -> dict[str, Any]:
     try:
         conn.execute(
             "INSERT INTO towns (town_id, name, container_url, control_token, default_model, small_model,"
-            " organization_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (town_id, name, container_url, control_token, default_model, small_model, organization_id, now_ms),
+            " organization_id, created_at, owner_user_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (town_id, name, container_url, control_token, default_model, small_model, organization_id, now_ms,
+             owner_user_id),
         )
     except sqlite3.IntegrityError:
         raise ConflictError("TOWN_EXISTS", f"town {town_id} already exists") from None
@@ -64,6 +66,16 @@ def get_town_control_token(conn: sqlite3.Connection, town_id: str) -> str | None
     """The bearer token of the town's container control server (for the dispatcher only)."""
     row = conn.execute("SELECT control_token FROM towns WHERE town_id = ?", (town_id,)).fetchone()
     return row[0] if row else None
+
+
+def list_towns(conn: sqlite3.Connection, owner_user_id: str | None) -> list[dict[str, Any]]:
+    """Every town (``owner_user_id=None``, the admin's view) or one user's towns."""
+    if owner_user_id is None:
+        rows = conn.execute(f"SELECT {_TOWN_PUBLIC} FROM towns ORDER BY created_at, town_id")
+    else:
+        rows = conn.execute(f"SELECT {_TOWN_PUBLIC} FROM towns WHERE owner_user_id = ? ORDER BY created_at, town_id",
+                            (owner_user_id,))
+    return [dict(r) for r in rows]
 
 
 def list_town_ids(conn: sqlite3.Connection) -> list[str]:

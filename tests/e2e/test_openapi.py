@@ -281,6 +281,8 @@ async def test_worker_responses_match_document(aiohttp_client, tmp_path: Path) -
     await do("GET", f"{T}/agents", 200)  # rows after hooks, checkpoints and resets
     await do("GET", "/metrics", 200)
     await do("DELETE", f"{T}/beads/{{b}}", 200, ids={"b": bead})
+    user = await do("POST", "/api/users", 201, json={"name": "ada"})
+    await do("GET", "/api/towns", 200, token=user["token"])
 
     missing = documented(doc) - conf.ok
     assert not missing, f"operations never exercised with a success response: {sorted(missing)}"

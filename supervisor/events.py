@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import time
 from collections import deque
-from typing import Any
+from typing import Any, Callable
 
 from gastown.contract.wire import epoch_ms
 
@@ -16,10 +16,13 @@ _ids = itertools.count(1)
 class EventBuffer:
     def __init__(self, size: int = BUFFER_SIZE) -> None:
         self._events: deque[dict[str, Any]] = deque(maxlen=size)
+        self.listener: Callable[[dict[str, Any]], None] | None = None  # e.g. the archive forwarder
 
     def append(self, type_: str, data: Any) -> dict[str, Any]:
         event = {"id": next(_ids), "type": type_, "data": data, "ts": epoch_ms(time.time())}
         self._events.append(event)
+        if self.listener is not None:
+            self.listener(event)
         return event
 
     def after(self, after: int, limit: int = 500) -> list[dict[str, Any]]:

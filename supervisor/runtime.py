@@ -28,6 +28,7 @@ from supervisor.persistence import Persistence
 from supervisor.registry import RegistrySync
 from supervisor.states import AgentState, Change, Transition
 from supervisor.supervisor import Supervisor
+from supervisor.event_forward import EventForwarder
 from supervisor.tasks import TaskOwner, every
 from supervisor.telemetry import log_memory
 from supervisor.worker_client import WorkerClient
@@ -45,6 +46,8 @@ class ContainerRuntime:
         self.started_at = time.time()
         self.worker = WorkerClient(cfg.api_url, cfg.container_token, cfg.town_id)
         self.supervisor = Supervisor(cfg, self.worker)
+        self.forwarder = EventForwarder(self.worker)
+        self.supervisor.event_sink = self.forwarder.push
         self.heartbeats = Heartbeats(self.supervisor)
         self.registry = RegistrySync(self.supervisor)
         self.tasks = TaskOwner("runtime")
@@ -89,6 +92,7 @@ class ContainerRuntime:
         self.tasks.spawn(every(self.cfg.heartbeat_interval_s, self.heartbeats.beat_all, name="heartbeat"), "heartbeat")
         self.tasks.spawn(every(self.cfg.memory_log_interval_s, lambda: log_memory(self.supervisor), name="memory"), "memory")
         self.tasks.spawn(self.registry.run(), "registry")
+        self.tasks.spawn(self.forwarder.run(), "event-forward")
         self.tasks.spawn(every(self.cfg.health_interval_s, self.health_monitor.probe_all, name="health"), "health")
         self.tasks.spawn(self._hydrate(), "hydration")
 
@@ -169,6 +173,7 @@ class ContainerRuntime:
         await self.supervisor.stop_all(reason)
         await self.supervisor.kill_all()
         await self.registry.sync_now()
+        await self.forwarder.flush(timeout=5.0)
         await self.idle.owner.close()
         if self.persistence is not None:
             await self.persistence.flush(timeout=30.0)

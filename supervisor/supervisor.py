@@ -69,6 +69,8 @@ class Supervisor:
         self.change_hooks: list[ChangeHook] = []
         self.transition_hooks: list[TransitionHook] = [log_transition]
         self.event_hooks: list[EventHook] = []
+        # Told each buffered event (with its id and ts) of every agent, synchronously: the archive forwarder.
+        self.event_sink: Callable[[str, dict[str, Any]], None] | None = None
         # Awaited before every kilo spawn (snapshot restore, admission; tests inject faults here).
         self.spawn_hooks: list[Callable[[AgentRecord], Awaitable[None]]] = []
         self.background = TaskOwner("supervisor")
@@ -84,6 +86,9 @@ class Supervisor:
         """A record for one life of ``req``'s agent, its transitions told to the transition hooks."""
         rec = AgentRecord(request=req, paths=AgentPaths.for_agent(self.cfg.data_dir, req.agent_id))
         rec.on_transition = lambda t: self._transitioned(rec, t)
+        if self.event_sink is not None:
+            sink = self.event_sink
+            rec.events.listener = lambda e: sink(req.agent_id, e)
         return rec
 
     def _transitioned(self, rec: AgentRecord, t: Transition) -> None:

@@ -46,7 +46,7 @@ class ContainerProc:
     def __init__(self, env: dict[str, str], port: int | None = None) -> None:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.log = open(Path(env["GASTOWN_DATA_DIR"]).parent / f"container-{self.port}.log", "wb")
+        self.log = open(Path(env["GASTOWN_DATA_DIR"]).parent / f"container-{self.port}.log", "ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "gastown.cli", "container", "--host", "127.0.0.1", "--port", str(self.port)],
                                      cwd=REPO, env=env, stdout=self.log, stderr=subprocess.STDOUT)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -64,9 +65,9 @@ class TownProcs:
         self.procs.append(proc)
         return proc
 
-    async def start(self, *, merge_strategy: str = "direct", container_env_extra: dict[str, str] | None = None,
-                    worker_env_extra: dict[str, str] | None = None,
-                    repo_settings: dict[str, Any] | None = None) -> "TownProcs":
+    async def start_servers_only(self, *, worker_env_extra: dict[str, str] | None = None,
+                                 repo_settings: dict[str, Any] | None = None) -> None:
+        """The forge (with the repo) and the worker, no town yet."""
         self.forge.create_repo(REPO, files={"README.md": "# app\n"}, **(repo_settings or {}))
         forge = self._spawn("forge", [sys.executable, "-m", "gastown.local.forge", "--root", str(self.tmp / "forge"),
                                       "--port", str(self.forge_port)], {"GASTOWN_FORGE_TOKEN": FORGE_TOKEN})
@@ -76,10 +77,17 @@ class TownProcs:
                              {"GASTOWN_ADMIN_TOKEN": ADMIN, "GASTOWN_JWT_SECRET": JWT,
                               "GASTOWN_GITHUB_API_URL": f"{self.forge_url}/api/v3", **(worker_env_extra or {})})
         await _until_http(f"{self.worker_url}/alive", worker, "worker")
-        container_port = free_port()
+
+    async def start(self, *, merge_strategy: str = "direct", container_env_extra: dict[str, str] | None = None,
+                    worker_env_extra: dict[str, str] | None = None, repo_settings: dict[str, Any] | None = None,
+                    owner_token: str | None = None) -> "TownProcs":
+        """Everything up; the town is created by ``owner_token``'s user when given (a user's town)."""
+        if not self.procs:
+            await self.start_servers_only(worker_env_extra=worker_env_extra, repo_settings=repo_settings)
+        self.container_port = container_port = free_port()
         code, town = await self.api("POST", "/api/towns", {"name": "e2e", "default_model": "fake/m1",
                                                            "container_url": f"http://127.0.0.1:{container_port}",
-                                                           "control_token": CONTROL})
+                                                           "control_token": CONTROL}, token=owner_token or ADMIN)
         assert code == 201, town
         self.town_id, self.container_token = town["town_id"], town["container_token"]
         code, rig = await self.api("POST", f"/api/towns/{self.town_id}/rigs", {"name": "app", "git_url": self.repo_url})
@@ -89,17 +97,27 @@ class TownProcs:
                                    {"github_token": FORGE_TOKEN, "merge_strategy": merge_strategy,
                                     "auto_merge_delay_minutes": 0})
         assert code == 200, scm
-        bucket = new_bucket(self.s3)
+        self.bucket = new_bucket(self.s3)
+        self.container_env_extra = container_env_extra or {}
+        await self.start_container()
+        return self
+
+    async def start_container(self) -> ContainerProc:
+        """``gastown container`` on the town's port with an empty data dir at the same path (a new
+        container on a fresh volume mounted where the old one was, as ``/workspace`` is in the image:
+        kilo keeps a session's directory, so a restored session runs where it ran before)."""
         data = self.tmp / "container" / "data"
+        if data.exists():
+            shutil.rmtree(data)
         data.mkdir(parents=True)
         env = container_env(_WorkerUrl(self.worker_url), self.llm, self.town_id, self.container_token, data,
-                            GASTOWN_SNAPSHOT_URL=f"s3://{bucket}/gastown",
+                            GASTOWN_SNAPSHOT_URL=f"s3://{self.bucket}/gastown",
                             GASTOWN_IDLE_TIMEOUT_S="5", GASTOWN_REFINERY_IDLE_TIMEOUT_S="5",
-                            **s3_env(self.s3, bucket), **(container_env_extra or {}))
-        self.container = ContainerProc(env, port=container_port)
+                            **s3_env(self.s3, self.bucket), **self.container_env_extra)
+        self.container = ContainerProc(env, port=self.container_port)
         self.procs.append(self.container.proc)
         await self.container.wait_ready()
-        return self
+        return self.container
 
     async def api(self, method: str, path: str, body: Any = None, token: str = ADMIN) -> tuple[int, Any]:
         async with aiohttp.ClientSession() as http:

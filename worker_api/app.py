@@ -19,6 +19,7 @@ from worker_api import routes
 from worker_api.appkeys import ADMIN_TOKEN, CLOCK, DB, TOKENS
 from worker_api.auth import auth_middleware
 from worker_api.db import Database
+from worker_api.front import mayor
 from worker_api.reconciler import service as reconciler_service
 from worker_api.scm.base import ScmProvider
 from worker_api.tokens import ContainerTokens
@@ -76,6 +77,7 @@ def create_app(
     app[CLOCK] = now
     routes.install(app)
     app.cleanup_ctx.append(_store_ctx)
+    mayor.install(app, lambda: int(now() * 1000))  # after the store: contexts unwind in reverse
     reconciler_service.install(
         app, run=run_reconciler if run_reconciler is not None else now is time.time, clock=now, sleep=sleep,
         container=container_client, provider=container_provider, scm=scm_provider,

@@ -17,6 +17,8 @@ AUTH_POLICIES = web.AppKey("worker_auth_policies", dict)
 
 TOWN = web.RequestKey("worker_town", dict)  # the path town's row, set by the auth middleware
 PRINCIPAL = web.RequestKey("worker_principal", Any)  # auth.Principal
+# Set by a handler whose writes are no news for the reconciler (telemetry, event archive): no tick.
+QUIET = web.RequestKey("worker_quiet", bool)
 
 
 def now_ms(request: web.Request) -> int:

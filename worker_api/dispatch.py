@@ -114,6 +114,15 @@ class HttpContainerClient:
             return unknown
         return {a: listed.get(a, "not_found") for a in agent_ids}
 
+    async def agent_status(self, target: Target, agent_id: str) -> dict[str, Any] | None:
+        """The container's AgentStatus of one agent; None when it is unknown there or unreachable."""
+        try:
+            status, text = await self._call(target, "GET", f"/agents/{agent_id}/status", self.status_timeout_s)
+            body = json.loads(text) if status == 200 else None
+        except (asyncio.TimeoutError, aiohttp.ClientError, ValueError):
+            return None
+        return body if isinstance(body, dict) else None
+
     async def stop_agent(self, target: Target, agent_id: str) -> bool:
         try:
             status, _ = await self._call(target, "POST", f"/agents/{agent_id}/stop", STOP_TIMEOUT_S, {})

@@ -24,6 +24,7 @@ from worker_api import routes_user as user
 from worker_api.appkeys import AUTH_POLICIES
 from worker_api.auth import ADMIN, MEMBER, PUBLIC, REFRESH, TOWN_ACCESS, USER
 from worker_api.front import answers as fa
+from worker_api.front import archive, mayor
 from worker_api.front import routes as front
 from worker_api.scm import credentials
 from worker_api.scm import routes as scm
@@ -44,6 +45,13 @@ Q_BEADS = (
     {"name": "type", "in": "query", "schema": {"type": "string", "enum": list(bx.BEAD_TYPES)}},
     {"name": "rig_id", "in": "query", "schema": {"type": "string", "pattern": ID_PATTERN}},
 )
+Q_AFTER = ({"name": "after", "in": "query", "schema": {"type": "integer", "minimum": 0, "maximum": 10**15 - 1}},)
+SSE_EVENT = {"type": "object", "description": "one event of the stream", "properties": {
+    "id": {"type": "string", "pattern": "^[0-9]+$"}, "event": {"type": "string", "enum": ["agent_event"]},
+    "data": {"type": "string", "description": "JSON: {agent_id, type, data, ts}"}}}
+Q_STREAM = (*Q_AFTER, {"name": "agent_id", "in": "query", "schema": {"type": "string", "pattern": ID_PATTERN}},
+            {"name": "follow", "in": "query", "schema": {"type": "string", "enum": ["true", "false"]},
+             "description": "false: send what is archived, then end the stream"})
 
 
 def route(method: str, path: str, handler: Any, op_id: str, auth: str, status: int,
@@ -84,6 +92,19 @@ ROUTES: tuple[Route, ...] = (
           errors=(409,), summary="A user's town is its own (owner_user_id); the admin's has no owner"),
     route("get", "/api/towns", front.list_towns, "listTowns", USER, 200, fa.TownList,
           summary="The caller's towns (the admin sees every town)"),
+    route("post", f"{T}/agent-events", archive.ingest, "ingestAgentEvents", TOWN_ACCESS, 200, fa.Ingested,
+          body=archive.IngestBatch, summary="The container forwards its agents' events to the archive"),
+    route("get", f"{A}/events", archive.agent_history, "agentEventHistory", MEMBER, 200, fa.ArchivedEvents,
+          query=Q_AFTER, summary="An agent's archived events after ?after=N (they outlive its container)"),
+    route("get", f"{T}/events/stream", archive.stream, "eventStream", USER, 200,
+          Reply("Server-Sent Events: `id` the archive sequence, `event: agent_event`, data {agent_id, type, data, ts}",
+                schema=SSE_EVENT, media="text/event-stream"), query=Q_STREAM,
+          summary="Every agent event of the town, live; resumable with Last-Event-ID"),
+    route("post", f"{T}/mayor/messages", mayor.post_message, "postMayorMessage", USER, 202, fa.MayorAccepted,
+          body=mayor.MayorMessage, summary="A user turn for the mayor: starts it when it is not running, delivers in order"),
+    route("get", f"{T}/mayor/messages", mayor.get_messages, "getMayorMessages", USER, 200, fa.Conversation,
+          query=Q_AFTER, summary="The conversation with the mayor (text only), from the event archive"),
+    route("get", f"{T}/mayor", mayor.get_mayor, "getMayor", USER, 200, fa.MayorView, errors=(404,)),
     route("post", "/api/users", front.create_user, "createUser", ADMIN, 201, fa.UserCreated, body=front.CreateUser,
           summary="A user and its token (shown once; only its hash is kept)"),
     route("get", T, towns.get_town, "getTown", MEMBER, 200, a.Town),
@@ -167,6 +188,7 @@ def install(app: web.Application) -> None:
     """Mount :data:`ROUTES` and hand their policies to the auth middleware."""
     app[AUTH_POLICIES] = {r: decl.auth for r, decl in mount(app, ROUTES).items()}
     scm.install(app)
+    archive.install(app)
 
 
 def build_openapi() -> dict[str, Any]:

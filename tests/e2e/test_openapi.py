@@ -283,6 +283,25 @@ async def test_worker_responses_match_document(aiohttp_client, tmp_path: Path) -
     await do("DELETE", f"{T}/beads/{{b}}", 200, ids={"b": bead})
     user = await do("POST", "/api/users", 201, json={"name": "ada"})
     await do("GET", "/api/towns", 200, token=user["token"])
+    # The front door: the event archive, its stream, the mayor's inbox (no container: nothing delivered).
+    stored = await do("POST", f"{T}/agent-events", 200, token=ctok, json={"events": [
+        {"agent_id": "mayor-1", "id": 1, "type": "message.updated", "data": {"info": {"id": "m1", "role": "user"}},
+         "ts": 1}, {"agent_id": "mayor-1", "id": 2, "type": "message.part.updated", "ts": 2,
+                    "data": {"part": {"id": "p1", "messageID": "m1", "type": "text", "text": "hello"}}}]})
+    assert stored == {"stored": 2, "duplicates": 0}
+    await do("GET", f"{A}/events", 200, ids={"a": "mayor-1"}, params={"after": "0"})
+    stream_path = f"/api/towns/{town_id}/events/stream"
+    async with client.get(stream_path, headers={"Authorization": f"Bearer {adm}"}) as resp:
+        frame = b""
+        while not frame.endswith((b"\n\n", b"\r\n\r\n")):
+            frame += await asyncio.wait_for(resp.content.readline(), 10)
+        assert frame.startswith(b"id: ") and b"event: agent_event" in frame
+        fields = dict(line.split(": ", 1) for line in frame.decode().splitlines() if line)
+        conf.check("GET", f"{T}/events/stream", resp.status, fields, resp.headers["Content-Type"])
+    assert (await do("POST", f"{T}/mayor/messages", 202, json={"text": "hi"}))["agent_id"] == "mayor-1"
+    assert (await do("GET", f"{T}/mayor/messages", 200))["messages"] == [
+        {"n": 1, "role": "user", "text": "hello", "ts": 1}]
+    await do("GET", f"{T}/mayor", 200)
 
     missing = documented(doc) - conf.ok
     assert not missing, f"operations never exercised with a success response: {sorted(missing)}"

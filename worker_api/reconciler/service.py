@@ -13,7 +13,7 @@ from typing import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
-from worker_api.appkeys import DB
+from worker_api.appkeys import DB, QUIET
 from worker_api.dispatch import ContainerClient, ContainerProvider, HttpContainerClient
 from worker_api.reconciler.loop import (
     CALLBACK_DELAY_S,
@@ -37,7 +37,7 @@ async def arm_middleware(request: web.Request, handler: Callable[[web.Request], 
                          ) -> web.StreamResponse:
     response = await handler(request)
     town_id = request.match_info.get("t")
-    if town_id and request.method != "GET" and response.status < 400:
+    if town_id and request.method != "GET" and response.status < 400 and not request.get(QUIET):
         service = request.app.get(RECONCILER)
         if service is not None:
             service.arm(town_id, CALLBACK_DELAY_S)

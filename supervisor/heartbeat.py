@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from typing import Callable
 
 from gastown.contract.reports import Heartbeat
 from gastown.core.jsonlog import get_logger
@@ -21,6 +22,7 @@ class Heartbeats:
         self.supervisor = supervisor
         self.worker = supervisor.worker
         self.drain_nonce: str | None = None
+        self.on_drain_nonce: Callable[[str], None] | None = None  # the runtime acknowledges it when ready
         self.sent = 0
 
     def body(self, rec: AgentRecord) -> dict:
@@ -43,6 +45,8 @@ class Heartbeats:
         nonce = data.get("drain_nonce") if isinstance(data, dict) else None
         if nonce:
             self.drain_nonce = nonce
+            if self.on_drain_nonce is not None:
+                self.on_drain_nonce(nonce)
 
     async def beat_all(self) -> None:
         agents = self.supervisor.active_agents()

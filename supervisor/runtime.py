@@ -49,6 +49,8 @@ class ContainerRuntime:
         self.forwarder = EventForwarder(self.worker)
         self.supervisor.event_sink = self.forwarder.push
         self.heartbeats = Heartbeats(self.supervisor)
+        self.heartbeats.on_drain_nonce = self._on_drain_nonce
+        self._acked_nonce: str | None = None
         self.registry = RegistrySync(self.supervisor)
         self.tasks = TaskOwner("runtime")
         self.hydrated = asyncio.Event()
@@ -81,6 +83,21 @@ class ContainerRuntime:
         if t.new == AgentState.running:
             self.tasks.spawn(self.heartbeats.beat(rec), f"heartbeat:{rec.agent_id}")
 
+    def _on_drain_nonce(self, nonce: str) -> None:
+        """The town drains (an older container of it is being evicted): once this container is
+        ready, say so with the nonce, so dispatch resumes now instead of after the drain window.
+        A draining container never acknowledges: it is the one going away."""
+        if self.draining or nonce == self._acked_nonce:
+            return
+        self._acked_nonce = nonce
+        self.tasks.spawn(self._ack_ready(nonce), "container-ready")
+
+    async def _ack_ready(self, nonce: str) -> None:
+        await self.hydrated.wait()
+        if not self.draining:
+            data = await self.worker.try_call("POST", "/container-ready", {"nonce": nonce})
+            log.info("drain.ready_acknowledged", cleared=bool((data or {}).get("cleared")))
+
     async def start(self) -> None:
         """Begin serving: every loop below belongs to ``self.tasks``. Idempotent."""
         if self._started:
@@ -106,6 +123,10 @@ class ContainerRuntime:
         finally:
             self.hydrated.set()
             log.info("container.hydrated", duration_ms=int((time.monotonic() - t0) * 1000))
+        # Ready: if an older container of the town drains, acknowledge it (also with no agent to heartbeat).
+        data = await self.worker.try_call("GET", "/drain-state")
+        if isinstance(data, dict) and data.get("draining") and isinstance(data.get("drain_nonce"), str):
+            self._on_drain_nonce(data["drain_nonce"])
 
     async def wait_hydrated(self, timeout: float | None = None) -> None:
         await asyncio.wait_for(self.hydrated.wait(), timeout)

@@ -136,6 +136,8 @@ ROUTES: tuple[Route, ...] = (
           body=m.ContainerEvent),
     route("post", f"{T}/container-eviction", rc.container_eviction, "containerEviction", TOWN_ACCESS, 200,
           a.DrainNonce),
+    route("get", f"{T}/drain-state", rc.get_drain_state, "drainState", TOWN_ACCESS, 200, fa.DrainState,
+          summary="A booting container learns of an older one's drain and the nonce to acknowledge"),
     route("post", f"{T}/container-ready", rc.container_ready, "containerReady", TOWN_ACCESS, 200, a.Cleared,
           body=m.ContainerReady),
     # rigs, beads, convoys

@@ -218,6 +218,13 @@ async def container_eviction(request: web.Request) -> web.Response:
     return web.json_response({"drain_nonce": nonce})
 
 
+async def get_drain_state(request: web.Request) -> web.Response:
+    """What a booting container asks once it is ready: whether an older container of its town is
+    draining, and the nonce to acknowledge it with (``container-ready``)."""
+    state = await request.app[DB].run(drain.drain_state, request[TOWN]["town_id"], now_ms(request))
+    return web.json_response({"draining": state is not None, "drain_nonce": (state or {}).get("nonce") or ""})
+
+
 async def container_ready(request: web.Request) -> web.Response:
     town_id = request[TOWN]["town_id"]
     body = await read_model(request, ContainerReady)

@@ -223,6 +223,8 @@ async def test_worker_responses_match_document(aiohttp_client, tmp_path: Path) -
     drain = await do("POST", f"{T}/container-eviction", 200, token=ctok)
     hb = await do("POST", f"{A}/heartbeat", 200, token=ctok, ids=pc, json={"status": "running"})
     assert hb["drain_nonce"] == drain["drain_nonce"]
+    assert (await do("GET", f"{T}/drain-state", 200, token=ctok)) == {"draining": True,
+                                                                       "drain_nonce": drain["drain_nonce"]}
     assert (await do("POST", f"{T}/container-ready", 200, token=ctok, json={"nonce": drain["drain_nonce"]}))["cleared"]
 
     await do("POST", f"{T}/rigs", 201, json={"rig_id": "rig-1", "name": "r", "git_url": "https://example.invalid/r.git",

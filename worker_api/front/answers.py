@@ -59,3 +59,8 @@ class ArchivedEvents(Answer):
 class Ingested(Answer):
     stored: Count
     duplicates: Count
+
+
+class DrainState(Answer):
+    draining: bool
+    drain_nonce: str = Field(description="the nonce to acknowledge with container-ready, empty when not draining")

@@ -68,7 +68,7 @@ class IdleManager:
     async def on_event(self, rec: AgentRecord, event: dict[str, Any]) -> None:
         if event.get("type") == "session.idle":
             if rec.request.role == Role.mayor:
-                rec.spawn_task(self.worker.waiting(rec.agent_id, epoch_ms(time.time())), "waiting")
+                rec.spawn_task(self._mayor_idle(rec, epoch_ms(time.time())), "waiting")
             else:
                 rec.spawn_task(self._on_idle(rec), "idle")
         elif is_work_event(event):
@@ -79,6 +79,13 @@ class IdleManager:
         self.deadlines.pop(agent_id, None)
         if task is not None and task is not asyncio.current_task():
             task.cancel()
+
+    async def _mayor_idle(self, rec: AgentRecord, fired_at_ms: int) -> None:
+        """The mayor's turn ended: what was queued for it while it worked (escalations, mail,
+        convoy and MR notices) comes next as a turn, one per idle; with nothing queued it waits."""
+        if not self.is_draining() and await self._deliver_nudge(rec):
+            return
+        await self.worker.waiting(rec.agent_id, fired_at_ms)
 
     async def _on_idle(self, rec: AgentRecord) -> None:
         if not self.is_draining() and await self._deliver_nudge(rec):

@@ -106,3 +106,23 @@ async def test_mayor_idle_reports_waiting_and_never_exits(town, fake_llm):
     await _wait_event(worker, town_id, lambda e: e["event_type"] == "agent_waiting")
     await asyncio.sleep(1.5)
     assert (await container.request("GET", "/agents/mayor-1/status"))[1]["status"] == "running"
+
+
+async def test_an_escalation_queued_while_the_mayor_works_arrives_as_one_turn_when_it_is_idle(town, fake_llm):
+    """The mayor's idle path only reported `waiting`: escalations and notices queued for it as nudges
+    never reached it."""
+    worker, container, town_id = town
+    code, _ = await worker.request("POST", f"/api/towns/{town_id}/agents", json={"agent_id": "mayor-1", "role": "mayor", "name": "Mayor"})
+    assert code == 201
+    status, body = await container.start_agent(town_id=town_id, agent_id="mayor-1", role="mayor", rig_id=f"mayor-{town_id}",
+                                               prompt="SLOW3 thinking")
+    assert status == 201, body
+    code, esc = await worker.request("POST", f"/api/towns/{town_id}/escalations",
+                                     json={"agent_id": "mayor-1", "title": "ESCALATED: the build is red", "priority": "high"})
+    assert code == 201, esc
+    await fake_llm.wait_for(lambda r: "ESCALATED: the build is red" in r.last_user_text, timeout=60)
+    await _wait_event(worker, town_id, lambda e: e["event_type"] == "agent_waiting")
+    turns = [r for r in fake_llm.chat_requests() if "ESCALATED: the build is red" in r.last_user_text and not r.has_tool_result]
+    assert len(turns) == 1
+    code, pending = await worker.request("GET", f"/api/towns/{town_id}/agents/mayor-1/pending-nudges")
+    assert pending["nudges"] == []

@@ -89,16 +89,15 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     for name in match_info:
         path_id(request, name)  # 400 INVALID_ID
     town_id = match_info.get("t")
-    if principal.kind == "user" and town_id is not None:
-        owner = await request.app[DB].run(users.town_owner, town_id, write=False)
-        if owner != principal.user_id:  # another user's town, or one that does not exist: same answer
-            raise ApiError(403, "FORBIDDEN", "this town belongs to another user")
     if principal.kind == "container" and principal.town_id != town_id:
         if policy == REFRESH:
             log.warning("token.refresh_refused", reason="wrong_town", path_town=town_id)
         raise ApiError(403, "FORBIDDEN", "token is not valid for this town")
     if town_id is not None:
         town = await request.app[DB].run(store.get_town, town_id, write=False)
+        if principal.kind == "user" and (town or {}).get("owner_user_id") != principal.user_id:
+            # another user's town, or one that does not exist: the same answer
+            raise ApiError(403, "FORBIDDEN", "this town belongs to another user")
         if town is None:
             raise ApiError(404, "TOWN_NOT_FOUND", f"town {town_id} not found")
         request[TOWN] = town

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import sqlite3
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -39,6 +40,12 @@ class Target:
 
     def __repr__(self) -> str:  # never print the token
         return f"Target(town_id={self.town_id!r}, url={self.url!r})"
+
+
+def town_target(conn: sqlite3.Connection, town_id: str) -> Target | None:
+    """Where the town's container listens and its control token (the only read of that secret)."""
+    row = conn.execute("SELECT container_url, control_token FROM towns WHERE town_id = ?", (town_id,)).fetchone()
+    return Target(town_id, row[0], row[1]) if row else None
 
 
 @dataclass(frozen=True)

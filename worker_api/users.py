@@ -39,7 +39,3 @@ def user_of_token(conn: sqlite3.Connection, token: str) -> str | None:
     row = conn.execute("SELECT user_id FROM users WHERE token_hash = ?", (token_hash(token),)).fetchone()
     return str(row[0]) if row else None
 
-
-def town_owner(conn: sqlite3.Connection, town_id: str) -> str | None:
-    row = conn.execute("SELECT owner_user_id FROM towns WHERE town_id = ?", (town_id,)).fetchone()
-    return str(row[0]) if row and row[0] else None

@@ -112,7 +112,8 @@ def events_after(conn: sqlite3.Connection, town_id: str, after: int, agent_id: s
     return [{"id": r[0], "agent_id": r[1], "type": r[2], "data": from_json(r[3], None), "ts": r[4]} for r in rows]
 
 
-def _after(request: web.Request, value: str | None) -> int:
+def parse_after(value: str | None) -> int:
+    """An ``after`` / ``Last-Event-ID`` cursor: absent is 0; anything but a non-negative integer is a 400."""
     if value is None or value == "":
         return 0
     if not value.isdigit() or len(value) > 15:
@@ -132,7 +133,7 @@ async def ingest(request: web.Request) -> web.Response:
 
 async def agent_history(request: web.Request) -> web.Response:
     agent_id = request.match_info["a"]
-    after = _after(request, request.query.get("after"))
+    after = parse_after(request.query.get("after"))
     events = await request.app[DB].run(events_after, request[TOWN]["town_id"], after, agent_id, write=False)
     return web.json_response({"events": events})
 
@@ -140,7 +141,7 @@ async def agent_history(request: web.Request) -> web.Response:
 async def stream(request: web.Request) -> web.StreamResponse:
     """SSE: every archived event of the town after the client's last id, then live ones."""
     town_id = request[TOWN]["town_id"]
-    last = _after(request, request.headers.get("Last-Event-ID") or request.query.get("after"))
+    last = parse_after(request.headers.get("Last-Event-ID") or request.query.get("after"))
     agent = request.query.get("agent_id")
     if agent is not None and not is_valid_id(agent):
         raise ApiError(400, "INVALID_ID", "agent_id is not a valid id")

@@ -27,7 +27,7 @@ from gastown.core.jsonlog import get_logger
 from worker_api import store
 from worker_api.appkeys import DB, TOWN, now_ms
 from worker_api.db import Database, from_json
-from worker_api.dispatch import HttpContainerClient, Target
+from worker_api.dispatch import HttpContainerClient, Target, town_target
 from worker_api.models import Body
 from worker_api.reconciler.prompts import DEFAULT_MODEL
 
@@ -60,11 +60,12 @@ def _enqueue_tx(conn: sqlite3.Connection, town_id: str, text: str, now: int) -> 
 
 
 def _pending_tx(conn: sqlite3.Connection, town_id: str) -> tuple[Target | None, dict[str, Any] | None,
-                                                                 list[tuple[int, str]]]:
-    row = conn.execute("SELECT container_url, control_token FROM towns WHERE town_id = ?", (town_id,)).fetchone()
+                                                                 str | None, list[tuple[int, str]]]:
+    """Where to deliver (the container, the town, its mayor) and what (the undelivered messages, in order)."""
     pending = [(int(r[0]), str(r[1])) for r in conn.execute(
         "SELECT id, text FROM mayor_messages WHERE town_id = ? AND delivered_at IS NULL ORDER BY id", (town_id,))]
-    return (Target(town_id, row[0], row[1]) if row else None), store.get_town(conn, town_id), pending
+    mayor = store.get_mayor(conn, town_id)
+    return town_target(conn, town_id), store.get_town(conn, town_id), mayor and mayor["agent_id"], pending
 
 
 def _delivered_tx(conn: sqlite3.Connection, town_id: str, message_id: int, now: int) -> None:
@@ -112,14 +113,13 @@ class MayorDesk:
         delay = 1.0
         while True:
             self._again.discard(town_id)
-            target, town, pending = await self.db.run(_pending_tx, town_id, write=False)
+            target, town, mayor_id, pending = await self.db.run(_pending_tx, town_id, write=False)
             if target is None or town is None:
                 return
             if not pending:
                 if town_id in self._again:
                     continue
                 return
-            mayor_id = await self.db.run(lambda c: (store.get_mayor(c, town_id) or {}).get("agent_id"), write=False)
             if mayor_id and await self._ensure_running(target, town, mayor_id):
                 if await self._send(town_id, target, mayor_id, pending):
                     delay = 1.0
@@ -193,8 +193,7 @@ async def post_message(request: web.Request) -> web.Response:
 
 
 def _mayor_tx(conn: sqlite3.Connection, town_id: str) -> tuple[dict[str, Any] | None, Target | None]:
-    row = conn.execute("SELECT container_url, control_token FROM towns WHERE town_id = ?", (town_id,)).fetchone()
-    return store.get_mayor(conn, town_id), (Target(town_id, row[0], row[1]) if row else None)
+    return store.get_mayor(conn, town_id), town_target(conn, town_id)
 
 
 async def get_mayor(request: web.Request) -> web.Response:

@@ -20,7 +20,7 @@ from worker_api import beads as bx
 from worker_api import events as ev
 from worker_api import nudges, store
 from worker_api.db import Database, to_json
-from worker_api.dispatch import ContainerClient, ContainerProvider, StartResult, Target
+from worker_api.dispatch import ContainerClient, ContainerProvider, StartResult, Target, town_target
 from worker_api.reconciler.apply import ApplyContext, Effect, apply_actions
 from worker_api.reconciler.constants import (
     CONTAINER_IDLE_STOP_MS,
@@ -65,12 +65,12 @@ class TickResult:
 
 
 def _prepare_tx(conn: sqlite3.Connection, town_id: str) -> tuple[Target, list[str]] | None:
-    row = conn.execute("SELECT container_url, control_token FROM towns WHERE town_id = ?", (town_id,)).fetchone()
-    if row is None:
+    target = town_target(conn, town_id)
+    if target is None:
         return None
     agents = [r[0] for r in conn.execute("SELECT agent_id FROM agents WHERE town_id = ? AND role != 'mayor' AND"
                                          " status IN ('working', 'stalled') ORDER BY agent_id", (town_id,))]
-    return Target(town_id, row[0], row[1]), agents
+    return target, agents
 
 
 def _record_statuses_tx(conn: sqlite3.Connection, town_id: str, statuses: dict[str, str], now: int) -> None:

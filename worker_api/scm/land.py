@@ -29,6 +29,7 @@ from worker_api.db import Database
 from worker_api.scm import tokens
 from worker_api.scm.base import ScmError, ScmProvider
 from worker_api.scm.gitmerge import BranchMerge, Merger, merge_branch
+from worker_api.scm.pr_sync import live_mr
 
 log = get_logger("worker_api.scm")
 
@@ -46,10 +47,15 @@ class _Ctx:
     body: str
 
 
+def _live(conn: sqlite3.Connection, town_id: str, bead_id: str) -> dict[str, Any] | None:
+    """The MR while it is in progress and approved: what every write of a landing result needs."""
+    mr = live_mr(conn, town_id, bead_id)
+    return mr if mr is not None and mr["metadata"].get("approved_at") else None
+
+
 def _context_tx(conn: sqlite3.Connection, town_id: str, bead_id: str) -> _Ctx | None:
-    mr = bx.get_bead(conn, town_id, bead_id)
-    if mr is None or mr["type"] != "merge_request" or mr["status"] != "in_progress" \
-            or not mr["metadata"].get("approved_at"):
+    mr = _live(conn, town_id, bead_id)
+    if mr is None:
         return None
     review = bx.get_review(conn, town_id, bead_id) or {}
     rig = bx.get_rig(conn, town_id, mr["rig_id"]) if mr["rig_id"] else None
@@ -58,10 +64,6 @@ def _context_tx(conn: sqlite3.Connection, town_id: str, bead_id: str) -> _Ctx | 
     return _Ctx(rig["git_url"], tokens.get_rig_token(conn, town_id, rig["rig_id"]), review["branch"],
                 review.get("target_branch") or rig.get("default_branch") or "main",
                 mr["title"].removeprefix("Review: "), mr.get("body") or "")
-
-
-def _live(conn: sqlite3.Connection, town_id: str, bead_id: str) -> dict[str, Any] | None:
-    return _context_tx(conn, town_id, bead_id) and bx.get_bead(conn, town_id, bead_id)
 
 
 def record_merge_tx(conn: sqlite3.Connection, town_id: str, bead_id: str, res: BranchMerge, now: int) -> None:

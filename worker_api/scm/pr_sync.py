@@ -47,7 +47,7 @@ def telemetry(conn: sqlite3.Connection, town_id: str, bead_id: str, name: str, n
     bx.record(conn, town_id, bead_id, name, now, **fields)
 
 
-def _live_mr(conn: sqlite3.Connection, town_id: str, bead_id: str) -> dict[str, Any] | None:
+def live_mr(conn: sqlite3.Connection, town_id: str, bead_id: str) -> dict[str, Any] | None:
     bead = bx.get_bead(conn, town_id, bead_id)
     ok = bead is not None and bead["type"] == "merge_request" and bead["status"] == "in_progress"
     return bead if ok else None
@@ -59,7 +59,7 @@ def _pending_event(conn: sqlite3.Connection, town_id: str, bead_id: str, event_t
 
 
 def _context_tx(conn: sqlite3.Connection, town_id: str, bead_id: str) -> _Ctx | None:
-    bead = _live_mr(conn, town_id, bead_id)
+    bead = live_mr(conn, town_id, bead_id)
     if bead is None:
         return None
     rig = bx.get_rig(conn, town_id, bead["rig_id"]) if bead["rig_id"] else None
@@ -108,7 +108,7 @@ def _emit_feedback(conn: sqlite3.Connection, town_id: str, bead_id: str, meta: d
 def record_status_tx(conn: sqlite3.Connection, town_id: str, bead_id: str, s: PrStatus, now: int, delay_ms: int,
                      merging: bool = False) -> bool:
     """Write one poll's facts; True when a ``merge_pr`` may go ahead now."""
-    bead = _live_mr(conn, town_id, bead_id)
+    bead = live_mr(conn, town_id, bead_id)
     if bead is None:
         return False
     if s.state in ("merged", "closed"):
@@ -143,7 +143,7 @@ def record_status_tx(conn: sqlite3.Connection, town_id: str, bead_id: str, s: Pr
 
 
 def record_error_tx(conn: sqlite3.Connection, town_id: str, bead_id: str, err: ScmError, now: int, effect: str) -> None:
-    bead = _live_mr(conn, town_id, bead_id)
+    bead = live_mr(conn, town_id, bead_id)
     if bead is None:
         return
     meta = bead["metadata"]
@@ -158,7 +158,7 @@ def record_error_tx(conn: sqlite3.Connection, town_id: str, bead_id: str, err: S
 
 
 def record_merge_tx(conn: sqlite3.Connection, town_id: str, bead_id: str, res: MergeResult, now: int) -> None:
-    if _live_mr(conn, town_id, bead_id) is None:
+    if live_mr(conn, town_id, bead_id) is None:
         return
     if res.merged:
         bx.update_review(conn, town_id, bead_id, merge_commit=res.sha)

@@ -72,7 +72,8 @@ async def sample_kilo_processes(out: list[str]) -> None:
     while True:
         for p in psutil.process_iter(["cmdline", "environ"]):
             try:
-                if any("kilo" in part for part in p.info["cmdline"] or []):
+                cmd = p.info["cmdline"] or []
+                if cmd and cmd[0].endswith("/kilo") and "serve" in cmd:  # kilo itself, not a command naming it
                     out.append(" ".join(p.info["cmdline"]) + json.dumps(p.info["environ"] or {}))
             except (psutil.Error, TypeError):
                 pass

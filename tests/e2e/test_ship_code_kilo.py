@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
 from pathlib import Path
 
 import psutil
@@ -56,6 +57,9 @@ async def test_a_convoy_of_two_beads_is_written_reviewed_and_merged_on_the_forge
         # Merged on the forge: a fresh clone over HTTP has both files and both polecats' commits.
         work = await asyncio.to_thread(town.clone, tmp_path / "fresh")
         assert (work / "one.txt").read_text() == "first\n" and (work / "two.txt").read_text() == "second\n"
+        log = subprocess.run(["git", "log", "--format=%s"], cwd=work, capture_output=True, text=True,
+                             check=True).stdout.splitlines()
+        assert {"add one.txt", "add two.txt"} <= set(log), log  # both polecats' own commits are on main
         # Each MR was reviewed on its own branch: the refinery's `cat` read that MR's file.
         reviews = [r for r in fake_llm.chat_requests() if r.has_tool_result and "Review merge request" in r.last_user_text]
         seen = {name for r in reviews for name, text in (("one.txt", "first"), ("two.txt", "second"))

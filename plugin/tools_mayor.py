@@ -153,6 +153,15 @@ def register(server: MCPServer, ctx: ToolContext) -> None:
         await ctx.call("gt_bead_reassign", "POST", f"{ctx.bead_path(bead_id)}/reassign", drop_none(agent_id=agent_id))
         return f"bead {bead_id} " + (f"reassigned to {agent_id}" if agent_id else "unassigned")
 
+    async def gt_escalation_ack(
+        bead_id: Annotated[str, Field(min_length=1, description="The escalation's bead id, from its notice.")],
+        note: Annotated[Optional[str], Field(description="What you are doing about it.")] = None,
+    ) -> str:
+        """Acknowledge an escalation you are handling so it is not escalated again (close it once resolved)."""
+        data = await ctx.call("gt_escalation_ack", "POST", f"{ctx.town}/escalations/{bead_id}/acknowledge",
+                              drop_none(agent_id=ctx.ident.agent_id, note=note))
+        return f"acknowledged escalation {bead_id}" + (f" [{pick(data, 'status')}]" if pick(data, "status") else "")
+
     async def gt_agent_reset(
         agent_id: Annotated[str, Field(min_length=1, description="The agent to reset (see gt_list_agents).")],
     ) -> str:
@@ -162,6 +171,6 @@ def register(server: MCPServer, ctx: ToolContext) -> None:
 
     add_tools(server, ctx, gt_sling, gt_sling_batch, gt_list_rigs, gt_list_beads, gt_list_agents, gt_list_convoys,
               gt_convoy_status, gt_convoy_start, gt_convoy_close, gt_bead_update, gt_bead_reassign,
-              gt_agent_reset)
+              gt_escalation_ack, gt_agent_reset)
     tools_shared.register(server, ctx)
 

@@ -88,11 +88,6 @@ def register(server: MCPServer, ctx: ToolContext) -> None:
         text = "changes requested" + (f": rework bead {rework}" if rework else "")
         return text + (f" (merge request now {mr_status})" if mr_status else "") + ". You can stop now."
 
-    async def gt_mail_check() -> str:
-        """Read mail sent to you that you have not seen yet."""
-        data = await ctx.call("gt_mail_check", "GET", f"{ctx.agent_path()}/mail")
-        return listing("message", items(data, "mail"), mail_line)
-
     async def gt_escalate(
         title: Annotated[str, Field(min_length=1, description="One line: what is blocked or wrong.")],
         body: Annotated[Optional[str], Field(description="Details: what you tried, what you need.")] = None,
@@ -116,5 +111,5 @@ def register(server: MCPServer, ctx: ToolContext) -> None:
         return f"checkpoint saved ({len(data)} chars)"
 
     add_tools(server, ctx, gt_prime, gt_bead_status, gt_bead_close, gt_done, gt_request_changes,
-              gt_mail_check, gt_escalate, gt_checkpoint)
+              gt_escalate, gt_checkpoint)
     tools_shared.register(server, ctx)

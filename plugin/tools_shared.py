@@ -7,7 +7,7 @@ from mcp.server.mcpserver import MCPServer
 from pydantic import Field
 
 from plugin.context import ToolContext, add_tools
-from plugin.text import pick
+from plugin.text import items, listing, mail_line, pick
 
 AgentId = Annotated[str, Field(min_length=1, description="Target agent id, e.g. 'polecat-3f2a' (see gt_list_agents or gt_prime).")]
 NudgeMode = Literal["wait-idle", "immediate", "queue"]
@@ -45,4 +45,9 @@ def register(server: MCPServer, ctx: ToolContext) -> None:
         nudge_id = pick(data, "nudge_id", "id")
         return f"nudge queued for {target_agent_id} ({mode})" + (f", nudge {nudge_id}" if nudge_id else "")
 
-    add_tools(server, ctx, gt_mail_send, gt_nudge)
+    async def gt_mail_check() -> str:
+        """Read mail sent to you that you have not seen yet."""
+        data = await ctx.call("gt_mail_check", "GET", f"{ctx.agent_path()}/mail")
+        return listing("message", items(data, "mail"), mail_line)
+
+    add_tools(server, ctx, gt_mail_send, gt_mail_check, gt_nudge)

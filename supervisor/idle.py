@@ -2,7 +2,8 @@
 
 Non-mayor: deliver the first pending nudge as a new turn; if there is none, arm the idle timer
 (refinery longer, 10 s while draining). Work starting again cancels it; on expiry the agent is
-stopped and ``completed`` is reported. The mayor never exits: it reports ``waiting``.
+stopped and ``completed`` is reported. The mayor never exits: it reports ``waiting`` (its turns come
+from the worker's mayor desk).
 
 Only events that mean *new work* cancel the timer. ``session.turn.close`` and friends arrive right
 after ``session.idle`` and must not disarm it.
@@ -81,10 +82,9 @@ class IdleManager:
             task.cancel()
 
     async def _mayor_idle(self, rec: AgentRecord, fired_at_ms: int) -> None:
-        """The mayor's turn ended: what was queued for it while it worked (escalations, mail,
-        convoy and MR notices) comes next as a turn, one per idle; with nothing queued it waits."""
-        if not self.is_draining() and await self._deliver_nudge(rec):
-            return
+        """The mayor's turn ended: it waits. What was queued for it (a user's messages, escalations,
+        mail, convoy and MR notices) comes from the worker's mayor desk, the one path of turns to
+        the mayor: two senders racing for the same idle moment would be folded into one turn by kilo."""
         await self.worker.waiting(rec.agent_id, fired_at_ms)
 
     async def _on_idle(self, rec: AgentRecord) -> None:

@@ -32,7 +32,7 @@ RIG_TOOLS = {
 MAYOR_TOOLS = {
     "gt_sling", "gt_sling_batch", "gt_list_rigs", "gt_list_beads", "gt_list_agents", "gt_list_convoys",
     "gt_convoy_status", "gt_convoy_start", "gt_convoy_close", "gt_bead_update", "gt_bead_reassign",
-    "gt_agent_reset", "gt_mail_send", "gt_nudge",
+    "gt_escalation_ack", "gt_agent_reset", "gt_mail_send", "gt_mail_check", "gt_nudge",
 }
 
 

@@ -10,9 +10,11 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
+from gastown.core.http import ApiError
 from gastown.core.jsonlog import get_logger
 from worker_api import beads as bx
 from worker_api import store
+from worker_api.db import to_json
 
 log = get_logger("worker_api.reconciler")
 
@@ -46,12 +48,31 @@ def _on_terminal(conn: sqlite3.Connection, town_id: str, bead: dict[str, Any], t
     _unhook_all(conn, town_id, bead_id, now)
     if bead["type"] == "merge_request":
         _on_mr_terminal(conn, town_id, bead, to, now)
+        _mr_notice(conn, town_id, bead, to, now, reason)
     elif bead["type"] == "issue":
         # The source ended (merged via one MR, or cancelled): any other live MR for it is moot.
         for mr_id in bx.dependents(conn, town_id, bead_id, "tracks"):
             mr = bx.get_bead(conn, town_id, mr_id)
             if mr and mr["type"] == "merge_request" and mr["status"] not in bx.TERMINAL:
                 transition_bead(conn, town_id, mr_id, "failed", now, reason="source_terminal")
+
+
+QUIET_MR_REASONS = ("source_terminal", "convoy_closed", "convoy_failed")  # the cause has its own notice, or none
+
+
+def _mr_notice(conn: sqlite3.Connection, town_id: str, mr: dict[str, Any], to: str, now: int, reason: str) -> None:
+    """The mayor hears what became of each merge request: merged, or failed and why (a landing MR
+    that merged is told as its convoy's landing instead)."""
+    if reason in QUIET_MR_REASONS or (to == "closed" and mr["metadata"].get("landing")):
+        return
+    review = bx.get_review(conn, town_id, mr["bead_id"]) or {}
+    source = bx.get_bead(conn, town_id, mr["metadata"].get("source_bead_id") or "") or {}
+    what = f"{source.get('title') or mr['title']} ({review.get('branch') or '?'} into {review.get('target_branch') or '?'})"
+    ids = f"[{source['bead_id']}, MR {mr['bead_id']}]" if source else f"[{mr['bead_id']}]"
+    if to == "closed":
+        notify_mayor(conn, town_id, f"Merged: {what} {ids}", now)
+    else:
+        notify_mayor(conn, town_id, f"Merge request failed ({reason}): {what} {ids}", now)
 
 
 def _on_mr_terminal(conn: sqlite3.Connection, town_id: str, mr: dict[str, Any], to: str, now: int) -> None:
@@ -81,15 +102,25 @@ def _on_mr_terminal(conn: sqlite3.Connection, town_id: str, mr: dict[str, Any], 
 
 
 def finish_convoy(conn: sqlite3.Connection, town_id: str, convoy_id: str, to: str, now: int, *, reason: str) -> bool:
-    """Close or fail a convoy; its still-live beads are cancelled (failed) with it."""
+    """Close or fail a convoy; its still-live beads are cancelled (failed) with it. The mayor hears
+    of a convoy that landed (one the mayor or a user closed by hand needs no notice)."""
     convoy = bx.get_bead(conn, town_id, convoy_id)
     if convoy is None or convoy["type"] != "convoy" or convoy["status"] in bx.TERMINAL:
         return False
+    merged = total = 0
     for bead_id in bx.dependents(conn, town_id, convoy_id, "tracks"):
         b = bx.get_bead(conn, town_id, bead_id)
-        if b and b["status"] not in bx.TERMINAL:
+        if b is None:
+            continue
+        if b["type"] == "issue":
+            total += 1
+            merged += b["status"] == "closed"
+        if b["status"] not in bx.TERMINAL:
             transition_bead(conn, town_id, bead_id, "failed", now, reason=f"convoy_{to}")
     bx.set_status(conn, town_id, convoy_id, to, now, reason=reason)
+    if to == "closed" and reason in ("landed", "all_beads_closed"):
+        notify_mayor(conn, town_id, f"Convoy landed: {convoy['title']} [{convoy_id}]: {merged} of {total} beads "
+                                    "merged.", now)
     log.info("convoy.finished", town=town_id, convoy_id=convoy_id, status=to, reason=reason)
     return True
 
@@ -138,8 +169,39 @@ def create_escalation(conn: sqlite3.Connection, town_id: str, *, title: str, bod
     esc = bx.create_bead(conn, town_id, type="escalation", title=title, body=body, now_ms=now, priority=priority,
                          labels=["gt:escalation", f"severity:{severity}"], created_by=agent_id,
                          metadata={"agent_id": agent_id, "bead_id": bead_id, "severity": severity}, ids=ids)
-    notify_mayor(conn, town_id, f"Escalation ({severity}): {title} [{esc['bead_id']}]", now)
+    notify_mayor(conn, town_id, f"Escalation ({severity}): {title} [{esc['bead_id']}]. {ACK_HINT}", now)
     return str(esc["bead_id"])
+
+
+ACK_HINT = "When it is handled, acknowledge it with gt_escalation_ack (or close it), or it comes back."
+
+
+def re_escalate(conn: sqlite3.Connection, town_id: str, bead_id: str, severity: str, round_: int, now: int) -> bool:
+    """Raise an open, unacknowledged escalation to ``severity`` and tell the mayor again."""
+    esc = bx.get_bead(conn, town_id, bead_id)
+    if esc is None or esc["type"] != "escalation" or esc["status"] != "open" or esc["metadata"].get("acknowledged_at"):
+        return False
+    labels = [x for x in esc["labels"] if not x.startswith("severity:")] + [f"severity:{severity}"]
+    bx.update_fields(conn, town_id, bead_id, now, priority=severity, labels=to_json(labels))
+    bx.merge_metadata(conn, town_id, bead_id, {"severity": severity, "re_escalations": round_,
+                                               "last_escalated_at": now})
+    bx.record(conn, town_id, bead_id, "re_escalated", now, "reconciler", severity=severity, round=round_)
+    notify_mayor(conn, town_id, f"Re-escalation #{round_} ({severity}), not acknowledged yet: {esc['title']} "
+                                f"[{bead_id}]. {ACK_HINT}", now)
+    return True
+
+
+def acknowledge_escalation(conn: sqlite3.Connection, town_id: str, bead_id: str, now: int, *, actor: str,
+                           note: str | None = None) -> None:
+    """Stop an escalation from coming back; it stays open until closed (idempotent: the first ack counts)."""
+    esc = bx.require_bead(conn, town_id, bead_id)
+    if esc["type"] != "escalation":
+        raise ApiError(409, "NOT_AN_ESCALATION", f"bead {bead_id} is a {esc['type']}, not an escalation")
+    if esc["metadata"].get("acknowledged_at"):
+        return
+    bx.merge_metadata(conn, town_id, bead_id, {"acknowledged_at": now, "acknowledged_by": actor,
+                                               "acknowledgement": note})
+    bx.record(conn, town_id, bead_id, "acknowledged", now, actor, note=note)
 
 
 def notify_mayor(conn: sqlite3.Connection, town_id: str, message: str, now: int) -> bool:

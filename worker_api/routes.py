@@ -181,6 +181,9 @@ ROUTES: tuple[Route, ...] = (
     route("get", f"{A}/mail", tools.check_mail, "checkMail", TOWN_ACCESS, 200, a.MailList),
     route("post", f"{T}/escalations", tools.escalate, "escalate", TOWN_ACCESS, 201, a.Escalated,
           body=tools.Escalation),
+    route("post", f"{T}/escalations/{{e}}/acknowledge", tools.acknowledge, "acknowledgeEscalation", MEMBER, 200,
+          a.BeadView, body=tools.Acknowledge, body_required=False, errors=(409,),
+          summary="Seen and being handled: the escalation is not re-escalated (close it when resolved)"),
     route("post", f"{A}/checkpoint", tools.checkpoint, "checkpoint", TOWN_ACCESS, 200, a.Saved,
           body=tools.Checkpoint),
 )

@@ -20,6 +20,7 @@ from worker_api import nudges, store
 from worker_api.appkeys import DB, TOWN, now_ms
 from worker_api.db import from_json, to_json
 from worker_api.lifecycle import (
+    acknowledge_escalation,
     create_escalation,
     send_back_for_rework,
     set_agent_idle,
@@ -61,6 +62,11 @@ class Escalation(Body):
     title: ShortText
     body: Text = ""
     priority: Literal["low", "medium", "high", "critical"] = "medium"
+
+
+class Acknowledge(Body):
+    agent_id: Optional[Id] = None
+    note: Optional[ShortText] = None
 
 
 class Checkpoint(Body):
@@ -227,6 +233,20 @@ async def escalate(request: web.Request) -> web.Response:
     bead_id = await request.app[DB].run(_escalation_tx, _town(request), body, now_ms(request))
     log.info("escalation.created", town=_town(request), bead_id=bead_id, agent_id=body.agent_id)
     return web.json_response({"bead_id": bead_id}, status=201)
+
+
+def _ack_tx(conn: sqlite3.Connection, town_id: str, bead_id: str, body: Acknowledge, now: int) -> dict:
+    if body.agent_id is not None:
+        _agent(conn, town_id, body.agent_id)
+    acknowledge_escalation(conn, town_id, bead_id, now, actor=body.agent_id or "user", note=body.note)
+    return bead_view(conn, town_id, bead_id)
+
+
+async def acknowledge(request: web.Request) -> web.Response:
+    """The mayor (or a user) has seen an escalation: it is not re-escalated (it stays open until closed)."""
+    body = await read_model(request, Acknowledge, allow_empty=True)
+    bead = await request.app[DB].run(_ack_tx, _town(request), path_id(request, "e"), body, now_ms(request))
+    return web.json_response(bead)
 
 
 def _checkpoint_tx(conn: sqlite3.Connection, town_id: str, agent_id: str, data: Any) -> None:

@@ -1,7 +1,8 @@
 """The mayor as the town's front door, through the worker only (issue 12): real ``gastown worker`` and
 ``gastown container`` processes, real kilo on the scripted model, SeaweedFS for the mayor's
 snapshots. A user's messages reach the mayor in order, its replies stream over SSE, the event
-archive outlives the container, and after a drain a new container's mayor resumes its session."""
+archive outlives the container, and after a drain a new container's mayor resumes its session;
+notices from the town reach the idle mayor, each as one turn."""
 from __future__ import annotations
 
 import asyncio
@@ -15,7 +16,8 @@ import pytest
 
 from gastown.local.scripted_model import DEFAULT_PREFIX
 from tests.s3servers import seaweedfs  # noqa: F401 - fixture
-from tests.townproc import ADMIN, TownProcs, until
+from tests.e2e.test_ship_code_kilo import polecat_script
+from tests.townproc import ADMIN, TownProcs, script, tool, until
 
 pytestmark = pytest.mark.kilo
 
@@ -116,6 +118,68 @@ async def test_the_mayor_answers_through_the_worker_streams_and_survives_a_new_c
         code, other = await town.api("POST", "/api/users", {"name": "bob"}, token=ADMIN)
         assert (await town.api("GET", f"{t}/mayor/messages", token=other["token"]))[0] == 403
         assert (await town.api("POST", f"{t}/mayor/messages", {"text": "hi"}, token=other["token"]))[0] == 403
+    except AssertionError as e:
+        raise AssertionError(f"{e}\n{town.logs()}") from None
+    finally:
+        await town.close()
+
+
+def mayor_turns(fake_llm: Any, prefix: str) -> list[str]:
+    """The user turns the mayor's model was asked to answer that start with ``prefix``."""
+    return [r.last_user_text for r in fake_llm.chat_requests()
+            if not r.has_tool_result and not r.is_title and r.last_user_text.startswith(prefix)
+            and "mayor of this Gas Town" in json.dumps([m for m in r.messages if m.get("role") == "system"])]
+
+
+async def test_a_landed_convoy_and_a_gupp_escalation_each_reach_the_idle_mayor_as_one_turn(fake_llm, seaweedfs,
+                                                                                          tmp_path: Path):
+    """Notices were queued for the mayor as nudges but its idle path only reported `waiting`, so
+    they never reached it. Now the worker's desk delivers each one as its own turn."""
+    town = TownProcs(tmp_path, fake_llm, seaweedfs)
+    try:
+        # GUPP escalates an agent quiet for 8 s (the warn tier is pushed past it); re-escalation stays at 30 min.
+        await town.start(worker_env_extra={"GASTOWN_GUPP_WARN_S": "3600", "GASTOWN_GUPP_ESCALATE_S": "8",
+                                           "GASTOWN_GUPP_FORCE_STOP_S": "3600"})
+        t = f"/api/towns/{town.town_id}"
+
+        def arrived(prefix: str) -> Any:
+            async def check() -> list[str]:
+                return mayor_turns(fake_llm, prefix)
+            return check
+        assert (await town.api("POST", f"{t}/mayor/messages", {"text": "good morning"}))[0] == 202
+        await fake_llm.wait_for(lambda r: r.last_user_text == "good morning", timeout=180)
+
+        async def mayor_waiting() -> bool:
+            agents = (await town.town("/agents"))["agents"]
+            return any(a["role"] == "mayor" and a["status"] == "waiting" for a in agents)
+        await until(mayor_waiting, 60, "the mayor to wait for work")
+
+        code, convoy = await town.api("POST", f"{t}/convoys", {"rig_id": town.rig_id, "title": "One file", "beads": [
+            {"title": "Add one", "body": polecat_script("one.txt", "first")}]})
+        assert code == 201, convoy
+        landed = f"Convoy landed: One file [{convoy['convoy_id']}]: 1 of 1 beads merged."
+        await until(arrived("Convoy landed"), 420, "the landed notice at the mayor")
+        await until(arrived("Merged: Add one"), 30, "the merged notice at the mayor")
+
+        # A polecat that goes quiet (one long command, no events) is escalated by GUPP to the idle mayor.
+        await until(mayor_waiting, 60, "the mayor to wait again")
+        code, quiet = await town.api("POST", f"{t}/sling", {"rig_id": town.rig_id, "title": "Think hard", "body": script(
+            tool("bash", command="sleep 45", description="think"))})
+        assert code == 201, quiet
+        await until(arrived("Escalation (medium): Agent"), 120, "the GUPP escalation at the mayor")
+        await asyncio.sleep(3)  # a duplicate delivery would show up by now
+
+        assert mayor_turns(fake_llm, "Convoy landed") == [landed]
+        assert len(mayor_turns(fake_llm, "Merged: Add one")) == 1
+        [escalation] = mayor_turns(fake_llm, "Escalation (medium): Agent")
+        assert "inactive" in escalation and "gt_escalation_ack" in escalation
+        code, convo = await town.api("GET", f"{t}/mayor/messages")
+        texts = [(m["role"], m["text"]) for m in convo["messages"]]
+        for notice in (landed, escalation):
+            i = texts.index(("user", notice))
+            assert texts[i + 1] == ("assistant", f"{DEFAULT_PREFIX}{notice[:200]}"), texts
+        code, pending = await town.api("GET", f"{t}/agents/mayor/pending-nudges", token=town.container_token)
+        assert code == 200 and pending["nudges"] == []
     except AssertionError as e:
         raise AssertionError(f"{e}\n{town.logs()}") from None
     finally:

@@ -277,8 +277,10 @@ async def test_worker_responses_match_document(aiohttp_client, tmp_path: Path) -
     await do("POST", f"{T}/mail", 201, token=ctok, json={"from_agent_id": "mayor-1", "to_agent_id": "polecat-1",
                                                          "subject": "hi", "body": "there"})
     await do("GET", f"{A}/mail", 200, token=ctok, ids=pc)
-    await do("POST", f"{T}/escalations", 201, token=ctok, json={"agent_id": "polecat-1", "title": "stuck",
-                                                                "priority": "high"})
+    esc = await do("POST", f"{T}/escalations", 201, token=ctok, json={"agent_id": "polecat-1", "title": "stuck",
+                                                                      "priority": "high"})
+    await do("POST", f"{T}/escalations/{{e}}/acknowledge", 200, token=ctok, ids={"e": esc["bead_id"]},
+             json={"agent_id": "mayor-1", "note": "looking"})
     await do("POST", f"{A}/checkpoint", 200, token=ctok, ids=pc, json={"data": {"step": 3}})
     await do("GET", f"{T}/agents", 200)  # rows after hooks, checkpoints and resets
     await do("GET", "/metrics", 200)

@@ -183,6 +183,18 @@ async def test_mail_prime_checkpoint_escalation(worker: Worker, town: tuple[str,
     pending = await worker.db.run(lambda c: [r[0] for r in c.execute(
         "SELECT message FROM nudges WHERE town_id = ? AND agent_id = 'mayor-1'", (town_id,))])
     assert any("Stuck" in m for m in pending)
+    ack = f"/api/towns/{town_id}/escalations/{data['bead_id']}/acknowledge"
+    status, bead = await worker.call("POST", ack, token=token, json={"agent_id": "mayor-1", "note": "on it"})
+    assert status == 200 and bead["status"] == "open" and bead["metadata"]["acknowledged_by"] == "mayor-1"
+    status, again = await worker.call("POST", ack, token=token)  # idempotent: the first acknowledgement counts
+    assert status == 200 and again["metadata"]["acknowledged_at"] == bead["metadata"]["acknowledged_at"]
+    status, err = await worker.call("POST", f"/api/towns/{town_id}/escalations/bd-nope/acknowledge", token=token)
+    assert status == 404 and err["error"]["code"] == "BEAD_NOT_FOUND"
+    status, sling = await worker.call("POST", f"/api/towns/{town_id}/sling", token=token,
+                                      json={"rig_id": "rig-1", "title": "t"})
+    status, err = await worker.call("POST", f"/api/towns/{town_id}/escalations/{sling['bead_id']}/acknowledge",
+                                    token=token, json={})
+    assert status == 409 and err["error"]["code"] == "NOT_AN_ESCALATION"
 
 
 async def test_request_changes_is_refinery_only(worker: Worker, town: tuple[str, str]) -> None:

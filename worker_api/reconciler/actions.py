@@ -94,6 +94,14 @@ class CreateEscalation:
 
 
 @dataclass(frozen=True)
+class ReEscalate:
+    kind: ClassVar[str] = "re_escalate"
+    bead_id: str
+    severity: str
+    round: int
+
+
+@dataclass(frozen=True)
 class NotifyMayor:
     kind: ClassVar[str] = "notify_mayor"
     message: str
@@ -166,7 +174,7 @@ class FailConvoy:
 
 Action = Union[
     TransitionBead, ClearBeadAssignee, TransitionAgent, UnhookAgent, ResetAgentDispatchAttempts, DeleteAgent,
-    DispatchAgent, StopAgent, SendNudge, CreateEscalation, NotifyMayor, PollPr, MergePr, MergeBranch, OpenPr,
+    DispatchAgent, StopAgent, SendNudge, CreateEscalation, ReEscalate, NotifyMayor, PollPr, MergePr, MergeBranch, OpenPr,
     UpdateConvoyProgress,
     SetConvoyReadyToLand, CreateLandingMr, CloseConvoy, FailConvoy,
 ]

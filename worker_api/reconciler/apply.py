@@ -161,6 +161,10 @@ def _escalate(conn: sqlite3.Connection, ctx: ApplyContext, a: A.CreateEscalation
                          bead_id=a.bead_id, severity=a.severity, ids=ctx.ids)
 
 
+def _re_escalate(conn: sqlite3.Connection, ctx: ApplyContext, a: A.ReEscalate) -> None:
+    lc.re_escalate(conn, ctx.town_id, a.bead_id, a.severity, a.round, ctx.now)
+
+
 def _notify(conn: sqlite3.Connection, ctx: ApplyContext, a: A.NotifyMayor) -> None:
     lc.notify_mayor(conn, ctx.town_id, a.message, ctx.now)
 
@@ -231,6 +235,7 @@ _HANDLERS: dict[str, Callable[..., None]] = {
     A.StopAgent.kind: _stop,
     A.SendNudge.kind: _nudge,
     A.CreateEscalation.kind: _escalate,
+    A.ReEscalate.kind: _re_escalate,
     A.NotifyMayor.kind: _notify,
     A.PollPr.kind: _poll,
     A.MergePr.kind: _merge,

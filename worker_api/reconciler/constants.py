@@ -10,6 +10,13 @@ SECOND = 1000
 MINUTE = 60 * SECOND
 HOUR = 60 * MINUTE
 
+
+def _seconds_env(name: str, default_ms: int) -> int:
+    """An operator's override in seconds (``GASTOWN_…_S``); a bad value is an error at import, not a silent default."""
+    raw = os.environ.get(name)
+    return default_ms if not raw else int(float(raw) * SECOND)
+
+
 ACTIVE_INTERVAL_MS = 5 * SECOND          # tick cadence while the town has work
 IDLE_INTERVAL_MS = 5 * MINUTE            # cadence of an idle town
 
@@ -30,17 +37,20 @@ MAX_ACTIVE_POLECATS = 10                 # ours: one container cannot run thousa
 MR_STUCK_MS = 30 * MINUTE                # R2: in_progress MR without PR and without a working agent
 MR_ABANDONED_MS = 2 * MINUTE             # R3: in_progress MR without PR and nobody hooked
 PR_ORPHANED_MS = 30 * MINUTE             # R4: PR MR without a working refinery
-PR_POLL_INTERVAL_MS = int(float(os.environ.get("GASTOWN_PR_POLL_INTERVAL_S") or 60) * SECOND)  # R1
+PR_POLL_INTERVAL_MS = _seconds_env("GASTOWN_PR_POLL_INTERVAL_S", MINUTE)  # R1
 LAND_RETRY_MS = 30 * SECOND              # R8: between attempts to merge an approved MR or open its PR
 
 LANDING_MAX_ATTEMPTS = 5
 LANDING_COOLDOWN_BASE_MS = 30 * SECOND   # min(2^n * 30 s, 30 min)
 LANDING_COOLDOWN_MAX_MS = 30 * MINUTE
 
-GUPP_WARN_MS = 15 * MINUTE
-GUPP_ESCALATE_MS = HOUR
-GUPP_FORCE_STOP_MS = 2 * HOUR
+GUPP_WARN_MS = _seconds_env("GASTOWN_GUPP_WARN_S", 15 * MINUTE)
+GUPP_ESCALATE_MS = _seconds_env("GASTOWN_GUPP_ESCALATE_S", HOUR)
+GUPP_FORCE_STOP_MS = _seconds_env("GASTOWN_GUPP_FORCE_STOP_S", 2 * HOUR)
 GUPP_TIER_REPEAT_MS = HOUR               # each tier fires at most once per hour per agent
+
+REESCALATE_MS = _seconds_env("GASTOWN_REESCALATE_S", 30 * MINUTE)  # ours: an unacknowledged escalation comes back
+MAX_REESCALATIONS = 3                    # ... at most this often, one severity higher each time (up to critical)
 
 CONTAINER_IDLE_STOP_MS = 5 * MINUTE      # the mayor must be quiet this long before the container stops
 CONTAINER_IDLE_STOP_THROTTLE_MS = 2 * MINUTE

@@ -1,7 +1,7 @@
 """``reconcile(state) -> actions``: the pure decision step of a tick, and ``has_active_work``.
 
 Rule order is priority (see ``plan.Plan.claim``): agent liveness first (so a vanished agent's bead
-is not redispatched to it), then beads, the review queue, convoys, GUPP, and GC last.
+is not redispatched to it), then beads, the review queue, convoys, GUPP, escalations, and GC last.
 """
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from worker_api.reconciler.plan import Plan
 from worker_api.reconciler.rules_agents import reconcile_agents, reconcile_gc
 from worker_api.reconciler.rules_beads import reconcile_beads
 from worker_api.reconciler.rules_convoys import reconcile_convoys
+from worker_api.reconciler.rules_escalations import reconcile_escalations
 from worker_api.reconciler.rules_review import reconcile_review_queue
 from worker_api.reconciler.state import TownState
 
@@ -23,6 +24,7 @@ def reconcile(state: TownState) -> list[Action]:
     reconcile_review_queue(plan)
     reconcile_convoys(plan)
     reconcile_gupp(plan)
+    reconcile_escalations(plan)
     reconcile_gc(plan)
     return plan.actions
 

@@ -85,6 +85,17 @@ class Convoy:
 
 
 @dataclass
+class Escalation:
+    bead_id: str
+    title: str
+    severity: str
+    rounds: int                  # re-escalations so far
+    last_escalated_at: int
+    acknowledged: bool
+    subject_status: str | None   # the status of the bead it is about (None: none, or deleted)
+
+
+@dataclass
 class Rig:
     rig_id: str
     default_branch: str
@@ -105,6 +116,7 @@ class TownState:
     convoys: dict[str, Convoy]                   # live convoys
     failing_beads: int                           # circuit breaker count
     max_polecats: int = MAX_ACTIVE_POLECATS
+    escalations: list[Escalation] = field(default_factory=list)  # open escalation beads
 
     def max_attempts(self, rig_id: str | None) -> int:
         rig = self.rigs.get(rig_id or "")
@@ -170,7 +182,20 @@ def load_state(conn: sqlite3.Connection, town_id: str, now: int) -> TownState:
                 (town_id, now - CIRCUIT_BREAKER_WINDOW_MS)).fetchone()[0]
     max_polecats = store.kv_get(conn, town_id, "town:max_polecats", MAX_ACTIVE_POLECATS)
     return TownState(town_id, now, drain.is_draining(conn, town_id, now), rigs, agents, beads, blockers, mrs,
-                     reviews, convoys, int(failing), int(max_polecats))
+                     reviews, convoys, int(failing), int(max_polecats), _load_escalations(conn, town_id))
+
+
+def _load_escalations(conn: sqlite3.Connection, town_id: str) -> list[Escalation]:
+    out = []
+    for r in conn.execute("SELECT e.bead_id, e.title, e.metadata, e.created_at, s.status FROM town_beads e"
+                          " LEFT JOIN town_beads s ON s.town_id = e.town_id AND s.bead_id ="
+                          " json_extract(e.metadata, '$.bead_id') WHERE e.town_id = ? AND e.type = 'escalation'"
+                          " AND e.status = 'open' ORDER BY e.created_at, e.bead_id", (town_id,)):
+        meta = from_json(r["metadata"], {}) or {}
+        out.append(Escalation(r["bead_id"], r["title"], str(meta.get("severity") or "medium"),
+                              int(meta.get("re_escalations") or 0), int(meta.get("last_escalated_at") or r["created_at"]),
+                              bool(meta.get("acknowledged_at")), r["status"]))
+    return out
 
 
 def _load_convoys(conn: sqlite3.Connection, town_id: str, beads: dict[str, Bead]) -> dict[str, Convoy]:

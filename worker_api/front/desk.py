@@ -1,0 +1,249 @@
+"""The mayor's desk: the one path by which turns reach the town's mayor (issue 12, items 2 and 5).
+
+Two kinds of turn wait in the worker's database: a user's messages (``mayor_messages``) and notices
+for the mayor (its ``nudges``: escalations, mail, convoys landed or failed, merge requests merged or
+failed). Why one path for both: kilo folds prompts that queue up during a turn into one next turn,
+which answers only the last, so two senders racing for the same idle moment would lose one. The desk
+sends one turn at a time, each after the mayor's previous turn has ended, in the order they were
+queued, and marks each delivered once the container accepted it.
+
+A user's message starts the mayor when the container does not report it running (the container
+resumes its latest session, restored from the snapshot). A notice never starts a mayor or a
+container on its own: it waits until the mayor is up (the next user message, or a mayor already
+idle). One task per town delivers; a sweep every few seconds finds towns with something to deliver
+(after a restart of the worker, or a notice queued by the reconciler inside its transaction).
+"""
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from gastown.core.jsonlog import get_logger
+from worker_api import nudges, store
+from worker_api.db import Database
+from worker_api.dispatch import HttpContainerClient, Target, town_target
+from worker_api.reconciler.prompts import DEFAULT_MODEL
+
+log = get_logger("worker_api.mayor")
+
+MAYOR_ID = "mayor"
+MAYOR_SYSTEM = (
+    "You are the mayor of this Gas Town, the user's point of contact. Answer the user plainly. Turn requests "
+    "for code into work: gt_sling one bead per task (or a convoy for related tasks) on the right rig, then tell "
+    "the user what you slung. Notices from the town (escalations, mail, merged or failed work, landed convoys) "
+    "arrive as messages: act on them, tell the user what matters, and acknowledge escalations with "
+    "gt_escalation_ack once handled. Read your mail with gt_mail_check."
+)
+MAYOR_STARTUP = "You are on duty as the mayor. Wait for the user's messages."
+START_WAIT_S = 90.0
+TURN_WAIT_S = 600.0      # a turn that runs longer than this no longer holds the next message back
+MAX_BACKOFF_S = 30.0
+SWEEP_S = 2.0
+NOT_UP_RECHECK_S = 60.0  # a town whose mayor was not running is looked at again for notices after this
+IDLE_EVENTS = frozenset({"session.idle", "session.turn.close"})
+
+
+@dataclass(frozen=True)
+class Turn:
+    kind: str            # "message" (a user's) | "notice" (a nudge of the mayor)
+    ref: str             # message id or nudge id
+    text: str
+    created_at: int
+
+
+def start_request(town: dict[str, Any], agent_id: str) -> dict[str, Any]:
+    town_id = town["town_id"]
+    return {"agent_id": agent_id, "town_id": town_id, "rig_id": f"mayor-{town_id}", "role": "mayor",
+            "name": "Mayor", "identity": "Mayor (mayor)", "model": town.get("default_model") or DEFAULT_MODEL,
+            "system_prompt": MAYOR_SYSTEM, "prompt": MAYOR_STARTUP}
+
+
+def enqueue_tx(conn: sqlite3.Connection, town_id: str, text: str, now: int) -> tuple[int, str]:
+    mayor = store.get_mayor(conn, town_id)
+    if mayor is None:
+        mayor = store.create_agent(conn, town_id, agent_id=MAYOR_ID, role="mayor", name="Mayor", rig_id=None,
+                                   now_ms=now)
+    cur = conn.execute("INSERT INTO mayor_messages (town_id, text, created_at) VALUES (?, ?, ?)", (town_id, text, now))
+    return int(cur.lastrowid or 0), str(mayor["agent_id"])
+
+
+def _pending_tx(conn: sqlite3.Connection, town_id: str, now: int) -> tuple[Target | None, dict[str, Any] | None,
+                                                                          str | None, list[Turn]]:
+    """Where to deliver (the container, the town, its mayor) and what, in the order it was queued."""
+    turns = [Turn("message", str(r[0]), str(r[1]), int(r[2])) for r in conn.execute(
+        "SELECT id, text, created_at FROM mayor_messages WHERE town_id = ? AND delivered_at IS NULL ORDER BY id",
+        (town_id,))]
+    mayor = store.get_mayor(conn, town_id)
+    if mayor is not None:
+        for n in nudges.pending_nudges(conn, town_id, mayor["agent_id"], now):
+            row = nudges.get_nudge(conn, town_id, n["nudge_id"]) or {}
+            turns.append(Turn("notice", n["nudge_id"], str(n["message"]), int(row.get("created_at") or 0)))
+    turns.sort(key=lambda t: t.created_at)  # stable: each kind keeps its own order
+    return town_target(conn, town_id), store.get_town(conn, town_id), mayor and mayor["agent_id"], turns
+
+
+def _towns_due_tx(conn: sqlite3.Connection, now: int) -> list[str]:
+    """Towns with a user's message to deliver, or a notice for a mayor that may be up (a town
+    whose mayor was found not running is skipped for a while: see ``_sweep``)."""
+    rows = conn.execute(
+        "SELECT DISTINCT town_id FROM mayor_messages WHERE delivered_at IS NULL UNION"
+        " SELECT DISTINCT n.town_id FROM nudges n JOIN agents a ON a.town_id = n.town_id AND a.agent_id = n.agent_id"
+        " WHERE a.role = 'mayor' AND a.status != 'dead' AND n.delivered_at IS NULL"
+        " AND (n.expires_at IS NULL OR n.expires_at > ?)", (now,))
+    return [r[0] for r in rows]
+
+
+def _delivered_tx(conn: sqlite3.Connection, town_id: str, mayor_id: str, turn: Turn, sent_at: int, now: int) -> None:
+    """Delivered, and the mayor working since just before the send: its next idle callback (fired
+    after that instant) flips it back to waiting; an older one is stale (routes_container.waiting)."""
+    if turn.kind == "message":
+        conn.execute("UPDATE mayor_messages SET delivered_at = ? WHERE town_id = ? AND id = ?",
+                     (now, town_id, int(turn.ref)))
+    else:
+        nudges.mark_nudge_delivered(conn, town_id, mayor_id, turn.ref, now)
+    _working_tx(conn, town_id, mayor_id, sent_at)
+
+
+def _working_tx(conn: sqlite3.Connection, town_id: str, mayor_id: str, since: int) -> None:
+    conn.execute("UPDATE agents SET status = 'working', working_since = ?, last_activity_at = ? WHERE town_id = ?"
+                 " AND agent_id = ?", (since, since, town_id, mayor_id))
+
+
+def _failed_tx(conn: sqlite3.Connection, town_id: str, turn: Turn, error: str) -> None:
+    if turn.kind == "message":
+        conn.execute("UPDATE mayor_messages SET attempts = attempts + 1, last_error = ? WHERE town_id = ? AND id = ?",
+                     (error[:300], town_id, int(turn.ref)))
+
+
+class MayorDesk:
+    """One delivery task per town with something to deliver, and the sweep; owned by the app."""
+
+    def __init__(self, db: Database, clock_ms: Callable[[], int], client: HttpContainerClient | None = None, *,
+                 wall_ms: Callable[[], int] = lambda: int(time.time() * 1000), sweep_s: float = SWEEP_S) -> None:
+        self.db = db
+        self.clock_ms = clock_ms
+        self.wall_ms = wall_ms  # the container's clock is wall time: what its events and callbacks are compared to
+        self.client = client or HttpContainerClient()
+        self.sweep_s = sweep_s
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._again: set[str] = set()
+        self._sent_at: dict[str, int] = {}     # town -> when its mayor was last sent a turn (wall ms)
+        self._not_up: dict[str, float] = {}    # town -> when its mayor was last found not running (monotonic)
+        self._sweeper: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._sweeper = asyncio.create_task(self._sweep(), name="mayor-desk:sweep")
+
+    def wake(self, town_id: str) -> None:
+        self._not_up.pop(town_id, None)
+        task = self._tasks.get(town_id)
+        if task is not None and not task.done():
+            self._again.add(town_id)  # the running task looks again before it ends
+            return
+        self._tasks[town_id] = asyncio.create_task(self._deliver(town_id), name=f"mayor-desk:{town_id}")
+
+    async def close(self) -> None:
+        tasks = [t for t in (self._sweeper, *self._tasks.values()) if t is not None]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self.client.aclose()
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(self.sweep_s)
+            try:
+                due = await self.db.run(_towns_due_tx, self.clock_ms(), write=False)
+            except Exception as e:  # the sweep outlives a bad moment of the database
+                log.warning("mayor.sweep_failed", error=str(e))
+                continue
+            now = time.monotonic()
+            for town_id in due:
+                task = self._tasks.get(town_id)
+                if (task is None or task.done()) and now - self._not_up.get(town_id, -1e9) >= NOT_UP_RECHECK_S:
+                    self._tasks[town_id] = asyncio.create_task(self._deliver(town_id), name=f"mayor-desk:{town_id}")
+
+    async def _deliver(self, town_id: str) -> None:
+        delay = 1.0
+        while True:
+            self._again.discard(town_id)
+            target, town, mayor_id, turns = await self.db.run(_pending_tx, town_id, self.clock_ms(), write=False)
+            if target is None or town is None or mayor_id is None:
+                return
+            if not turns:
+                if town_id in self._again:
+                    continue
+                return
+            start = any(t.kind == "message" for t in turns)
+            running = await self._ensure_running(target, town, mayor_id, start=start)
+            if running is None:
+                self._not_up[town_id] = time.monotonic()  # only notices: they wait for the mayor to be up
+                return
+            if running and await self._send(town_id, target, mayor_id, turns):
+                delay = 1.0
+                continue
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, MAX_BACKOFF_S)
+
+    async def _send(self, town_id: str, target: Target, mayor_id: str, turns: list[Turn]) -> bool:
+        for turn in turns:
+            await self._wait_idle(target, mayor_id)
+            before = self.wall_ms()
+            if not await self.client.send_message(target, mayor_id, turn.text):
+                await self.db.run(_failed_tx, town_id, turn, "the container did not accept the message")
+                return False
+            self._sent_at[town_id] = before
+            await self.db.run(_delivered_tx, town_id, mayor_id, turn, before, self.clock_ms())
+            log.info("mayor.turn_delivered", town=town_id, kind=turn.kind, ref=turn.ref)
+        return True
+
+    async def _ensure_running(self, target: Target, town: dict[str, Any], mayor_id: str, *,
+                              start: bool) -> bool | None:
+        """True once the container reports the mayor running, starting it when ``start``; False to
+        retry later; None when it is not running and must not be started for what is queued."""
+        status = (await self.client.agent_statuses(target, [mayor_id]))[mayor_id]
+        if status == "running":
+            return True
+        if status in ("starting", "recycling", "backoff"):
+            return await self._wait_running(target, mayor_id)
+        if not start:
+            return None
+        if status == "unknown":
+            return False  # the container does not answer: retry later
+        before = self.wall_ms()
+        res = await self.client.start_agent(target, start_request(town, mayor_id))
+        log.info("mayor.start", town=town["town_id"], outcome=res.outcome, status=res.status)
+        if res.started:
+            await self.db.run(_working_tx, town["town_id"], mayor_id, before)  # on its startup turn
+        return res.started and await self._wait_running(target, mayor_id)
+
+    async def _wait_idle(self, target: Target, mayor_id: str) -> None:
+        """Until the mayor's current turn (if any) has ended: its last event is an idle one and
+        came after the last prompt it was sent (the startup prompt, or the previous turn)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + TURN_WAIT_S
+        sent_at = self._sent_at.get(target.town_id, 0)
+        while loop.time() < deadline:
+            st = await self.client.agent_status(target, mayor_id) or {}
+            if st.get("status") != "running":
+                return  # the send fails and the delivery loop starts it again
+            started = int(st.get("started_at") or 0)
+            # What this life of the mayor was last prompted with: our last turn, else its startup prompt.
+            baseline = sent_at if sent_at > started else (started if int(st.get("message_count") or 0) else 0)
+            if not baseline or (st.get("last_event_type") in IDLE_EVENTS
+                                and int(st.get("last_event_at") or 0) > baseline):
+                return
+            await asyncio.sleep(0.5)
+        log.warning("mayor.turn_wait_timeout", town=target.town_id)
+
+    async def _wait_running(self, target: Target, mayor_id: str) -> bool:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + START_WAIT_S
+        while loop.time() < deadline:
+            if (await self.client.agent_statuses(target, [mayor_id]))[mayor_id] == "running":
+                return True
+            await asyncio.sleep(0.5)
+        return False

@@ -28,6 +28,9 @@ from supervisor.worker_client import WorkerError
 log = get_logger("supervisor.hydration")
 
 REFRESH_IF_EXPIRES_WITHIN_S = 30 * 60
+# What the worker's prewarm context may set of the mayor's start request (all of it but the prompt).
+PREWARM_FIELDS = frozenset({"agent_id", "name", "identity", "model", "small_model", "organization_id", "system_prompt",
+                            "env_vars", "git_author_name", "git_author_email", "disable_ai_coauthor"})
 
 
 def mayor_rig_id(town_id: str) -> str:
@@ -165,10 +168,9 @@ class Hydrator:
             return
         town_id = self.worker.town_id or ""
         try:
-            req = StartAgentRequest(
-                agent_id=ctx["agent_id"], town_id=town_id, rig_id=mayor_rig_id(town_id), role=Role.mayor, name="Mayor",
-                prompt="", model=ctx["model"], small_model=ctx.get("small_model"), organization_id=ctx.get("organization_id"),
-            )
+            fields = {k: v for k, v in ctx.items() if k in PREWARM_FIELDS and v is not None}
+            req = StartAgentRequest(**{"name": "Mayor", **fields}, town_id=town_id, rig_id=mayor_rig_id(town_id),
+                                    role=Role.mayor, prompt="")
         except ValueError as e:
             log.warning("mayor.prewarm_skipped", reason=f"invalid context: {str(e)[:200]}")
             return

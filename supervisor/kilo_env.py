@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from gastown.contract import identity as ident
-from supervisor.models import RESERVED_ENV_KEYS, StartAgentRequest
+from gastown.contract.env import is_reserved_env_key
+from supervisor.models import StartAgentRequest
 
 INHERITED_ENV_KEYS = (
     "PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "TERM",
@@ -122,6 +123,8 @@ def identity_env(req: StartAgentRequest, api_url: str | None) -> dict[str, str]:
     env = {ident.AGENT_ID: req.agent_id, ident.ROLE: req.role.value, ident.TOWN_ID: req.town_id, ident.RIG_ID: req.rig_id}
     if api_url:
         env[ident.API_URL] = api_url
+    if req.identity:
+        env[ident.IDENTITY] = req.identity
     return env
 
 
@@ -176,14 +179,16 @@ def config_content(config: Mapping[str, Any]) -> str:
 
 
 def git_identity(req: StartAgentRequest) -> dict[str, str]:
-    name = f"{req.name} (gastown)"
-    email = f"{req.agent_id}@gastown.local"
-    return {
-        "GIT_AUTHOR_NAME": name,
-        "GIT_COMMITTER_NAME": name,
-        "GIT_AUTHOR_EMAIL": email,
-        "GIT_COMMITTER_EMAIL": email,
-    }
+    """Commits are the town's (or rig's) identity when one is set, else the agent's own. With a
+    custom identity the agent's is kept for a co-author trailer, unless the town turned that off."""
+    agent_name, agent_email = f"{req.name} (gastown)", f"{req.agent_id}@gastown.local"
+    name, email = req.git_author_name or agent_name, req.git_author_email or agent_email
+    env = {"GIT_AUTHOR_NAME": name, "GIT_COMMITTER_NAME": name, "GIT_AUTHOR_EMAIL": email, "GIT_COMMITTER_EMAIL": email}
+    if req.git_author_name or req.git_author_email:
+        env.update(GASTOWN_AI_AGENT_NAME=agent_name, GASTOWN_AI_AGENT_EMAIL=agent_email)
+    if req.disable_ai_coauthor:
+        env["GASTOWN_DISABLE_AI_COAUTHOR"] = "1"
+    return env
 
 
 def credential_helper_env(command: list[str]) -> dict[str, str]:
@@ -223,7 +228,7 @@ def build_child_env(
     base = os.environ if base_env is None else base_env
     env = {k: base[k] for k in INHERITED_ENV_KEYS if k in base}
     # Request env first, so every key the runtime sets below wins over it.
-    env.update({k: v for k, v in req.env_vars.items() if k not in RESERVED_ENV_KEYS})
+    env.update({k: v for k, v in req.env_vars.items() if not is_reserved_env_key(k)})
     env.update(paths.xdg_env())
     env.update(HERMETIC_ENV)
     env.update(git_access_env(req, api_url=api_url, container_token=container_token,

@@ -6,24 +6,14 @@ from typing import Annotated, Optional
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 from gastown.contract.agents import Role
-from gastown.contract.git import check_git_ref, check_git_url
+from gastown.contract.env import ENV_KEY_PATTERN
+from gastown.contract.git import GitAuthorEmail, GitAuthorName, check_git_ref, check_git_url
 from gastown.core.ids import ID_PATTERN
 from gastown.core.secrets import strip_secrets
 
 AgentId = Annotated[str, StringConstraints(pattern=ID_PATTERN)]
 NonEmpty = Annotated[str, StringConstraints(min_length=1, max_length=512)]
 ModelName = Annotated[str, StringConstraints(min_length=1, max_length=256, pattern=r"^[^\s]+$")]
-
-# Keys of env_vars the runtime owns: a request may not override them in the child env.
-RESERVED_ENV_KEYS = frozenset(
-    {
-        "HOME", "PATH", "XDG_DATA_HOME", "XDG_CONFIG_HOME", "XDG_CACHE_HOME", "XDG_STATE_HOME",
-        "KILO_CONFIG_CONTENT", "KILO_SERVER_PASSWORD", "KILO_PARENT_PID", "KILO_DB",
-        "GASTOWN_AGENT_ID", "GASTOWN_AGENT_ROLE", "GASTOWN_TOWN_ID", "GASTOWN_RIG_ID",
-        "GASTOWN_API_URL", "GASTOWN_CONTAINER_TOKEN", "GASTOWN_CONTROL_TOKEN",
-    }
-)
-
 
 class StartAgentRequest(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
@@ -46,8 +36,14 @@ class StartAgentRequest(BaseModel):
     # from ``origin/<default_branch>`` when it does not exist yet.
     create_start_point: bool = False
     lightweight: bool = False
+    git_author_name: Optional[GitAuthorName] = None     # the town's (or rig's) commit identity, else the agent's
+    git_author_email: Optional[GitAuthorEmail] = None
+    disable_ai_coauthor: bool = False
     organization_id: Optional[Annotated[str, StringConstraints(max_length=128)]] = None
-    env_vars: dict[Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")], Annotated[str, StringConstraints(max_length=65_536)]] = Field(default_factory=dict)
+    # Reserved keys (``gastown.contract.env``) are dropped when the env is built, not refused here: the
+    # worker refuses them in settings, and a container must still start an agent an old request names.
+    env_vars: dict[Annotated[str, StringConstraints(pattern=ENV_KEY_PATTERN)],
+                   Annotated[str, StringConstraints(max_length=65_536)]] = Field(default_factory=dict)
 
     @field_validator("git_url")
     @classmethod

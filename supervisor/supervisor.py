@@ -278,7 +278,7 @@ class Supervisor:
                 if not rec.resumed:
                     log.info("mayor.empty_session_prompted", agent_id=rec.agent_id, session_id=rec.session_id)
                 return
-        session = await client.create_session(f"{rec.request.role.value} {rec.request.name}")
+        session = await client.create_session(rec.request.identity or f"{rec.request.role.value} {rec.request.name}")
         rec.session_id = session["id"]
 
     def model_ref(self, model: str) -> tuple[str, str]:

@@ -98,10 +98,19 @@ class RegistryStored(Answer):
 
 
 class PrewarmContext(Answer):
+    """With a mayor: every field of its start request but the prompt, so the prewarmed server is the one
+    the start would build."""
     agent_id: Optional[str]
     model: Optional[str]
     small_model: Optional[str]
     organization_id: Optional[str]
+    name: Optional[str] = None
+    identity: Optional[str] = None
+    system_prompt: Optional[str] = None
+    env_vars: Optional[dict[str, str]] = None
+    git_author_name: Optional[str] = None
+    git_author_email: Optional[str] = None
+    disable_ai_coauthor: Optional[bool] = None
 
 
 class NewToken(Answer):

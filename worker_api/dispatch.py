@@ -28,6 +28,7 @@ DISPATCH_TIMEOUT_S = 60.0  # POST /agents/start may wait for boot hydration
 STATUS_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 10.0
 MESSAGE_TIMEOUT_S = 10.0
+MODEL_TIMEOUT_S = 120.0   # a hot swap spawns a new kilo server and resumes the session
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,16 @@ class ContainerClient(Protocol):
     async def start_agent(self, target: Target, request: dict[str, Any]) -> StartResult: ...
     async def agent_statuses(self, target: Target, agent_ids: list[str]) -> dict[str, str]: ...
     async def stop_agent(self, target: Target, agent_id: str) -> bool: ...
+    async def patch_model(self, target: Target, agent_id: str, model: str, small_model: str | None) -> int | None:
+        """``PATCH /agents/{id}/model``: the container restarts the agent's server on the same
+        session with the new model (seconds). The status, or None when it did not answer."""
+        body = {"model": model, **({"small_model": small_model} if small_model else {})}
+        try:
+            status, _ = await self._call(target, "PATCH", f"/agents/{agent_id}/model", MODEL_TIMEOUT_S, body)
+        except (asyncio.TimeoutError, aiohttp.ClientError):
+            return None
+        return status
+
     async def send_message(self, target: Target, agent_id: str, prompt: str) -> bool: ...
 
 
@@ -136,6 +147,16 @@ class HttpContainerClient:
         except (asyncio.TimeoutError, aiohttp.ClientError):
             return False
         return status == 200
+
+    async def patch_model(self, target: Target, agent_id: str, model: str, small_model: str | None) -> int | None:
+        """``PATCH /agents/{id}/model``: the container restarts the agent's server on the same
+        session with the new model (seconds). The status, or None when it did not answer."""
+        body = {"model": model, **({"small_model": small_model} if small_model else {})}
+        try:
+            status, _ = await self._call(target, "PATCH", f"/agents/{agent_id}/model", MODEL_TIMEOUT_S, body)
+        except (asyncio.TimeoutError, aiohttp.ClientError):
+            return None
+        return status
 
     async def send_message(self, target: Target, agent_id: str, prompt: str) -> bool:
         try:

@@ -125,6 +125,13 @@ def finish_convoy(conn: sqlite3.Connection, town_id: str, convoy_id: str, to: st
     return True
 
 
+def approve_mr(conn: sqlite3.Connection, town_id: str, mr_id: str, now: int, *, by: str, strategy: str) -> None:
+    """The MR may land: the worker merges exactly its branch (``direct``) or opens its PR (``pr``), R8."""
+    bx.record(conn, town_id, mr_id, "review_completed", now, by, approved=True, strategy=strategy)
+    bx.merge_metadata(conn, town_id, mr_id, {"approved_at": now, "approved_by": by, "merge_strategy": strategy,
+                                             "land_failures": None})
+
+
 MAX_REWORK_ROUNDS = 3  # ours: a merge request cannot be sent back for ever
 
 

@@ -257,3 +257,12 @@ CREATE INDEX agent_events_by_source ON agent_events(town_id, agent_id, source_id
 """,
     )
 )
+
+MIGRATIONS.append(
+    Migration(
+        name="town settings (env vars, git identity, code review, merge strategy)",
+        sql="""
+ALTER TABLE towns ADD COLUMN settings TEXT NOT NULL DEFAULT '{}';   -- JSON: worker_api.settings
+""",
+    )
+)

@@ -18,6 +18,8 @@ from worker_api import answers as a
 from worker_api import beads as bx
 from worker_api import metrics, models as m
 from worker_api import routes_container as rc
+from worker_api import routes_settings as rs
+from worker_api import settings as st
 from worker_api import routes_tools as tools
 from worker_api import routes_towns as towns
 from worker_api import routes_user as user
@@ -144,6 +146,12 @@ ROUTES: tuple[Route, ...] = (
     route("post", f"{T}/rigs", user.create_rig, "createRig", MEMBER, 201, a.Rig, body=user.CreateRig,
           errors=(409,)),
     route("get", f"{T}/rigs", user.list_rigs, "listRigs", MEMBER, 200, a.RigList),
+    route("patch", f"{T}/rigs/{{r}}", rs.patch_rig, "patchRig", USER, 200, a.Rig, body=st.RigPatch,
+          body_required=False, summary="The rig's overrides of the town settings (null: back to the town's value)"),
+    route("get", f"{T}/settings", rs.get_settings, "getSettings", USER, 200, fa.TownSettings),
+    route("patch", f"{T}/settings", rs.patch_settings, "patchSettings", USER, 200, fa.TownSettings,
+          body=st.SettingsPatch, body_required=False,
+          summary="Absent: unchanged; null: default; env_vars merge by key (null removes). A reserved env key is a 400"),
     route("put", f"{T}/rigs/{{r}}/scm", scm.put_scm, "putRigScm", ADMIN, 200, a.ScmView, body=scm.ScmConfig,
           summary="Set (or with null remove) the rig's GitHub token and auto-merge delay; absent fields unchanged"),
     route("get", f"{T}/rigs/{{r}}/scm", scm.get_scm, "getRigScm", MEMBER, 200, a.ScmView,

@@ -13,8 +13,9 @@ from aiohttp import web
 
 from gastown.core.http import ApiError, read_json, read_model
 from gastown.core.jsonlog import get_logger, register_secret
-from worker_api import drain, store
+from worker_api import drain, settings, store
 from worker_api.appkeys import DB, PRINCIPAL, TOKENS, TOWN, now_ms
+from worker_api.front.desk import mayor_fields
 from worker_api.models import CreateAgent, CreateTown, parse_registry
 from worker_api.registry import check_entries
 
@@ -106,12 +107,12 @@ async def put_registry(request: web.Request) -> web.Response:
 
 def _prewarm_tx(conn: sqlite3.Connection, town: dict[str, Any]) -> dict[str, Any]:
     mayor = store.get_mayor(conn, town["town_id"])
-    return {
-        "agent_id": mayor["agent_id"] if mayor else None,
-        "model": town["default_model"],
-        "small_model": town["small_model"],
-        "organization_id": town["organization_id"],
-    }
+    ctx: dict[str, Any] = {"agent_id": None, "model": town["default_model"], "small_model": town["small_model"],
+                           "organization_id": town["organization_id"]}
+    if mayor is not None and town["default_model"]:
+        fields = mayor_fields({**town, **settings.load_town(conn, town["town_id"])}, mayor["agent_id"])
+        ctx.update(fields, organization_id=town["organization_id"], small_model=fields.get("small_model"))
+    return ctx
 
 
 async def prewarm_context(request: web.Request) -> web.Response:

@@ -30,3 +30,8 @@ GitUrl = Annotated[str, Field(min_length=1, max_length=2048, json_schema_extra={
                    AfterValidator(check_git_url)]
 GitRef = Annotated[str, Field(min_length=1, max_length=200, json_schema_extra={"pattern": r"^[^-\s~^:?*\[\\][^\s~^:?*\[\\]*$"}),
                    AfterValidator(check_git_ref)]
+
+
+# A commit identity: git strips or refuses angle brackets and line breaks in names and emails.
+GitAuthorName = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[^<>\x00-\x1f\x7f]+$")]
+GitAuthorEmail = Annotated[str, Field(min_length=3, max_length=254, pattern=r"^[^<>\s@]+@[^<>\s@]+$")]

@@ -7,3 +7,4 @@ TOWN_ID = "GASTOWN_TOWN_ID"
 RIG_ID = "GASTOWN_RIG_ID"
 API_URL = "GASTOWN_API_URL"
 TOKEN = "GASTOWN_CONTAINER_TOKEN"
+IDENTITY = "GASTOWN_AGENT_IDENTITY"  # how the agent is known to people (its session is titled so too)

@@ -131,7 +131,7 @@ def mayor_turns(fake_llm: Any, prefix: str) -> list[str]:
             and "mayor of this Gas Town" in json.dumps([m for m in r.messages if m.get("role") == "system"])]
 
 
-async def test_a_landed_convoy_and_a_gupp_escalation_each_reach_the_idle_mayor_as_one_turn(fake_llm, seaweedfs,
+async def test_notices_reach_the_idle_mayor_as_one_turn_each_and_settings_reach_its_agents(fake_llm, seaweedfs,
                                                                                           tmp_path: Path):
     """Notices were queued for the mayor as nudges but its idle path only reported `waiting`, so
     they never reached it. Now the worker's desk delivers each one as its own turn."""
@@ -161,11 +161,17 @@ async def test_a_landed_convoy_and_a_gupp_escalation_each_reach_the_idle_mayor_a
         await until(arrived("Convoy landed"), 420, "the landed notice at the mayor")
         await until(arrived("Merged: Add one"), 30, "the merged notice at the mayor")
 
-        # A polecat that goes quiet (one long command, no events) is escalated by GUPP to the idle mayor.
+        # A custom variable set now is in the next agent's environment, and a polecat that goes quiet
+        # (one long command, no events) is escalated by GUPP to the idle mayor.
+        code, st = await town.api("PATCH", f"{t}/settings", {"env_vars": {"GT_CUSTOM": "from-settings"}})
+        assert code == 200 and st["env_vars"] == {"GT_CUSTOM": "from-settings"}, st
         await until(mayor_waiting, 60, "the mayor to wait again")
         code, quiet = await town.api("POST", f"{t}/sling", {"rig_id": town.rig_id, "title": "Think hard", "body": script(
+            tool("bash", command="echo CUSTOM=$GT_CUSTOM", description="look"),
             tool("bash", command="sleep 45", description="think"))})
         assert code == 201, quiet
+        await fake_llm.wait_for(lambda r: r.has_tool_result and "CUSTOM=from-settings" in json.dumps(r.messages[-1:]),
+                                timeout=120)
         await until(arrived("Escalation (medium): Agent"), 120, "the GUPP escalation at the mayor")
         await asyncio.sleep(3)  # a duplicate delivery would show up by now
 
@@ -180,6 +186,23 @@ async def test_a_landed_convoy_and_a_gupp_escalation_each_reach_the_idle_mayor_a
             assert texts[i + 1] == ("assistant", f"{DEFAULT_PREFIX}{notice[:200]}"), texts
         code, pending = await town.api("GET", f"{t}/agents/mayor/pending-nudges", token=town.container_token)
         assert code == 200 and pending["nudges"] == []
+
+        # A model change reaches the running mayor on its session, without a turn.
+        code, before = await town.api("GET", f"{t}/mayor")
+        asked = len(fake_llm.chat_requests())
+        code, st = await town.api("PATCH", f"{t}/settings", {"default_model": "fake/m2"})
+        assert code == 200 and st["default_model"] == "fake/m2"
+
+        async def swapped() -> Any:
+            _, m = await town.api("GET", f"{t}/mayor")
+            return m if m["model"] == "fake/m2" and m["status"] == "running" else None
+        after = await until(swapped, 90, "the mayor on the new model")
+        assert after["session_id"] == before["session_id"] and before["model"] == "fake/m1"
+        await asyncio.sleep(2)
+        assert [r.last_user_text for r in fake_llm.chat_requests()[asked:] if not r.is_title] == []
+        assert (await town.api("POST", f"{t}/mayor/messages", {"text": "which model now"}))[0] == 202
+        req = await fake_llm.wait_for(lambda r: r.last_user_text == "which model now", timeout=60)
+        assert req.model == "m2"
     except AssertionError as e:
         raise AssertionError(f"{e}\n{town.logs()}") from None
     finally:

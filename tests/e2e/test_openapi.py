@@ -230,6 +230,12 @@ async def test_worker_responses_match_document(aiohttp_client, tmp_path: Path) -
     await do("POST", f"{T}/rigs", 201, json={"rig_id": "rig-1", "name": "r", "git_url": "https://example.invalid/r.git",
                                              "max_dispatch_attempts": 3})
     await do("GET", f"{T}/rigs", 200)
+    await do("PATCH", f"{T}/rigs/{{r}}", 200, ids={"r": "rig-1"}, json={"code_review": "off", "env_vars": {"A": "1"},
+                                                                     "git_author_name": "Rig Bot"})
+    await do("PATCH", f"{T}/settings", 200, json={"default_model": "fake/m2", "env_vars": {"FOO": "bar"},
+                                                   "merge_strategy": "pr"})
+    await do("PATCH", f"{T}/settings", 400, json={"env_vars": {"GASTOWN_X": "y"}})
+    await do("GET", f"{T}/settings", 200)
     rig = {"r": "rig-1"}
     await do("PUT", f"{T}/rigs/{{r}}/scm", 200, ids=rig, json={"github_token": "ghp_" + "x" * 36,
                                                                 "auto_merge_delay_minutes": 5})

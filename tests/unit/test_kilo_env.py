@@ -57,6 +57,29 @@ def test_child_env_does_not_inherit_runtime_secrets(tmp_path: Path):
     assert env["KILO_TREE_SITTER_WASM_DIR"] == "/k/bin/tree-sitter"
 
 
+def _env(tmp_path: Path, **kw) -> dict[str, str]:
+    return build_child_env(_req(**kw), paths=AgentPaths.for_agent(tmp_path, "polecat-1"), kilo_bin="/k/bin/kilo",
+                           config_json="{}", password="pw", parent_pid=42, api_url="http://w", container_token="tok",
+                           kilocode_token=None, base_env={"PATH": "/usr/bin"})
+
+
+def test_a_reserved_env_var_of_a_request_never_reaches_the_agent(tmp_path: Path):
+    env = _env(tmp_path, env_vars={"LD_PRELOAD": "/evil.so", "https_proxy": "http://evil", "GIT_SSH_COMMAND": "evil",
+                                   "NODE_OPTIONS": "--require /evil", "GH_TOKEN": "x", "SAFE": "ok"})
+    assert env["SAFE"] == "ok"
+    assert not {"LD_PRELOAD", "https_proxy", "GIT_SSH_COMMAND", "NODE_OPTIONS", "GH_TOKEN"} & env.keys()
+
+
+def test_a_town_git_identity_authors_commits_and_keeps_the_agent_for_a_trailer(tmp_path: Path):
+    env = _env(tmp_path, git_author_name="Acme Bot", git_author_email="bot@acme.test", identity="Toast (polecat)")
+    assert env["GIT_AUTHOR_NAME"] == env["GIT_COMMITTER_NAME"] == "Acme Bot"
+    assert env["GIT_AUTHOR_EMAIL"] == env["GIT_COMMITTER_EMAIL"] == "bot@acme.test"
+    assert env["GASTOWN_AI_AGENT_NAME"] == "Toast (gastown)" and "GASTOWN_DISABLE_AI_COAUTHOR" not in env
+    assert env["GASTOWN_AGENT_IDENTITY"] == "Toast (polecat)"
+    assert _env(tmp_path, git_author_name="Acme Bot", disable_ai_coauthor=True)["GASTOWN_DISABLE_AI_COAUTHOR"] == "1"
+    assert _env(tmp_path)["GIT_AUTHOR_NAME"] == "Toast (gastown)"
+
+
 def test_illegal_state_transition_raises():
     check_transition(AgentState.starting, AgentState.running)
     for old, new in [(AgentState.exited, AgentState.running), (AgentState.stopping, AgentState.running),

@@ -202,8 +202,28 @@ async def test_prewarm_context_names_the_mayor_and_the_town_models(worker: Worke
     await worker.create_agent(town_id, "polecat")
     mayor = await worker.create_agent(town_id, "mayor")
     status, data = await worker.call("GET", f"/api/towns/{town_id}/prewarm-context", token=token)
-    assert (status, data) == (200, {"agent_id": mayor["agent_id"], "model": "p/big", "small_model": None,
-                                    "organization_id": None})
+    assert status == 200
+    assert {k: data[k] for k in ("agent_id", "model", "small_model", "organization_id")} == {
+        "agent_id": mayor["agent_id"], "model": "p/big", "small_model": None, "organization_id": None}
+
+
+async def test_prewarm_context_is_the_mayors_whole_start_but_the_prompt(worker: Worker) -> None:
+    """The container's prewarm hard-coded the mayor's name and knew nothing of its system prompt,
+    identity or the town's env vars, so its env never matched the real start's."""
+    from worker_api.front.desk import start_request
+
+    town_id, token = await worker.create_town(default_model="p/big", small_model=None, organization_id=None)
+    mayor = await worker.create_agent(town_id, "mayor")
+    status, _ = await worker.call("PATCH", f"/api/towns/{town_id}/settings", token=ADMIN_TOKEN,
+                                  json={"env_vars": {"FOO": "bar"}, "git_author_name": "Ada"})
+    assert status == 200
+    status, data = await worker.call("GET", f"/api/towns/{town_id}/prewarm-context", token=token)
+    town = await worker.db.run(lambda c: {**dict(c.execute("SELECT * FROM towns WHERE town_id = ?",
+                                                             (town_id,)).fetchone())})
+    start = start_request(town, mayor["agent_id"])
+    assert {k: v for k, v in data.items() if v is not None} == {
+        k: v for k, v in start.items() if k not in ("prompt", "town_id", "rig_id", "role")}
+    assert data["env_vars"] == {"FOO": "bar"} and data["identity"] and data["system_prompt"]
 
 
 # ---------------------------------------------------------------- heartbeat

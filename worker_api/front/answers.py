@@ -64,3 +64,14 @@ class Ingested(Answer):
 class DrainState(Answer):
     draining: bool
     drain_nonce: str = Field(description="the nonce to acknowledge with container-ready, empty when not draining")
+
+
+class TownSettings(Answer):
+    default_model: Optional[str]
+    small_model: Optional[str]
+    env_vars: dict[str, str] = Field(description="custom variables given to every agent (rig env_vars add to them)")
+    git_author_name: Optional[str]
+    git_author_email: Optional[str]
+    disable_ai_coauthor: bool
+    code_review: bool = Field(description="false: MRs skip the refinery (a convoy's review-and-merge beads keep it)")
+    merge_strategy: Literal["direct", "pr"]

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from gastown.core.jsonlog import get_logger
-from worker_api import nudges, store
+from worker_api import nudges, settings, store
 from worker_api.db import Database
 from worker_api.dispatch import HttpContainerClient, Target, town_target
 from worker_api.reconciler.prompts import DEFAULT_MODEL
@@ -54,11 +54,18 @@ class Turn:
     created_at: int
 
 
+def mayor_fields(town: dict[str, Any], agent_id: str) -> dict[str, Any]:
+    """Who the mayor is and how it runs, from the town's settings: the start and the container's
+    prewarm use exactly these, so a prewarmed mayor is adopted only when nothing changed since."""
+    eff = settings.effective(town)
+    return {"agent_id": agent_id, "name": "Mayor", "identity": f"Mayor of {town.get('name') or town['town_id']}",
+            "model": eff.model or DEFAULT_MODEL, "system_prompt": MAYOR_SYSTEM, **eff.start_fields()}
+
+
 def start_request(town: dict[str, Any], agent_id: str) -> dict[str, Any]:
     town_id = town["town_id"]
-    return {"agent_id": agent_id, "town_id": town_id, "rig_id": f"mayor-{town_id}", "role": "mayor",
-            "name": "Mayor", "identity": "Mayor (mayor)", "model": town.get("default_model") or DEFAULT_MODEL,
-            "system_prompt": MAYOR_SYSTEM, "prompt": MAYOR_STARTUP}
+    return {**mayor_fields(town, agent_id), "town_id": town_id, "rig_id": f"mayor-{town_id}", "role": "mayor",
+            "prompt": MAYOR_STARTUP}
 
 
 def enqueue_tx(conn: sqlite3.Connection, town_id: str, text: str, now: int) -> tuple[int, str]:
@@ -82,7 +89,10 @@ def _pending_tx(conn: sqlite3.Connection, town_id: str, now: int) -> tuple[Targe
             row = nudges.get_nudge(conn, town_id, n["nudge_id"]) or {}
             turns.append(Turn("notice", n["nudge_id"], str(n["message"]), int(row.get("created_at") or 0)))
     turns.sort(key=lambda t: t.created_at)  # stable: each kind keeps its own order
-    return town_target(conn, town_id), store.get_town(conn, town_id), mayor and mayor["agent_id"], turns
+    town = store.get_town(conn, town_id)
+    if town is not None:
+        town.update(settings.load_town(conn, town_id))
+    return town_target(conn, town_id), town, mayor and mayor["agent_id"], turns
 
 
 def _towns_due_tx(conn: sqlite3.Connection, now: int) -> list[str]:
@@ -133,6 +143,7 @@ class MayorDesk:
         self._sent_at: dict[str, int] = {}     # town -> when its mayor was last sent a turn (wall ms)
         self._not_up: dict[str, float] = {}    # town -> when its mayor was last found not running (monotonic)
         self._sweeper: asyncio.Task[None] | None = None
+        self._model_tasks: dict[str, asyncio.Task[None]] = {}
 
     def start(self) -> None:
         self._sweeper = asyncio.create_task(self._sweep(), name="mayor-desk:sweep")
@@ -145,8 +156,26 @@ class MayorDesk:
             return
         self._tasks[town_id] = asyncio.create_task(self._deliver(town_id), name=f"mayor-desk:{town_id}")
 
+    def push_model(self, town_id: str, model: str, small_model: str | None) -> None:
+        """A new town model reaches a running mayor now (its session kept: the container swaps its
+        server and pushes the model without a turn); a mayor not running starts with it later."""
+        old = self._model_tasks.pop(town_id, None)
+        if old is not None:
+            old.cancel()  # the latest setting wins
+        self._model_tasks[town_id] = asyncio.create_task(self._push_model(town_id, model, small_model),
+                                                         name=f"mayor-desk:model:{town_id}")
+
+    async def _push_model(self, town_id: str, model: str, small_model: str | None) -> None:
+        target, _, mayor_id, _ = await self.db.run(_pending_tx, town_id, self.clock_ms(), write=False)
+        if target is None or mayor_id is None:
+            return
+        if (await self.client.agent_statuses(target, [mayor_id]))[mayor_id] != "running":
+            return
+        status = await self.client.patch_model(target, mayor_id, model, small_model)
+        log.info("mayor.model_pushed", town=town_id, model=model, status=status)
+
     async def close(self) -> None:
-        tasks = [t for t in (self._sweeper, *self._tasks.values()) if t is not None]
+        tasks = [t for t in (self._sweeper, *self._tasks.values(), *self._model_tasks.values()) if t is not None]
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

@@ -15,7 +15,7 @@ from typing import Any, Callable
 from gastown.core.jsonlog import get_logger
 from worker_api import beads as bx
 from worker_api import lifecycle as lc
-from worker_api import nudges, store
+from worker_api import nudges, settings, store
 from worker_api.db import from_json, to_json
 from worker_api.reconciler import actions as A
 from worker_api.reconciler.prompts import build_start_request, slug
@@ -125,7 +125,7 @@ def _dispatch(conn: sqlite3.Connection, ctx: ApplyContext, a: A.DispatchAgent) -
                  " last_event_type = NULL, last_event_at = NULL, dispatch_attempts = dispatch_attempts + 1,"
                  " gupp_fired = '{}' WHERE town_id = ? AND agent_id = ?", (now, now, t, agent_id))
     bx.record(conn, t, a.bead_id, "assigned", now, agent_id, attempt=bead["dispatch_attempts"] + 1)
-    town = store.get_town(conn, t) or {"town_id": t}
+    town = {**(store.get_town(conn, t) or {}), **settings.load_town(conn, t)}
     rig = bx.get_rig(conn, t, bead["rig_id"]) if bead["rig_id"] else None
     convoy_id = bead["metadata"].get("convoy_id")
     convoy = bx.get_convoy_meta(conn, t, convoy_id) if convoy_id else None
@@ -210,6 +210,10 @@ def _landing(conn: sqlite3.Connection, ctx: ApplyContext, a: A.CreateLandingMr) 
     bx.put_review(conn, t, mr["bead_id"], branch=meta["feature_branch"], target_branch=target)
     bx.add_dependency(conn, t, mr["bead_id"], a.convoy_id, "tracks")
     bx.update_convoy_meta(conn, t, a.convoy_id, landing_attempts=attempt, last_landing_attempt_at=ctx.now)
+    eff = settings.effective_tx(conn, t, rig)
+    if not eff.code_review:  # each bead was merged into the feature branch already: it lands as it stands
+        bx.merge_metadata(conn, t, mr["bead_id"], {"fast_tracked": True})
+        lc.approve_mr(conn, t, mr["bead_id"], ctx.now, by="code_review_off", strategy=eff.merge_strategy)
     if convoy["status"] != "in_review":
         bx.set_status(conn, t, a.convoy_id, "in_review", ctx.now, reason="landing")
     log.info("convoy.landing_mr", town=t, convoy_id=a.convoy_id, mr=mr["bead_id"], attempt=attempt)

@@ -20,9 +20,8 @@ from gastown.core.jsonlog import get_logger
 from worker_api import beads as bx
 from worker_api import events as ev
 from worker_api import lifecycle as lc
-from worker_api import store
+from worker_api import settings, store
 from worker_api.reconciler.apply import ApplyContext
-from worker_api.scm import tokens
 from worker_api.scm.repos import pr_of_repo
 from worker_api.reconciler.constants import (
     COMPLETION_RACE_MS,
@@ -138,11 +137,8 @@ def on_agent_done(conn: sqlite3.Connection, ctx: ApplyContext, event: dict[str, 
             else:
                 # An approval, not a merge: the worker lands exactly this branch itself (R8, scm/land.py).
                 rig = bx.get_rig(conn, t, bead["rig_id"]) if bead["rig_id"] else None
-                strategy = tokens.merge_strategy(rig)
-                bx.record(conn, t, bead["bead_id"], "review_completed", now, agent["agent_id"], approved=True,
-                          strategy=strategy)
-                bx.merge_metadata(conn, t, bead["bead_id"], {"approved_at": now, "approved_by": agent["agent_id"],
-                                                             "merge_strategy": strategy, "land_failures": None})
+                lc.approve_mr(conn, t, bead["bead_id"], now, by=agent["agent_id"],
+                              strategy=settings.effective_tx(conn, t, rig).merge_strategy)
         elif not p.get("pr_url"):
             # An unhooked refinery cannot prove it merged what it was asked to (docs/original-system.md bug 23).
             lc.create_escalation(conn, t, title=f"Refinery {agent['name']} reported done without an MR",
@@ -178,9 +174,22 @@ def _create_mr(conn: sqlite3.Connection, ctx: ApplyContext, agent: dict, bead: d
                         ids=ctx.ids)
     bx.put_review(conn, t, mr["bead_id"], branch=p.get("branch"), target_branch=target, pr_url=p.get("pr_url"))
     bx.add_dependency(conn, t, mr["bead_id"], bead["bead_id"], "tracks")
+    eff = settings.effective_tx(conn, t, rig)
+    if not eff.code_review and not (convoy and convoy["merge_mode"] == "review-and-merge"):
+        fast_track(conn, t, mr["bead_id"], now, has_pr=bool(p.get("pr_url")), strategy=eff.merge_strategy)
     bx.merge_metadata(conn, t, bead["bead_id"], {"branch": p.get("branch")})
     bx.set_status(conn, t, bead["bead_id"], "in_review", now, reason="review_submitted", actor=agent["agent_id"])
     bx.record(conn, t, bead["bead_id"], "review_submitted", now, agent["agent_id"], mr_bead_id=mr["bead_id"])
+
+
+def fast_track(conn: sqlite3.Connection, t: str, mr_id: str, now: int, *, has_pr: bool, strategy: str) -> None:
+    """Code review is off for the rig: no refinery. An MR with a PR goes straight to watching the PR
+    (R1); one without is approved as it stands and lands in the rig's merge order (R5 → R8)."""
+    bx.merge_metadata(conn, t, mr_id, {"fast_tracked": True})
+    if has_pr:
+        bx.set_status(conn, t, mr_id, "in_progress", now, reason="fast_track", actor="code_review_off")
+    else:
+        lc.approve_mr(conn, t, mr_id, now, by="code_review_off", strategy=strategy)
 
 
 def on_agent_completed(conn: sqlite3.Connection, ctx: ApplyContext, event: dict[str, Any]) -> None:

@@ -11,6 +11,7 @@ import re
 from typing import Any
 
 from worker_api.beads import short_id
+from worker_api.settings import Effective, effective
 
 DEFAULT_MODEL = "kilo/anthropic/claude-sonnet-4"
 
@@ -43,33 +44,43 @@ def work_branch(agent_name: str, bead: dict[str, Any], convoy: dict[str, Any] | 
     return base
 
 
+def coauthor_note(agent: dict[str, Any], eff: Effective) -> str:
+    """With the town's own commit identity, the agent is credited in a trailer unless that is turned off."""
+    if not (eff.git_author_name or eff.git_author_email) or eff.disable_ai_coauthor:
+        return ""
+    return (f" End each commit message with the trailer `Co-authored-by: {agent['name']} (gastown) "
+            f"<{agent['agent_id']}@gastown.local>`.")
+
+
 def build_start_request(*, town: dict[str, Any], rig: dict[str, Any] | None, agent: dict[str, Any],
                         bead: dict[str, Any], review: dict[str, Any] | None, convoy: dict[str, Any] | None,
-                        checkpoint: Any = None) -> dict[str, Any]:
+                        checkpoint: Any = None, eff: Effective | None = None) -> dict[str, Any]:
     role = agent["role"]
+    eff = eff or effective(town, rig)
     req: dict[str, Any] = {
         "agent_id": agent["agent_id"],
         "town_id": town["town_id"],
         "rig_id": bead.get("rig_id") or agent.get("rig_id") or "default",
         "role": role,
         "name": agent["name"],
-        "model": town.get("default_model") or DEFAULT_MODEL,
+        "model": eff.model or DEFAULT_MODEL,
         "identity": f"{agent['name']} ({role})",
+        **eff.start_fields(),
     }
-    for key in ("small_model", "organization_id"):
-        if town.get(key):
-            req[key] = town[key]
+    if town.get("organization_id"):
+        req["organization_id"] = town["organization_id"]
     default_branch = (rig or {}).get("default_branch") or "main"
     if rig:
         req["git_url"] = rig["git_url"]
     if role == "refinery" and review is not None:
         target = review.get("target_branch") or default_branch
-        req.update(branch=review.get("branch") or target, default_branch=target, system_prompt=REFINERY_SYSTEM)
+        req.update(branch=review.get("branch") or target, default_branch=target,
+                   system_prompt=REFINERY_SYSTEM + coauthor_note(agent, eff))
         req["prompt"] = (f"Review merge request {bead['bead_id']}: {bead['title']}\n\n"
                          f"Branch `{req['branch']}` into `{target}`.\n\n{bead.get('body') or ''}").strip()
         return req
     branch = bead["metadata"].get("branch") or work_branch(agent["name"], bead, convoy)
-    req.update(branch=branch, default_branch=default_branch, system_prompt=POLECAT_SYSTEM)
+    req.update(branch=branch, default_branch=default_branch, system_prompt=POLECAT_SYSTEM + coauthor_note(agent, eff))
     if convoy and convoy.get("merge_mode") == "review-then-land" and convoy.get("feature_branch"):
         req["start_point"] = f"origin/{convoy['feature_branch']}"
         req["create_start_point"] = True  # the first polecat of the convoy creates it from the default branch

@@ -1,4 +1,5 @@
-"""reconcileReviewQueue, R1–R8: merge-request beads flow through one refinery per rig, serially.
+"""reconcileReviewQueue, R1–R8: merge-request beads flow through one refinery per rig, serially (an
+MR approved without review, code review being off, skips the refinery but keeps its place in line).
 
 Why serial: two refineries merging into the same target concurrently race on the branch; one
 in_progress MR per rig (invariant #3) makes the merge order the queue order. A refinery's own
@@ -62,7 +63,8 @@ def reconcile_review_queue(plan: Plan) -> None:
             # R4: a PR nobody is watching any more fails, unless it is waiting for a human approval.
             # The clock restarts when the approval arrives, so the auto-merge delay can still run.
             pr_age = now - max(mr.updated_at, int(meta.get("awaiting_approval_resolved_at") or 0))
-            if pr_age > PR_ORPHANED_MS and not working and not awaiting and plan.claim(mr.bead_id):
+            watched = working or awaiting or meta.get("fast_tracked")  # code review off: nobody is meant to watch
+            if pr_age > PR_ORPHANED_MS and not watched and plan.claim(mr.bead_id):
                 plan.add(TransitionBead(mr.bead_id, "in_progress", "failed", "pr_orphaned"))
             continue
         if meta.get("approved_at"):
@@ -103,6 +105,9 @@ def reconcile_review_queue(plan: Plan) -> None:
         if live:
             continue
         busy_rigs.add(mr.rig_id)  # serial per rig, even if this MR waits for backoff
+        if mr.metadata.get("approved_at") and plan.claim(mr.bead_id):
+            plan.add(TransitionBead(mr.bead_id, "open", "in_progress", "fast_track"))  # no review: R8 lands it
+            continue
         ref = refineries.get(mr.rig_id)
         if ref is not None and (ref.status not in ("idle", "dead") or (ref.hook and ref.hook in s.beads)):
             continue  # the rig's refinery is busy elsewhere

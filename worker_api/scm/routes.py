@@ -14,6 +14,7 @@ from pydantic import Field
 from gastown.core.http import path_id, read_model
 from gastown.core.jsonlog import get_logger, register_secret
 from worker_api import beads as bx
+from worker_api import settings
 from worker_api.appkeys import DB, TOWN
 from worker_api.models import Body
 from worker_api.scm import tokens
@@ -36,7 +37,7 @@ def _view(conn: sqlite3.Connection, town_id: str, rig_id: str) -> dict[str, Any]
     return {"rig_id": rig_id, "provider": "github",
             "token_configured": tokens.get_rig_token(conn, town_id, rig_id) is not None,
             "auto_merge_delay_minutes": tokens.auto_merge_delay_ms(rig) / 60_000,
-            "merge_strategy": tokens.merge_strategy(rig)}
+            "merge_strategy": settings.effective_tx(conn, town_id, rig).merge_strategy}
 
 
 def _put_tx(conn: sqlite3.Connection, town_id: str, rig_id: str, body: ScmConfig) -> dict[str, Any]:

@@ -15,7 +15,6 @@ from worker_api.db import from_json, to_json
 
 AUTO_MERGE_DELAY_KEY = "auto_merge_delay_minutes"
 MERGE_STRATEGY_KEY = "merge_strategy"
-MERGE_STRATEGIES = ("direct", "pr")
 DEFAULT_AUTO_MERGE_DELAY_MS = 2 * 60 * 1000  # checks register a few seconds after a push: debounce "green"
 
 
@@ -48,12 +47,6 @@ def all_tokens(conn: sqlite3.Connection) -> list[str]:
 def auto_merge_delay_ms(rig: dict[str, Any] | None) -> int:
     minutes = ((rig or {}).get("config") or {}).get(AUTO_MERGE_DELAY_KEY)
     return DEFAULT_AUTO_MERGE_DELAY_MS if minutes is None else max(0, int(float(minutes) * 60_000))
-
-
-def merge_strategy(rig: dict[str, Any] | None) -> str:
-    """How an approved MR lands: ``direct`` (the worker merges through git, the default) or ``pr``."""
-    value = ((rig or {}).get("config") or {}).get(MERGE_STRATEGY_KEY)
-    return value if value in MERGE_STRATEGIES else "direct"
 
 
 def set_rig_config(conn: sqlite3.Connection, town_id: str, rig_id: str, key: str, value: Any) -> None:

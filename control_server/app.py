@@ -8,7 +8,9 @@ from typing import Any, AsyncIterator
 
 from aiohttp import web
 
+from control_server import streams
 from control_server.auth import auth_middleware
+from control_server.keys import RUNTIME
 from gastown.contract import container_api as ans
 from gastown.core.api import PUBLIC, Document, Reply, Route, mount
 from gastown.core.http import ApiError, error_middleware, path_id, read_model
@@ -22,7 +24,6 @@ from supervisor.models import (
 )
 from supervisor.runtime import ContainerRuntime
 
-RUNTIME = web.AppKey("runtime", ContainerRuntime)
 HYDRATION_WAIT_S = 600.0
 
 
@@ -153,6 +154,13 @@ ERRORS = {
     502: "kilo could not be brought up, swapped or reached (AGENT_START_FAILED, MODEL_UPDATE_FAILED, AGENT_UNREACHABLE); details in extra error keys",
     503: "Draining, boot hydration not finished in time, or not enough memory (DRAINING, HYDRATING, INSUFFICIENT_MEMORY)",
 }
+TICKET_AUTH = "bearer_or_ticket"
+FOLLOW = {"name": "follow", "in": "query", "required": False, "schema": {"type": "string", "enum": ["true", "false"]},
+          "description": "false: send the buffered events, then end the stream"}
+TICKET = {"name": "ticket", "in": "query", "required": False, "schema": {"type": "string", "maxLength": 200},
+          "description": "a stream ticket of this agent, instead of the bearer token"}
+COLS = {"name": "cols", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 1, "maximum": 1000}}
+ROWS = {"name": "rows", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 1, "maximum": 1000}}
 AFTER = {"name": "after", "in": "query", "required": False,
          "schema": {"type": "integer", "minimum": 0, "maximum": 999_999_999_999_999_999, "default": 0}}
 
@@ -192,12 +200,25 @@ ROUTES: tuple[Route, ...] = (
           summary="Adopt a new worker token and restart running agents with it (waits for hydration)",
           description="An issued_at older than the one held is ignored (refreshed: false).", request=RefreshTokenRequest,
           errors=(400, 401, 413, 503)),
+    Route("POST", "/agents/{agent_id}/stream-ticket", streams.stream_ticket, "streamTicket",
+          {200: Reply("A ticket", ans.StreamTicket)}, errors=(400, 401, 404),
+          summary="A 60 s ticket that opens this agent's stream or terminal without the bearer token (?ticket=)"),
+    Route("GET", "/agents/{agent_id}/stream", streams.agent_stream, "agentStream",
+          {200: Reply("Server-Sent Events", schema=ans.SSE_EVENT, media="text/event-stream")}, auth=TICKET_AUTH,
+          summary="The agent's events as Server-Sent Events, resumable with Last-Event-ID (bearer or ?ticket=)",
+          query=(AFTER, FOLLOW, TICKET), errors=(400, 401, 404)),
+    Route("GET", "/agents/{agent_id}/pty", streams.agent_pty, "agentPty",
+          {101: Reply("Switching to a WebSocket: the terminal", schema={"type": "string"}, media="application/octet-stream")},
+          auth=TICKET_AUTH, query=(COLS, ROWS, TICKET), errors=(400, 401),
+          summary="A login shell in the agent's workspace over a WebSocket (bearer or ?ticket=); close codes: "
+          "1000 shell exited, 4404 unknown agent, 4409 not running, 1011 kilo failed"),
     Route("GET", "/metrics", metrics, "metrics", {200: Reply("Metrics", schema={"type": "string"}, media="text/plain")},
           summary="Prometheus metrics (text exposition format)", errors=(401,)),
     Route("GET", OPENAPI_PATH, DOCUMENT.handler, "openapi", {200: Reply("OpenAPI document", schema={"type": "object"})},
           summary="This document", auth=PUBLIC),
 )
 PUBLIC_PATHS = frozenset(r.path for r in ROUTES if r.public)
+TICKET_PATHS = frozenset(r.path for r in ROUTES if r.auth == TICKET_AUTH)
 
 
 def build_openapi() -> dict[str, Any]:
@@ -206,10 +227,10 @@ def build_openapi() -> dict[str, Any]:
 
 
 def create_app(runtime: ContainerRuntime) -> web.Application:
-    app = web.Application(
-        middlewares=[error_middleware, auth_middleware(runtime.cfg.control_token, PUBLIC_PATHS), supervisor_errors],
-        client_max_size=2 * 1024 * 1024,
-    )
+    app = web.Application(client_max_size=2 * 1024 * 1024)
+    streams.install(app)
+    app.middlewares.extend([error_middleware, auth_middleware(runtime.cfg.control_token, PUBLIC_PATHS, TICKET_PATHS,
+                                                              app[streams.TICKETS].valid), supervisor_errors])
     app[RUNTIME] = runtime
     app.cleanup_ctx.append(_runtime_ctx)
     mount(app, ROUTES)

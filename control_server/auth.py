@@ -1,15 +1,18 @@
-"""Bearer auth for the control server: constant-time compare; the public paths come from the route
-declarations (``control_server.app.ROUTES``)."""
+"""Bearer auth for the control server: constant-time compare; the public paths and the routes that
+also take a stream ticket (``?ticket=``, ``tickets``) come from the route declarations
+(``control_server.app.ROUTES``)."""
 from __future__ import annotations
 
 import hmac
+from typing import Callable
 
 from aiohttp import web
 
 from gastown.core.http import bearer_token, error_response
 
 
-def auth_middleware(control_token: str | None, public_paths: frozenset[str]):
+def auth_middleware(control_token: str | None, public_paths: frozenset[str], ticket_paths: frozenset[str] = frozenset(),
+                    ticket_valid: Callable[[str, str], bool] | None = None):
     expected = control_token.encode() if control_token else None
 
     @web.middleware
@@ -18,7 +21,12 @@ def auth_middleware(control_token: str | None, public_paths: frozenset[str]):
             return await handler(request)
         token = bearer_token(request)
         if token is None:
-            return error_response(401, "UNAUTHORIZED", "missing bearer token")
+            ticket = request.query.get("ticket")
+            resource = request.match_info.route.resource
+            if ticket and ticket_valid is not None and resource is not None and resource.canonical in ticket_paths \
+                    and ticket_valid(ticket, request.match_info.get("agent_id", "")):
+                return await handler(request)
+            return error_response(401, "UNAUTHORIZED", "missing bearer token" if not ticket else "invalid ticket")
         if not hmac.compare_digest(token.encode(), expected):
             return error_response(401, "UNAUTHORIZED", "invalid bearer token")
         return await handler(request)

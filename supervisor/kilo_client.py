@@ -112,6 +112,29 @@ class KiloClient:
         body = await self._request("GET", "/provider", timeout=timeout)
         return body if isinstance(body, dict) else {}
 
+    async def pty_create(self, *, command: str, args: list[str], cwd: str, title: str, cols: int, rows: int) -> str:
+        """``POST /pty``: a pseudo-terminal running ``command`` on this server; its id."""
+        body = await self._request("POST", "/pty", json_body={"command": command, "args": args, "cwd": cwd,
+                                                             "title": title, "size": {"cols": cols, "rows": rows}},
+                                   timeout=30.0)
+        if not isinstance(body, dict) or not isinstance(body.get("id"), str):
+            raise KiloApiError("POST /pty: no id in the answer", body=str(body)[:300])
+        return str(body["id"])
+
+    async def pty_resize(self, pty_id: str, cols: int, rows: int) -> None:
+        await self._request("PUT", f"/pty/{pty_id}", json_body={"size": {"cols": cols, "rows": rows}})
+
+    async def pty_remove(self, pty_id: str) -> None:
+        await self._request("DELETE", f"/pty/{pty_id}")
+
+    async def pty_connect(self, pty_id: str) -> aiohttp.ClientWebSocketResponse:
+        """The terminal's byte stream (``GET /pty/{id}/connect``, a WebSocket): text frames both ways."""
+        try:
+            return await self._session.ws_connect(f"{self.base_url}/pty/{pty_id}/connect", heartbeat=30.0,
+                                                  timeout=aiohttp.ClientWSTimeout(ws_close=5.0))
+        except (aiohttp.ClientError, TimeoutError) as e:
+            raise KiloApiError(f"GET /pty/{pty_id}/connect failed: {e!r}") from e
+
     async def events(self) -> AsyncIterator[dict[str, Any]]:
         """Yield decoded events of the server-wide ``/event`` stream until it closes.
 

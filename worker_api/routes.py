@@ -13,6 +13,7 @@ from aiohttp import web
 from pydantic import BaseModel
 
 from gastown.core.api import Document, Reply, Route, mount
+from gastown.contract.container_api import SSE_EVENT
 from gastown.core.ids import ID_PATTERN
 from worker_api import answers as a
 from worker_api import beads as bx
@@ -26,7 +27,7 @@ from worker_api import routes_user as user
 from worker_api.appkeys import AUTH_POLICIES
 from worker_api.auth import ADMIN, MEMBER, PUBLIC, REFRESH, TOWN_ACCESS, USER
 from worker_api.front import answers as fa
-from worker_api.front import archive, mayor
+from worker_api.front import archive, mayor, terminal
 from worker_api.front import routes as front
 from worker_api.scm import credentials
 from worker_api.scm import routes as scm
@@ -48,9 +49,8 @@ Q_BEADS = (
     {"name": "rig_id", "in": "query", "schema": {"type": "string", "pattern": ID_PATTERN}},
 )
 Q_AFTER = ({"name": "after", "in": "query", "schema": {"type": "integer", "minimum": 0, "maximum": 10**15 - 1}},)
-SSE_EVENT = {"type": "object", "description": "one event of the stream", "properties": {
-    "id": {"type": "string", "pattern": "^[0-9]+$"}, "event": {"type": "string", "enum": ["agent_event"]},
-    "data": {"type": "string", "description": "JSON: {agent_id, type, data, ts}"}}}
+Q_SIZE = tuple({"name": k, "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}}
+               for k in ("cols", "rows"))
 Q_STREAM = (*Q_AFTER, {"name": "agent_id", "in": "query", "schema": {"type": "string", "pattern": ID_PATTERN}},
             {"name": "follow", "in": "query", "schema": {"type": "string", "enum": ["true", "false"]},
              "description": "false: send what is archived, then end the stream"})
@@ -107,6 +107,11 @@ ROUTES: tuple[Route, ...] = (
     route("get", f"{T}/mayor/messages", mayor.get_messages, "getMayorMessages", USER, 200, fa.Conversation,
           query=Q_AFTER, summary="The conversation with the mayor (text only), from the event archive"),
     route("get", f"{T}/mayor", mayor.get_mayor, "getMayor", USER, 200, fa.MayorView, errors=(404,)),
+    route("get", f"{A}/pty", terminal.agent_pty, "agentTerminal", USER, 101,
+          Reply("Switching to a WebSocket: the agent's terminal", schema={"type": "string"},
+                media="application/octet-stream"), query=Q_SIZE,
+          summary="A shell in the agent's workspace, relayed from the town's container; input and output as text "
+          'frames, {"type": "resize", "cols", "rows"} resizes; the close code and reason say why it ended'),
     route("post", "/api/users", front.create_user, "createUser", ADMIN, 201, fa.UserCreated, body=front.CreateUser,
           summary="A user and its token (shown once; only its hash is kept)"),
     route("get", T, towns.get_town, "getTown", MEMBER, 200, a.Town),
@@ -202,6 +207,7 @@ def install(app: web.Application) -> None:
     app[AUTH_POLICIES] = {r: decl.auth for r, decl in mount(app, ROUTES).items()}
     scm.install(app)
     archive.install(app)
+    terminal.install(app)
 
 
 def build_openapi() -> dict[str, Any]:

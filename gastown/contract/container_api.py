@@ -78,6 +78,19 @@ class EventPage(Answer):
     events: list[AgentEvent]
 
 
+class StreamTicket(Answer):
+    ticket: str = Field(description="pass as ?ticket= to the agent's stream or terminal")
+    expires_at: EpochMs
+    agent_id: Id
+
+
+# One frame of an agent-event stream (the container's per agent, the worker's per town): what the
+# document says an SSE response is made of.
+SSE_EVENT = {"type": "object", "description": "one event of the stream", "properties": {
+    "id": {"type": "string", "pattern": "^[0-9]+$"}, "event": {"type": "string", "enum": ["agent_event"]},
+    "data": {"type": "string", "description": "JSON: {agent_id, type, data, ts}"}}}
+
+
 class Health(Answer):
     status: Literal["ok", "draining"]
     agents: Annotated[int, Field(ge=0, description="active agents")]

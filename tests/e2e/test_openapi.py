@@ -15,6 +15,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import jsonschema
 import pytest
 import schemathesis
@@ -312,6 +313,10 @@ async def test_worker_responses_match_document(aiohttp_client, tmp_path: Path) -
     assert (await do("GET", f"{T}/mayor/messages", 200))["messages"] == [
         {"n": 1, "role": "user", "text": "hello", "ts": 1}]
     await do("GET", f"{T}/mayor", 200)
+    async with client.ws_connect(f"/api/towns/{town_id}/agents/mayor-1/pty", headers={"Authorization": f"Bearer {adm}"}) as ws:
+        await ws.receive(timeout=10)  # upgraded (101), then closed: the town's container does not answer here
+        assert ws.close_code == 1011
+        conf.ok.add(("GET", f"{A}/pty"))
 
     missing = documented(doc) - conf.ok
     assert not missing, f"operations never exercised with a success response: {sorted(missing)}"
@@ -387,6 +392,17 @@ async def test_control_responses_with_kilo_match_document(container) -> None:
     assert events["events"], "no event arrived"
     await do("GET", "/agents/{agent_id}/status", 200)
     await do("PATCH", "/agents/{agent_id}/model", 200, json={"model": "fake/m2"})
+    ticket = (await do("POST", "/agents/{agent_id}/stream-ticket", 200))["ticket"]
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{container.url}/agents/polecat-1/stream?follow=false&ticket={ticket}") as resp:
+            frame = b""
+            while not frame.endswith((b"\n\n", b"\r\n\r\n")):
+                frame += await asyncio.wait_for(resp.content.readline(), 10)
+            fields = dict(line.split(": ", 1) for line in frame.decode().splitlines() if line)
+            conf.check("GET", "/agents/{agent_id}/stream", resp.status, fields, resp.headers["Content-Type"])
+        async with http.ws_connect(f"{container.url}/agents/polecat-1/pty?ticket={ticket}") as ws:
+            await ws.send_str("exit\n")
+            assert ws.protocol is None and not ws.closed  # upgraded: 101, the documented answer
     refreshed = await do("POST", "/refresh-token", 200, json={"token": "new-token"})
     assert refreshed["results"] and refreshed["results"][0]["agent_id"] == "polecat-1"
     await do("POST", "/agents/{agent_id}/stop", 200)

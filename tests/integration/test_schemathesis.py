@@ -252,7 +252,7 @@ def test_control_server_conforms(control: dict[str, Any], budget: Budget, label:
         session=control["session"],
         headers=lambda data: {"Authorization": f"Bearer {CONTROL_TOKEN}"},
         path_ids={"agent_id": control["agents"]},
-        adjust=_adjust_control,
+        adjust=_finite(label, _adjust_control),
         budget=budget,
     )
     assert statuses, "no request was made"
@@ -349,8 +349,9 @@ def test_worker_api_conforms(worker: dict[str, Any], budget: Budget, label: str)
 
 
 def _finite(label: str, adjust: Callable[[Any, Any], None]) -> Callable[[Any, Any], None]:
-    """The live event stream never ends by itself: fuzz it with ``follow=false`` (what is archived)."""
-    if not label.endswith("/events/stream"):
+    """A live event stream (the worker's per town, the container's per agent) never ends by itself:
+    fuzz it with ``follow=false`` (what is archived or buffered)."""
+    if not label.endswith("/stream"):
         return adjust
 
     def with_end(case: Any, data: Any) -> None:

@@ -32,6 +32,7 @@ class TownState:
     s3_base_port: int | None = None
     forge_port: int | None = None  # kept: the rig's git_url names it
     forge_token: str = ""
+    user_token: str = ""   # the local user ("local"): owns the town, talks to the mayor (gastown chat)
 
     @classmethod
     def new(cls, worker_port: int, container_port: int) -> "TownState":

@@ -29,6 +29,13 @@ def _parser() -> argparse.ArgumentParser:
     u = sub.add_parser("up", help="run a whole local town: S3 store + worker + container")
     u.add_argument("--dir", default=None, help=f"state directory (default $GASTOWN_TOWN_DIR or {DEFAULT_DIR})")
 
+    ch = sub.add_parser("chat", help="talk to a town's mayor through the worker (one line per message, Ctrl-D leaves)")
+    ch.add_argument("--town", default=None, help="town id (default $GASTOWN_TOWN_ID, else the local town's)")
+    ch.add_argument("--url", default=None, help="worker URL (default $GASTOWN_WORKER_URL, else the local town's)")
+    ch.add_argument("--token", default=None, help="your user token (default $GASTOWN_TOKEN, else the local town's)")
+    ch.add_argument("--dir", default=None, help=f"state dir of a local `gastown up` town (default $GASTOWN_TOWN_DIR or "
+                    f"{DEFAULT_DIR})")
+
     _add_operator_commands(sub)
     return p
 
@@ -105,11 +112,33 @@ def main(argv: list[str] | None = None) -> int:
         from gastown.cli.up import run_up
 
         return run_up(state_dir=str(state_dir(args.dir)))
+    if args.cmd == "chat":
+        return _chat(args)
     if args.cmd in ("agents", "logs", "town"):
         from gastown.cli.operator import run_operator
 
         return run_operator(f"town {args.town_cmd}" if args.cmd == "town" else args.cmd, args)
     return 2
+
+
+def _chat(args: argparse.Namespace) -> int:
+    """Flags, then the environment, then the local town's state file (whose token goes only to its
+    own worker: with a URL given elsewhere, no token is read from the file)."""
+    import os
+
+    from gastown.cli.chat import run_chat
+    from gastown.cli.localtown import TownState
+
+    url = args.url or os.environ.get("GASTOWN_WORKER_URL")
+    token = args.token or os.environ.get("GASTOWN_TOKEN")
+    town = args.town or os.environ.get("GASTOWN_TOWN_ID")
+    local = TownState.load(state_dir(args.dir)) if not (url and token and town) else None
+    if local is not None and not url:
+        url, token, town = local.worker_url, token or local.user_token or local.admin_token, town or local.town_id
+    if not (url and token and town):
+        print("gastown chat: give --url, --token and --town (or run it beside `gastown up`)", file=sys.stderr)
+        return 2
+    return run_chat(url, token, town)
 
 
 if __name__ == "__main__":

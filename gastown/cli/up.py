@@ -198,78 +198,62 @@ async def _ensure_town(town: Town, state: TownState, model: str) -> tuple[str, s
             _, tok = await town.call("POST", f"{worker}/api/towns/{state.town_id}/refresh-container-token", admin)
             town.out.say(f"town {state.town_id}: reused")
             return state.town_id, tok["token"]
-    _, created = await town.call("POST", f"{worker}/api/towns", admin, {
+    _, created = await town.call("POST", f"{worker}/api/towns", state.user_token, {
         "name": "local town", "container_url": state.container_url, "control_token": state.control_token,
         "default_model": model})
     town.out.say(f"town {created['town_id']}: created")
     return created["town_id"], created["container_token"]
 
 
-async def _ensure_mayor(town: Town, state: TownState) -> str:
-    url = f"{state.worker_url}/api/towns/{state.town_id}/agents"
-    _, listed = await town.call("GET", url, state.admin_token)
-    for agent in listed["agents"]:
-        if agent["role"] == "mayor":
-            return agent["agent_id"]
-    _, mayor = await town.call("POST", url, state.admin_token, {"agent_id": "mayor", "role": "mayor", "name": "Mayor"})
-    return mayor["agent_id"]
+async def _ensure_user(town: Town, state: TownState) -> None:
+    """The local user ("local") who owns the town and talks to its mayor; made once, kept in the state."""
+    if state.user_token:
+        status, _ = await town.call("GET", f"{state.worker_url}/api/towns", state.user_token, ok=(200, 401))
+        if status == 200:
+            return
+    _, user = await town.call("POST", f"{state.worker_url}/api/users", state.admin_token, {"name": "local"})
+    state.user_token = user["token"]
+    state.save(town.dir)
 
 
-async def _events_after(town: Town, state: TownState, agent_id: str, after: int) -> list[dict]:
-    _, data = await town.call("GET", f"{state.container_url}/agents/{agent_id}/events?after={after}", state.control_token)
-    return data["events"]
-
-
-async def _last_event_id(town: Town, state: TownState, agent_id: str) -> int:
-    status, data = await town.call("GET", f"{state.container_url}/agents/{agent_id}/events?after=0",
-                                   state.control_token, ok=(200, 404))
-    events = data.get("events", []) if status == 200 else []
-    while events:
-        last = events[-1]["id"]
-        events = await _events_after(town, state, agent_id, last)
-        if not events:
-            return last
-    return 0
-
-
-async def _greet(town: Town, state: TownState, mayor_id: str, model: str) -> str:
-    """Start the mayor, or message it when boot hydration already resumed it; its reply."""
-    s, body = await town.call("GET", f"{state.container_url}/agents/{mayor_id}/status", state.control_token, ok=(200, 404))
-    after = await _last_event_id(town, state, mayor_id)
-    prompted = False
-    if s != 200 or body.get("status") not in ("starting", "running"):
-        _, body = await town.call("POST", f"{state.container_url}/agents/start", state.control_token, {
-            "agent_id": mayor_id, "town_id": state.town_id, "rig_id": f"mayor-{state.town_id}", "role": "mayor",
-            "name": "Mayor", "model": model, "prompt": GREETING})
-        prompted = body.get("message_count", 0) > 0  # a resumed session is not given the start prompt
-    if not prompted:
-        await town.call("POST", f"{state.container_url}/agents/{mayor_id}/message", state.control_token,
-                        {"prompt": WELCOME_BACK})
+async def _greet(town: Town, state: TownState, first: bool) -> str:
+    """A message to the mayor through the worker's front door (the worker starts it, or finds it
+    resumed by boot hydration), and its reply, read back from the conversation."""
+    base, tok = f"{state.worker_url}/api/towns/{state.town_id}/mayor/messages", state.user_token
+    status, convo = await town.call("GET", base, tok, ok=(200, 403))
+    if status == 403:  # a town made before the local user existed: the admin speaks for it
+        tok = state.admin_token
+        _, convo = await town.call("GET", base, tok)
+    seen = len(convo["messages"])
+    text = GREETING if first else WELCOME_BACK
+    await town.call("POST", base, tok, {"text": text})
     deadline = time.monotonic() + STEP_TIMEOUT_S
-    texts: dict[str, str] = {}
     while time.monotonic() < deadline:
-        for e in await _events_after(town, state, mayor_id, after):
-            after = e["id"]
-            part = (e.get("data") or {}).get("part") or {}
-            if e["type"] == "message.part.updated" and part.get("type") == "text" and part.get("text"):
-                texts[part["messageID"]] = part["text"]
-            if e["type"] == "session.idle" and texts:
-                return list(texts.values())[-1]
-        await asyncio.sleep(0.3)
+        _, convo = await town.call("GET", f"{base}?after={seen}", tok)
+        msgs = convo["messages"]
+        asked = next((i for i, m in enumerate(msgs) if m["role"] == "user" and m["text"] == text), None)
+        reply = next((m["text"] for m in msgs[asked + 1:] if m["role"] == "assistant"), None) if asked is not None else None
+        if reply:
+            return str(reply)
+        await asyncio.sleep(0.5)
     raise UpError("the mayor did not answer in time")
 
 
 def _banner(town: Town, state: TownState) -> None:
-    say, c, ctl = town.out.say, state.container_url, state.control_token
-    say(json.dumps({"worker_url": state.worker_url, "container_url": c, "town_id": state.town_id,
-                    "admin_token": state.admin_token, "control_token": ctl}))
-    say(f"state: {town.dir / STATE_FILE} (gastown agents / logs / town status read it)")
-    say("try:")
+    say, w = town.out.say, state.worker_url
+    say(json.dumps({"worker_url": w, "container_url": state.container_url, "town_id": state.town_id,
+                    "user_token": state.user_token, "admin_token": state.admin_token,
+                    "control_token": state.control_token}))
+    say(f"state: {town.dir / STATE_FILE} (gastown chat / agents / logs / town status read it)")
+    say("talk to the mayor:")
+    say("  gastown chat")
+    say(f"  gastown chat --url {w} --town {state.town_id} --token {state.user_token}")
+    say("or look around:")
     say("  gastown agents")
     say("  gastown town status")
-    say(f"  curl -s -X POST -H 'Authorization: Bearer {ctl}' -H 'Content-Type: application/json' "
-        f"-d '{{\"prompt\": \"What can you do?\"}}' {c}/agents/mayor/message")
-    say(f"  curl -s -H 'Authorization: Bearer {ctl}' '{c}/agents/mayor/events?after=0'")
+    say(f"  curl -s -X POST -H 'Authorization: Bearer {state.user_token}' -H 'Content-Type: application/json' "
+        f"-d '{{\"text\": \"What can you do?\"}}' {w}/api/towns/{state.town_id}/mayor/messages")
+    say(f"  curl -sN -H 'Authorization: Bearer {state.user_token}' {w}/api/towns/{state.town_id}/events/stream")
     say("town is up — Ctrl-C to stop")
 
 
@@ -289,10 +273,11 @@ async def _bring_up(town: Town) -> None:
     await town.children.spawn("worker", [*gastown, "worker", "--port", str(state.worker_port),
                                          "--db", str(town.dir / "worker.db")], worker_env)
     await town.wait_http(f"{state.worker_url}/alive")
+    await _ensure_user(town, state)
+    first = not state.town_id
     state.town_id, container_token = await _ensure_town(town, state, model)
     state.save(town.dir)
     await _ensure_rig(town, state, repo_url)
-    mayor_id = await _ensure_mayor(town, state)
     container_env = {
         **base_env, **provider_env, **store_env,
         "GASTOWN_TOWN_ID": state.town_id, "GASTOWN_API_URL": state.worker_url, "GASTOWN_CONTAINER_TOKEN": container_token,
@@ -305,7 +290,7 @@ async def _bring_up(town: Town) -> None:
     await town.wait_http(f"{state.container_url}/ready", timeout=600)
     town.out.say("starting the mayor (kilo takes a few seconds) …")
     t0 = time.monotonic()
-    reply = await _greet(town, state, mayor_id, model)
+    reply = await _greet(town, state, first)
     town.out.say(f"mayor replied after {time.monotonic() - t0:.1f}s: {reply}")
     _banner(town, state)
     await asyncio.get_running_loop().create_future()

@@ -108,6 +108,11 @@ def test_up_twice_in_one_state_dir_each_stopped_by_sigint_through_a_dead_pipe(tm
         assert agents.returncode == 0 and "mayor" in agents.stdout and "running" in agents.stdout, agents
         status = _operator(tmp_path, "town", "status")
         assert status.returncode == 0 and "local town" in status.stdout, status
+        # So does the chat, which talks to the mayor through the worker only and streams its reply.
+        assert "gastown chat" in out, out
+        chat = subprocess.run([str(GASTOWN), "chat"], cwd=tmp_path, env=_env(), input="how is the town\n",
+                              capture_output=True, text=True, timeout=120)
+        assert chat.returncode == 0 and "mayor> Hello from the fake LLM. You said: how is the town" in chat.stdout, chat
         state = tmp_path / ".gastown" / "town" / "town.json"
         assert state.stat().st_mode & 0o777 == 0o600
         saved = json.loads(state.read_text())

@@ -31,6 +31,8 @@ class MayorView(Answer):
     model: Optional[str]
     session_id: Optional[str]
     last_activity_at: Optional[EpochMs]
+    last_event_id: int = Field(0, description="the archive's newest event of the mayor: stream ?after= it for what "
+                                            "comes next")
 
 
 class ChatMessage(Answer):

@@ -39,15 +39,22 @@ def _mayor_tx(conn: sqlite3.Connection, town_id: str) -> tuple[dict[str, Any] | 
     return store.get_mayor(conn, town_id), town_target(conn, town_id)
 
 
+def _last_event_tx(conn: sqlite3.Connection, town_id: str, agent_id: str) -> int:
+    row = conn.execute("SELECT MAX(seq) FROM agent_events WHERE town_id = ? AND agent_id = ?", (town_id, agent_id))
+    return int(row.fetchone()[0] or 0)
+
+
 async def get_mayor(request: web.Request) -> web.Response:
     town_id = request[TOWN]["town_id"]
     mayor, target = await request.app[DB].run(_mayor_tx, town_id, write=False)
     if mayor is None or target is None:
         raise ApiError(404, "AGENT_NOT_FOUND", "this town has no mayor yet: send it a message")
     info = await request.app[DESK].client.agent_status(target, mayor["agent_id"])
+    last = await request.app[DB].run(_last_event_tx, town_id, mayor["agent_id"], write=False)
     return web.json_response({"agent_id": mayor["agent_id"], "status": (info or {}).get("status", "unknown"),
                               "model": (info or {}).get("model"), "session_id": (info or {}).get("session_id"),
-                              "last_activity_at": (info or {}).get("last_activity_at") or mayor.get("last_activity_at")})
+                              "last_activity_at": (info or {}).get("last_activity_at") or mayor.get("last_activity_at"),
+                              "last_event_id": last})
 
 
 def conversation(conn: sqlite3.Connection, town_id: str, agent_id: str) -> list[dict[str, Any]]:

@@ -13,6 +13,7 @@ from aiohttp import web
 from gastown.core import jsonlog
 from worker_api.app import create_app
 from worker_api.db import SchemaTooNewError
+from worker_api.front.archive import Retention
 from worker_api.scm.github import GitHubProvider
 
 log = jsonlog.get_logger("worker_api.main")
@@ -52,6 +53,11 @@ def run_worker(host: str, port: int, db_path: str | None) -> int:
     jsonlog.register_secret(jwt_secret)
     if len(jwt_secret.encode()) < 32:
         log.warning("worker.weak_jwt_secret", hint="GASTOWN_JWT_SECRET should be at least 32 bytes")
+    try:
+        Retention.from_env(os.environ)
+    except ValueError as e:
+        print(f"gastown worker: GASTOWN_ARCHIVE_KEEP_*: {e}", file=sys.stderr)
+        return 2
     path = db_path or DEFAULT_DB_PATH
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     try:

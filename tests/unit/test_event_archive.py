@@ -5,12 +5,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from supervisor.event_forward import EventForwarder
 from supervisor.worker_client import WorkerClient
 from tests.test_worker_api_support import ADMIN_TOKEN, Worker, clock, town, worker  # noqa: F401
+from worker_api.app import create_app
 from worker_api.front import archive
 
 
@@ -37,9 +39,12 @@ async def test_a_resent_batch_is_stored_once_and_a_new_containers_ids_are_new_ev
     assert [e["id"] for e in after["events"]] == ids[3:]
 
 
-async def test_each_agent_keeps_a_bounded_history(worker: Worker, town: tuple[str, str], monkeypatch) -> None:
-    monkeypatch.setattr(archive, "KEEP_PER_AGENT", 5)
-    town_id, token = town
+async def test_each_agent_keeps_a_bounded_history(aiohttp_client: Any, tmp_path: Any, clock: Any,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GASTOWN_ARCHIVE_KEEP_EVENTS", "5")  # the worker reads its retention at start
+    worker = Worker(await aiohttp_client(create_app(tmp_path / "w.db", admin_token=ADMIN_TOKEN, jwt_secret="j" * 32,
+                                                    now=clock)), clock)
+    town_id, token = await worker.create_town()
     path = f"/api/towns/{town_id}/agent-events"
     await worker.call("POST", path, token=token, json=batch("mayor", range(1, 21)))
     await worker.call("POST", path, token=token, json=batch("polecat-1", range(1, 3)))
@@ -47,6 +52,16 @@ async def test_each_agent_keeps_a_bounded_history(worker: Worker, town: tuple[st
     assert [e["data"]["i"] for e in page["events"]] == [16, 17, 18, 19, 20]
     _, other = await worker.call("GET", f"/api/towns/{town_id}/agents/polecat-1/events", token=ADMIN_TOKEN)
     assert len(other["events"]) == 2
+
+
+def test_retention_is_configured_by_the_environment_and_refuses_nonsense() -> None:
+    keep = archive.Retention.from_env({"GASTOWN_ARCHIVE_KEEP_EVENTS": "100", "GASTOWN_ARCHIVE_KEEP_HOURS": "2"})
+    assert (keep.per_agent, keep.max_age_ms) == (100, 2 * 3_600_000)
+    assert archive.Retention.from_env({}) == archive.Retention()
+    for bad in ({"GASTOWN_ARCHIVE_KEEP_EVENTS": "0"}, {"GASTOWN_ARCHIVE_KEEP_HOURS": "0"},
+                {"GASTOWN_ARCHIVE_KEEP_EVENTS": "many"}):
+        with pytest.raises(ValueError):
+            archive.Retention.from_env(bad)
 
 
 async def test_bad_batches_are_4xx(worker: Worker, town: tuple[str, str]) -> None:

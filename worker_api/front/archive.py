@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sqlite3
-from typing import Annotated, Any
+from dataclasses import dataclass
+from typing import Annotated, Any, Mapping
 
 from aiohttp import web
 from aiohttp_sse import sse_response
@@ -74,7 +76,28 @@ def _data_json(data: Any) -> str:
     return text if len(text) <= MAX_EVENT_BYTES else to_json({"truncated": True, "bytes": len(text)})
 
 
-def ingest_tx(conn: sqlite3.Connection, town_id: str, events: list[IngestedEvent], now: int) -> tuple[int, int]:
+@dataclass(frozen=True)
+class Retention:
+    """How much of each agent's history the archive keeps (``GASTOWN_ARCHIVE_KEEP_EVENTS``,
+    ``GASTOWN_ARCHIVE_KEEP_HOURS`` for the worker)."""
+
+    per_agent: int = KEEP_PER_AGENT
+    max_age_ms: int = KEEP_MS
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> "Retention":
+        events, hours = env.get("GASTOWN_ARCHIVE_KEEP_EVENTS"), env.get("GASTOWN_ARCHIVE_KEEP_HOURS")
+        out = cls(int(events) if events else KEEP_PER_AGENT, int(float(hours) * 3_600_000) if hours else KEEP_MS)
+        if out.per_agent < 1 or out.max_age_ms < 60_000:
+            raise ValueError("the archive must keep at least one event per agent for at least a minute")
+        return out
+
+
+RETENTION = web.AppKey("archive_retention", Retention)
+
+
+def ingest_tx(conn: sqlite3.Connection, town_id: str, events: list[IngestedEvent], now: int,
+              keep: Retention = Retention()) -> tuple[int, int]:
     stored = dup = 0
     agents = set()
     for e in events:
@@ -87,18 +110,18 @@ def ingest_tx(conn: sqlite3.Connection, town_id: str, events: list[IngestedEvent
         agents.add(e.agent_id)
         stored += 1
     for agent_id in agents:
-        _prune(conn, town_id, agent_id, now)
+        _prune(conn, town_id, agent_id, now, keep)
     return stored, dup
 
 
-def _prune(conn: sqlite3.Connection, town_id: str, agent_id: str, now: int) -> None:
+def _prune(conn: sqlite3.Connection, town_id: str, agent_id: str, now: int, keep: Retention) -> None:
     row = conn.execute("SELECT seq FROM agent_events WHERE town_id = ? AND agent_id = ? ORDER BY seq DESC"
-                       " LIMIT 1 OFFSET ?", (town_id, agent_id, KEEP_PER_AGENT)).fetchone()
+                       " LIMIT 1 OFFSET ?", (town_id, agent_id, keep.per_agent)).fetchone()
     if row is not None:
         conn.execute("DELETE FROM agent_events WHERE town_id = ? AND agent_id = ? AND seq <= ?",
                      (town_id, agent_id, row[0]))
     conn.execute("DELETE FROM agent_events WHERE town_id = ? AND agent_id = ? AND received_at < ?",
-                 (town_id, agent_id, now - KEEP_MS))
+                 (town_id, agent_id, now - keep.max_age_ms))
 
 
 def events_after(conn: sqlite3.Connection, town_id: str, after: int, agent_id: str | None = None,
@@ -125,7 +148,7 @@ async def ingest(request: web.Request) -> web.Response:
     body = await read_model(request, IngestBatch)
     town_id = request[TOWN]["town_id"]
     request[QUIET] = True
-    stored, dup = await request.app[DB].run(ingest_tx, town_id, body.events, now_ms(request))
+    stored, dup = await request.app[DB].run(ingest_tx, town_id, body.events, now_ms(request), request.app[RETENTION])
     if stored:
         request.app[HUB].notify(town_id)
     return web.json_response({"stored": stored, "duplicates": dup})
@@ -166,5 +189,6 @@ async def stream(request: web.Request) -> web.StreamResponse:
     return sse
 
 
-def install(app: web.Application) -> None:
+def install(app: web.Application, retention: Retention | None = None) -> None:
     app[HUB] = EventHub()
+    app[RETENTION] = retention or Retention.from_env(os.environ)

@@ -12,7 +12,7 @@ from gastown.core.http import bearer_token, error_response
 
 
 def auth_middleware(control_token: str | None, public_paths: frozenset[str], ticket_paths: frozenset[str] = frozenset(),
-                    ticket_valid: Callable[[str, str], bool] | None = None):
+                    ticket_valid: Callable[..., bool] | None = None):
     expected = control_token.encode() if control_token else None
 
     @web.middleware
@@ -24,7 +24,8 @@ def auth_middleware(control_token: str | None, public_paths: frozenset[str], tic
             ticket = request.query.get("ticket")
             resource = request.match_info.route.resource
             if ticket and ticket_valid is not None and resource is not None and resource.canonical in ticket_paths \
-                    and ticket_valid(ticket, request.match_info.get("agent_id", "")):
+                    and ticket_valid(ticket, request.match_info.get("agent_id", ""),
+                                     consume=resource.canonical.endswith("/pty")):
                 return await handler(request)
             return error_response(401, "UNAUTHORIZED", "missing bearer token" if not ticket else "invalid ticket")
         if not hmac.compare_digest(token.encode(), expected):

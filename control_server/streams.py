@@ -82,8 +82,8 @@ async def agent_stream(request: web.Request) -> web.StreamResponse:
                 try:
                     event = await asyncio.wait_for(queue.get(), LIVENESS_S)
                 except asyncio.TimeoutError:
-                    if sup.agents.get(agent_id) is not rec:
-                        break
+                    if sup.agents.get(agent_id) is not rec or not resp.is_connected():
+                        break  # a new life of the agent (resume by id), or the client is gone
                     continue
                 if event is None:
                     break  # fell behind: the client resumes from the last id it got
@@ -124,14 +124,14 @@ async def agent_pty(request: web.Request) -> web.WebSocketResponse:
         shell, args = PTY_SHELL
         pty_id = await client.pty_create(command=shell, args=args, cwd=str(rec.paths.workdir), cols=cols, rows=rows,
                                          title=f"terminal of {agent_id}")
-    except KiloApiError as e:
+    except (KiloApiError, RuntimeError) as e:
         log.warning("pty.open_failed", agent_id=agent_id, error=str(e))
         await ws.close(code=1011, message=b"the terminal could not be opened")
         return ws
     log.info("pty.opened", agent_id=agent_id, pty_id=pty_id)
     try:
         upstream = await client.pty_connect(pty_id)
-    except KiloApiError as e:
+    except (KiloApiError, RuntimeError) as e:
         log.warning("pty.connect_failed", agent_id=agent_id, error=str(e))
         await ws.close(code=1011, message=b"the terminal could not be reached")
         await _remove(client, pty_id)
@@ -154,8 +154,8 @@ async def agent_pty(request: web.Request) -> web.WebSocketResponse:
 async def _remove(client: Any, pty_id: str) -> None:
     try:
         await client.pty_remove(pty_id)
-    except KiloApiError:
-        pass  # already gone with its shell, or with the agent's server
+    except (KiloApiError, RuntimeError):
+        pass  # already gone with its shell, or with the agent's server (its client closed: RuntimeError)
 
 
 async def _relay(ws: web.WebSocketResponse, upstream: aiohttp.ClientWebSocketResponse, client: Any,
@@ -179,7 +179,7 @@ async def _relay(ws: web.WebSocketResponse, upstream: aiohttp.ClientWebSocketRes
                 if resize is not None:
                     try:
                         await client.pty_resize(pty_id, *resize)
-                    except KiloApiError as e:
+                    except (KiloApiError, RuntimeError) as e:
                         log.warning("pty.resize_failed", pty_id=pty_id, error=str(e))
                     continue
                 await upstream.send_str(msg.data)
@@ -191,7 +191,7 @@ async def _relay(ws: web.WebSocketResponse, upstream: aiohttp.ClientWebSocketRes
     try:
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         return next(iter(done)).result()
-    except (aiohttp.ClientError, ConnectionResetError):
+    except (aiohttp.ClientError, ConnectionResetError, RuntimeError):  # RuntimeError: the agent's client closed
         return "error"
     finally:
         for t in tasks:

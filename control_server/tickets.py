@@ -1,8 +1,8 @@
 """Stream tickets: a browser cannot put a bearer token on an ``EventSource`` or a WebSocket, so the
 holder of the control token (the worker) asks for a ticket and hands the browser a URL with it.
 
-A ticket names one agent and lives 60 s; it opens that agent's stream or terminal and nothing else
-(``?ticket=`` is honoured only on those routes, see ``auth``). Tickets live in memory: a restarted
+A ticket names one agent and lives 60 s; it opens that agent's stream (reconnects included) or one
+terminal, and nothing else (``?ticket=`` is honoured only on those routes, see ``auth``). Tickets live in memory: a restarted
 container forgets them, and its clients ask for new ones, as they would after 60 s anyway.
 """
 from __future__ import annotations
@@ -30,9 +30,14 @@ class TicketBook:
         self._tickets[ticket] = (agent_id, expires)
         return ticket, expires
 
-    def valid(self, ticket: str, agent_id: str) -> bool:
+    def valid(self, ticket: str, agent_id: str, *, consume: bool = False) -> bool:
+        """A live ticket of ``agent_id``; ``consume`` spends it (a terminal opens once per ticket,
+        a stream may reconnect with its ticket while it lives)."""
         entry = self._tickets.get(ticket)
-        return entry is not None and entry[0] == agent_id and self.clock() < entry[1]
+        ok = entry is not None and entry[0] == agent_id and self.clock() < entry[1]
+        if ok and consume:
+            del self._tickets[ticket]
+        return ok
 
     def _prune(self, now: float) -> None:
         if len(self._tickets) >= MAX_TICKETS // 2:

@@ -138,7 +138,8 @@ MAX_REWORK_ROUNDS = 3  # ours: a merge request cannot be sent back for ever
 def send_back_for_rework(conn: sqlite3.Connection, town_id: str, mr: dict[str, Any], text: str, now: int, *,
                          actor: str, reason: str, max_rounds: int = MAX_REWORK_ROUNDS) -> str | None:
     """Send a merge request back: a ``gt:rework`` bead on the MR's branch that blocks it, the MR
-    reopened without its approval (a new review follows the fix); past ``max_rounds`` the MR fails.
+    reopened without its approval (a new review follows the fix; an MR that skipped review keeps
+    skipping it); past ``max_rounds`` the MR fails.
     The rework bead's id, or None when the MR failed."""
     review = bx.get_review(conn, town_id, mr["bead_id"]) or {}
     rounds = int(review.get("retry_count") or 0) + 1
@@ -152,8 +153,11 @@ def send_back_for_rework(conn: sqlite3.Connection, town_id: str, mr: dict[str, A
                             metadata={"mr_bead_id": mr["bead_id"], "source_bead_id": mr["metadata"].get("source_bead_id"),
                                       "branch": review.get("branch")})
     bx.add_dependency(conn, town_id, mr["bead_id"], rework["bead_id"], "blocks")
-    bx.merge_metadata(conn, town_id, mr["bead_id"], {"approved_at": None, "approved_by": None, "merge_strategy": None,
-                                                     "land_failures": None})
+    if not mr["metadata"].get("fast_tracked"):  # reviewed: the fix is reviewed again
+        bx.merge_metadata(conn, town_id, mr["bead_id"], {"approved_at": None, "approved_by": None,
+                                                         "merge_strategy": None, "land_failures": None})
+    else:  # code review is off for it: once the fix is in, it lands as it stands (R5 → R8)
+        bx.merge_metadata(conn, town_id, mr["bead_id"], {"land_failures": None})
     transition_bead(conn, town_id, mr["bead_id"], "open", now, reason=reason, actor=actor, clear_assignee=True)
     return str(rework["bead_id"])
 
@@ -176,7 +180,9 @@ def create_escalation(conn: sqlite3.Connection, town_id: str, *, title: str, bod
     esc = bx.create_bead(conn, town_id, type="escalation", title=title, body=body, now_ms=now, priority=priority,
                          labels=["gt:escalation", f"severity:{severity}"], created_by=agent_id,
                          metadata={"agent_id": agent_id, "bead_id": bead_id, "severity": severity}, ids=ids)
-    notify_mayor(conn, town_id, f"Escalation ({severity}): {title} [{esc['bead_id']}]. {ACK_HINT}", now)
+    notice = notify_mayor(conn, town_id, f"Escalation ({severity}): {title} [{esc['bead_id']}]. {ACK_HINT}", now)
+    if notice:
+        bx.merge_metadata(conn, town_id, esc["bead_id"], {"notice_id": notice})
     return str(esc["bead_id"])
 
 
@@ -193,8 +199,9 @@ def re_escalate(conn: sqlite3.Connection, town_id: str, bead_id: str, severity: 
     bx.merge_metadata(conn, town_id, bead_id, {"severity": severity, "re_escalations": round_,
                                                "last_escalated_at": now})
     bx.record(conn, town_id, bead_id, "re_escalated", now, "reconciler", severity=severity, round=round_)
-    notify_mayor(conn, town_id, f"Re-escalation #{round_} ({severity}), not acknowledged yet: {esc['title']} "
-                                f"[{bead_id}]. {ACK_HINT}", now)
+    notice = notify_mayor(conn, town_id, f"Re-escalation #{round_} ({severity}), not acknowledged yet: {esc['title']} "
+                                         f"[{bead_id}]. {ACK_HINT}", now)
+    bx.merge_metadata(conn, town_id, bead_id, {"notice_id": notice})
     return True
 
 
@@ -211,12 +218,13 @@ def acknowledge_escalation(conn: sqlite3.Connection, town_id: str, bead_id: str,
     bx.record(conn, town_id, bead_id, "acknowledged", now, actor, note=note)
 
 
-def notify_mayor(conn: sqlite3.Connection, town_id: str, message: str, now: int) -> bool:
+def notify_mayor(conn: sqlite3.Connection, town_id: str, message: str, now: int) -> str | None:
+    """Queue a notice for the mayor (the desk delivers it as a turn); its nudge id, or None without a mayor."""
     from worker_api import nudges
 
     mayor = store.get_mayor(conn, town_id)
     if mayor is None:
-        return False
-    nudges.enqueue_nudge(conn, town_id, mayor["agent_id"], message=message[:16000], now_ms=now,
-                         mode="wait-idle", source="reconciler")
-    return True
+        return None
+    nudge = nudges.enqueue_nudge(conn, town_id, mayor["agent_id"], message=message[:16000], now_ms=now,
+                                 mode="wait-idle", source="reconciler")
+    return str(nudge["nudge_id"])

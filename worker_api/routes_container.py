@@ -16,6 +16,7 @@ from typing import Any
 
 from aiohttp import web
 
+from gastown.contract.agents import DEAD_STATUSES
 from gastown.core.http import ApiError, path_id, read_model
 from gastown.core.jsonlog import get_logger
 from worker_api import drain, events, nudges, store
@@ -76,9 +77,25 @@ def _heartbeat_tx(conn: sqlite3.Connection, town_id: str, agent_id: str, hb: Hea
         container_instance_id=hb.container_instance_id,
         now_ms=now,
     )
+    _mayor_turn_over(conn, town_id, agent_id, hb)
     drain.observe_container_instance(conn, town_id, hb.container_instance_id, now)
     state = drain.drain_state(conn, town_id, now)
     return state["nonce"] if state else None
+
+
+def _mayor_turn_over(conn: sqlite3.Connection, town_id: str, agent_id: str, hb: Heartbeat) -> None:
+    """A working mayor whose heartbeat shows its turn ended (an idle event after it was marked
+    working) or its server gone is waiting: the idle callback of that turn may never come (the turn
+    ended before it was marked, kilo crashed, a model swap cut it), and a mayor left working keeps
+    its town's container from ever being stopped for idleness."""
+    agent = store.get_agent(conn, town_id, agent_id)
+    if agent is None or agent["role"] != "mayor" or agent["status"] != "working":
+        return
+    since = agent["working_since"] or 0
+    idle_after = hb.last_event_type in ("session.idle", "session.turn.close") and (hb.last_event_at or 0) > since
+    if idle_after or hb.status in DEAD_STATUSES:
+        store.set_agent_status(conn, town_id, agent_id, "waiting", hb.last_event_at or since)
+        log.info("mayor.turn_over_by_heartbeat", town=town_id, agent_id=agent_id, container_status=hb.status)
 
 
 async def heartbeat(request: web.Request) -> web.Response:

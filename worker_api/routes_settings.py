@@ -16,6 +16,7 @@ from worker_api import settings as st
 from worker_api.appkeys import DB, TOWN
 from worker_api.db import to_json
 from worker_api.front.mayor import DESK
+from worker_api.reconciler.prompts import DEFAULT_MODEL
 
 log = get_logger("worker_api.settings")
 
@@ -35,8 +36,8 @@ async def patch_settings(request: web.Request) -> web.Response:
     settings = await request.app[DB].run(st.patch_town_tx, town_id, body)
     log.info("settings.updated", town=town_id, fields=sorted(body.model_fields_set),
              env_keys=sorted((body.env_vars or {}).keys()))  # names only: values may be secrets
-    if body.model_fields_set & {"default_model", "small_model"} and settings["default_model"]:
-        request.app[DESK].push_model(town_id, settings["default_model"], settings["small_model"])
+    if body.model_fields_set & {"default_model", "small_model"}:  # a reset pushes the default the mayor now starts with
+        request.app[DESK].push_model(town_id, settings["default_model"] or DEFAULT_MODEL, settings["small_model"])
     return web.json_response(settings)
 
 

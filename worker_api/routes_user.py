@@ -20,7 +20,7 @@ from gastown.core.ids import is_valid_id
 from gastown.core.jsonlog import get_logger
 from worker_api import beads as bx
 from worker_api import drain, events
-from worker_api.appkeys import DB, TOWN, now_ms
+from worker_api.appkeys import DB, PRINCIPAL, TOWN, now_ms
 from worker_api.db import to_json
 from worker_api.lifecycle import finish_convoy, transition_bead
 from worker_api.models import Body, Id, ShortText
@@ -117,6 +117,9 @@ async def create_rig(request: web.Request) -> web.Response:
 
 async def list_rigs(request: web.Request) -> web.Response:
     rigs = await request.app[DB].run(bx.list_rigs, _town(request), write=False)
+    if request[PRINCIPAL].kind == "container":
+        for rig in rigs:  # a rig's env vars are the owner's (secrets, often): an agent gets its own at start only
+            rig["config"].pop("env_vars", None)
     return web.json_response({"rigs": rigs})
 
 

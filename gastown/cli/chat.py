@@ -11,11 +11,13 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+import threading
 from typing import Any, AsyncIterator, TextIO
 
 import aiohttp
 
 STREAM_READ_S = 60.0  # the worker pings every 15 s: silence this long means the stream is gone
+TURN_WAIT_S = 900.0   # a reply not finished by then is left to the conversation view
 
 
 class ChatError(RuntimeError):
@@ -84,11 +86,18 @@ class Chat:
             await self.events.put(event)
 
     async def _turn(self, sent: str, reader: asyncio.Task[None]) -> None:
-        """Print what the mayor writes until it is idle after having been given ``sent``."""
+        """Print what the mayor writes until it is idle after having been given ``sent`` (or, after
+        ``TURN_WAIT_S``, say the answer will be in the conversation and take the next line)."""
         seen_mine = wrote = False
+        deadline = asyncio.get_running_loop().time() + TURN_WAIT_S
         while True:
             get = asyncio.ensure_future(self.events.get())
-            done, _ = await asyncio.wait({get, reader}, return_when=asyncio.FIRST_COMPLETED)
+            left = deadline - asyncio.get_running_loop().time()
+            done, _ = await asyncio.wait({get, reader}, timeout=max(left, 0), return_when=asyncio.FIRST_COMPLETED)
+            if not done:
+                get.cancel()
+                self.say("\n(no answer yet: it will be in the conversation, GET …/mayor/messages)")
+                return
             if get not in done:
                 get.cancel()
                 reader.result()  # the stream failed: its error explains why
@@ -108,7 +117,8 @@ class Chat:
                         if part["text"].strip() == sent and not seen_mine:
                             seen_mine = True
                         else:
-                            self.say(f"\ntown> {part['text'].strip()}")
+                            self.say(("\n" if wrote else "") + f"town> {part['text'].strip()}")
+                            wrote = False  # what follows answers the notice: a new "mayor>" line
             elif kind == "message.part.delta" and data.get("field") == "text" \
                     and str(data.get("partID")) in self.text_parts and str(data.get("messageID")) in self.assistant:
                 if not wrote:
@@ -118,15 +128,37 @@ class Chat:
             elif kind == "session.idle" and seen_mine:
                 self.say("" if wrote else "mayor> (no text)")
                 return
+            elif kind == "session.idle" and wrote:  # the end of a notice's answer
+                self.say("")
+                wrote = False
 
 
 async def _stdin_lines() -> AsyncIterator[str]:
+    """Lines typed, read by a daemon thread: a thread of the loop's executor blocked in readline
+    would hold Ctrl-C's exit until Enter."""
     loop = asyncio.get_running_loop()
+    lines: asyncio.Queue[str] = asyncio.Queue()
+    wanted = threading.Event()
+
+    def read() -> None:
+        while True:
+            wanted.wait()
+            wanted.clear()
+            line = sys.stdin.readline()
+            try:
+                loop.call_soon_threadsafe(lines.put_nowait, line)
+            except RuntimeError:
+                return  # the chat has ended meanwhile
+            if not line:
+                return
+
+    threading.Thread(target=read, name="chat-stdin", daemon=True).start()
     while True:
         if sys.stdin.isatty():
             sys.stdout.write("you> ")
             sys.stdout.flush()
-        line = await loop.run_in_executor(None, sys.stdin.readline)
+        wanted.set()
+        line = await lines.get()
         if not line:
             return
         yield line

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 
-ENV_KEY_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$"
+ENV_KEY_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$"  # pydantic reads "$" strictly; Python code uses fullmatch
 RESERVED_PREFIXES = ("GASTOWN_", "KILO_", "KILOCODE_", "OPENCODE_", "XDG_", "LD_", "DYLD_", "GIT_", "BUN_", "NODE_")
 RESERVED_KEYS = frozenset({
     "PATH", "HOME", "SHELL", "USER", "LOGNAME", "PWD", "TMPDIR", "TERM",
@@ -30,4 +30,4 @@ def is_reserved_env_key(key: str) -> bool:
 
 
 def is_env_key(key: str) -> bool:
-    return bool(_KEY.match(key))
+    return bool(_KEY.fullmatch(key))  # fullmatch: "$" would let "PATH\n" through

@@ -14,6 +14,9 @@ import pytest
 from tests.conftest import CONTROL_TOKEN, kilo_processes
 from tests.containers import ContainerProc
 from tests.s3servers import free_port, new_bucket, s3_env, seaweedfs  # noqa: F401 - fixture
+from worker_api import settings, store
+from worker_api.appkeys import DB
+from worker_api.front import desk
 
 pytestmark = pytest.mark.kilo
 REPO = Path(__file__).resolve().parents[2]
@@ -152,8 +155,11 @@ async def test_prewarmed_mayor_reused_without_new_process(worker, fake_llm, runt
     assert env["GASTOWN_AGENT_ROLE"] == "mayor" and env["GASTOWN_AGENT_ID"] == "mayor" and env["GASTOWN_TOWN_ID"] == town_id
     assert json.loads(env["KILO_CONFIG_CONTENT"])["mcp"]["gastown"]["environment"]["GASTOWN_AGENT_ROLE"] == "mayor"
     assert [p.pid for p in kilo_processes()] == [proc.pid]
-    status, body = await container.start_agent(agent_id="mayor", town_id=town_id, rig_id=f"mayor-{town_id}", role="mayor",
-                                               name="Mayor", prompt="hello mayor")
+    # The start the worker's mayor desk sends: what the prewarm context described, plus the prompt.
+    def town_row(conn):
+        return {**store.get_town(conn, town_id), **settings.load_town(conn, town_id)}
+    start = desk.start_request(await worker.server.app[DB].run(town_row), "mayor")
+    status, body = await container.request("POST", "/agents/start", json={**start, "prompt": "hello mayor"})
     assert status == 201, body
     assert body["pid"] == proc.pid and [p.pid for p in kilo_processes()] == [proc.pid]
     rec = sup.get("mayor")

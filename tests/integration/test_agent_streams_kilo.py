@@ -44,6 +44,9 @@ async def test_a_terminal_runs_echo_hi_resizes_and_closes_with_the_shell(contain
     await running(container)
     url = f"{container.url}/agents/polecat-1/pty?cols=80&rows=24&ticket={await ticket(container)}"
     async with aiohttp.ClientSession() as http, http.ws_connect(url) as ws:  # no bearer: the ticket opens it
+        with pytest.raises(aiohttp.WSServerHandshakeError) as spent:
+            await http.ws_connect(url)  # once: a terminal ticket is spent by the terminal it opened
+        assert spent.value.status == 401
         await ws.send_str("echo hi\n")
         assert "\rhi\r\n" in await read_until(ws, "\rhi\r\n")
         await ws.send_str(json.dumps({"type": "resize", "cols": 100, "rows": 40}))
@@ -183,3 +186,13 @@ async def test_a_user_reaches_an_agents_terminal_through_the_worker_and_only_its
             assert refused.value.status == 403
     finally:
         await server.close()
+
+
+async def test_a_terminal_outlives_the_kilo_clients_request_timeout(container) -> None:
+    """The agent's kilo client times requests out after 10 s; a terminal is one long request."""
+    await running(container)
+    async with aiohttp.ClientSession() as http, http.ws_connect(
+            f"{container.url}/agents/polecat-1/pty", headers={"Authorization": f"Bearer {CONTROL_TOKEN}"}) as ws:
+        await asyncio.sleep(12)
+        await ws.send_str("echo still here\n")
+        await read_until(ws, "\rstill here\r\n")

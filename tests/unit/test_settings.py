@@ -51,6 +51,7 @@ async def test_a_reserved_env_key_is_a_400_naming_it(worker: Worker, key: str) -
     {"env_vars": {"1BAD": "x"}}, {"env_vars": {"A B": "x"}}, {"env_vars": {"A": 5}}, {"env_vars": ["A"]},
     {"code_review": "maybe"}, {"merge_strategy": "squash"}, {"git_author_email": "not an email"},
     {"git_author_name": "Eve <eve@x>"}, {"git_author_name": "line\nbreak"}, {"default_model": "has space"},
+    {"env_vars": {"FOO\n": "x"}}, {"env_vars": {"PATH\n": "x"}},
     {"disable_ai_coauthor": "yes"},
 ])
 async def test_bad_settings_are_400(worker: Worker, body: dict) -> None:
@@ -71,7 +72,7 @@ async def test_settings_are_the_owners_only(worker: Worker) -> None:
 
 
 async def test_rig_overrides_win_and_null_falls_back_to_the_town(worker: Worker) -> None:
-    town, _ = await worker.create_town()
+    town, container_token = await worker.create_town()
     await worker.call("POST", f"/api/towns/{town}/rigs", token=ADMIN_TOKEN,
                       json={"rig_id": "rig-1", "name": "r", "git_url": "https://example.com/r.git"})
     await settings(worker, town, ADMIN_TOKEN, {"env_vars": {"A": "town", "B": "town"}, "git_author_name": "Town"})
@@ -89,6 +90,10 @@ async def test_rig_overrides_win_and_null_falls_back_to_the_town(worker: Worker)
     status, scm = await worker.call("GET", f"/api/towns/{town}/rigs/rig-1/scm", token=ADMIN_TOKEN)
     assert scm["merge_strategy"] == "pr"  # one setting, seen the same from both routes
     assert (await worker.call("PATCH", f"/api/towns/{town}/rigs/nope", token=ADMIN_TOKEN, json={}))[0] == 404
+    # The owner sees the rig's env vars; an agent (every rig's agents share the town's container token) does not.
+    assert (await worker.call("GET", f"/api/towns/{town}/rigs", token=ADMIN_TOKEN))[1]["rigs"][0]["config"]["env_vars"]
+    _, listed = await worker.call("GET", f"/api/towns/{town}/rigs", token=container_token)
+    assert "env_vars" not in listed["rigs"][0]["config"] and listed["rigs"][0]["config"]["merge_strategy"] == "pr"
 
 
 async def test_a_dispatch_carries_the_effective_settings(h: Harness) -> None:
@@ -169,3 +174,33 @@ async def test_a_review_and_merge_convoy_bead_is_still_reviewed_with_code_review
     [mr] = h.beads(type="merge_request")
     assert "approved_at" not in mr["metadata"] and convoy["bead_ids"]
     assert h.container.starts[-1]["role"] == "refinery"
+
+
+async def test_a_fast_tracked_mr_sent_back_for_a_conflict_still_skips_review_after_the_fix(h: Harness,
+                                                                                          tmp_path: Any) -> None:
+    """A merge conflict cleared the MR's approval, so after the fix a refinery was dispatched to
+    review it although code review is off for the rig."""
+    from tests.gitrepos import push_branch, show
+    from tests.unit.test_reconciler_tick import dispatch_one
+    from worker_api import lifecycle as lc
+
+    origin = await code_review_off(h, tmp_path)
+    _, polecat = await dispatch_one(h)
+    branch = h.container.starts[0]["branch"]
+    push_branch(origin, origin.parent / "polecat", branch, {"README.md": "mine\n"})
+    push_branch(origin, origin.parent / "other", "main", {"README.md": "theirs\n"})
+    h.clock.advance(30)
+    h.event("agent_done", polecat, branch=branch)
+    for _ in range(2):
+        await h.tick()
+        h.clock.advance(30)
+    [mr] = h.beads(type="merge_request")
+    [rework] = [b for b in h.beads(type="issue") if "gt:rework" in b["labels"]]
+    assert h.bead(mr["bead_id"])["status"] == "open" and h.bead(mr["bead_id"])["metadata"]["approved_at"]
+    push_branch(origin, origin.parent / "polecat", branch, {"README.md": "theirs\n", "work.txt": "work\n"})
+    h.sync(lc.transition_bead, h.town_id, rework["bead_id"], "closed", h.clock.ms, reason="done")
+    for _ in range(3):
+        h.clock.advance(31)
+        await h.tick()
+    assert h.bead(mr["bead_id"])["status"] == "closed" and show(origin, "main:work.txt") == "work\n"
+    assert "refinery" not in [s["role"] for s in h.container.starts]

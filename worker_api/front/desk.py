@@ -88,38 +88,47 @@ def _pending_tx(conn: sqlite3.Connection, town_id: str, now: int) -> tuple[Targe
         for n in nudges.pending_nudges(conn, town_id, mayor["agent_id"], now):
             row = nudges.get_nudge(conn, town_id, n["nudge_id"]) or {}
             turns.append(Turn("notice", n["nudge_id"], str(n["message"]), int(row.get("created_at") or 0)))
-    turns.sort(key=lambda t: t.created_at)  # stable: each kind keeps its own order
+    # The person waiting comes first: a user's messages before notices, each kind in its own order.
     town = store.get_town(conn, town_id)
     if town is not None:
         town.update(settings.load_town(conn, town_id))
     return town_target(conn, town_id), town, mayor and mayor["agent_id"], turns
 
 
-def _towns_due_tx(conn: sqlite3.Connection, now: int) -> list[str]:
-    """Towns with a user's message to deliver, or a notice for a mayor that may be up (a town
-    whose mayor was found not running is skipped for a while: see ``_sweep``)."""
-    rows = conn.execute(
-        "SELECT DISTINCT town_id FROM mayor_messages WHERE delivered_at IS NULL UNION"
-        " SELECT DISTINCT n.town_id FROM nudges n JOIN agents a ON a.town_id = n.town_id AND a.agent_id = n.agent_id"
-        " WHERE a.role = 'mayor' AND a.status != 'dead' AND n.delivered_at IS NULL"
-        " AND (n.expires_at IS NULL OR n.expires_at > ?)", (now,))
-    return [r[0] for r in rows]
+def _towns_due_tx(conn: sqlite3.Connection, now: int) -> dict[str, bool]:
+    """Towns with something to deliver: town -> whether a user's message is among it (a notice for
+    a mayor found not running waits a while: see ``_sweep``)."""
+    due = {r[0]: True for r in conn.execute("SELECT DISTINCT town_id FROM mayor_messages WHERE delivered_at IS NULL")}
+    for (town_id,) in conn.execute(
+            "SELECT DISTINCT n.town_id FROM nudges n JOIN agents a ON a.town_id = n.town_id AND a.agent_id = n.agent_id"
+            " WHERE a.role = 'mayor' AND a.status != 'dead' AND n.delivered_at IS NULL"
+            " AND (n.expires_at IS NULL OR n.expires_at > ?)", (now,)):
+        due.setdefault(town_id, False)
+    return due
 
 
-def _delivered_tx(conn: sqlite3.Connection, town_id: str, mayor_id: str, turn: Turn, sent_at: int, now: int) -> None:
-    """Delivered, and the mayor working since just before the send: its next idle callback (fired
-    after that instant) flips it back to waiting; an older one is stale (routes_container.waiting)."""
+def _delivered_tx(conn: sqlite3.Connection, town_id: str, mayor_id: str, turn: Turn, now: int) -> None:
     if turn.kind == "message":
         conn.execute("UPDATE mayor_messages SET delivered_at = ? WHERE town_id = ? AND id = ?",
                      (now, town_id, int(turn.ref)))
     else:
         nudges.mark_nudge_delivered(conn, town_id, mayor_id, turn.ref, now)
-    _working_tx(conn, town_id, mayor_id, sent_at)
 
 
-def _working_tx(conn: sqlite3.Connection, town_id: str, mayor_id: str, since: int) -> None:
+def _working_tx(conn: sqlite3.Connection, town_id: str, mayor_id: str, since: int) -> str | None:
+    """The mayor working since ``since`` (just before a prompt): its idle callback for that turn
+    fires after it and flips it back to waiting; an older one is stale (routes_container.waiting).
+    Marked before the prompt is sent, so a turn that ends at once cannot be overtaken. The status
+    it had, to put back if the prompt is not accepted."""
+    row = conn.execute("SELECT status FROM agents WHERE town_id = ? AND agent_id = ?", (town_id, mayor_id)).fetchone()
     conn.execute("UPDATE agents SET status = 'working', working_since = ?, last_activity_at = ? WHERE town_id = ?"
                  " AND agent_id = ?", (since, since, town_id, mayor_id))
+    return row[0] if row else None
+
+
+def _status_tx(conn: sqlite3.Connection, town_id: str, mayor_id: str, status: str) -> None:
+    conn.execute("UPDATE agents SET status = ? WHERE town_id = ? AND agent_id = ? AND status = 'working'",
+                 (status, town_id, mayor_id))
 
 
 def _failed_tx(conn: sqlite3.Connection, town_id: str, turn: Turn, error: str) -> None:
@@ -144,6 +153,7 @@ class MayorDesk:
         self._not_up: dict[str, float] = {}    # town -> when its mayor was last found not running (monotonic)
         self._sweeper: asyncio.Task[None] | None = None
         self._model_tasks: dict[str, asyncio.Task[None]] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
 
     def start(self) -> None:
         self._sweeper = asyncio.create_task(self._sweep(), name="mayor-desk:sweep")
@@ -156,9 +166,15 @@ class MayorDesk:
             return
         self._tasks[town_id] = asyncio.create_task(self._deliver(town_id), name=f"mayor-desk:{town_id}")
 
+    def _lock(self, town_id: str) -> asyncio.Lock:
+        """One prompt (or model swap) at a time per town's mayor: a swap in the middle of a turn
+        would cut the turn short."""
+        return self._locks.setdefault(town_id, asyncio.Lock())
+
     def push_model(self, town_id: str, model: str, small_model: str | None) -> None:
-        """A new town model reaches a running mayor now (its session kept: the container swaps its
-        server and pushes the model without a turn); a mayor not running starts with it later."""
+        """A new town model reaches a running mayor (its session kept: the container swaps its
+        server and pushes the model without a turn) once its current turn has ended; a mayor not
+        running starts with it later."""
         old = self._model_tasks.pop(town_id, None)
         if old is not None:
             old.cancel()  # the latest setting wins
@@ -169,10 +185,15 @@ class MayorDesk:
         target, _, mayor_id, _ = await self.db.run(_pending_tx, town_id, self.clock_ms(), write=False)
         if target is None or mayor_id is None:
             return
-        if (await self.client.agent_statuses(target, [mayor_id]))[mayor_id] != "running":
+        status = (await self.client.agent_statuses(target, [mayor_id]))[mayor_id]
+        if status in ("starting", "recycling", "backoff") and not await self._wait_running(target, mayor_id):
             return
-        status = await self.client.patch_model(target, mayor_id, model, small_model)
-        log.info("mayor.model_pushed", town=town_id, model=model, status=status)
+        if status not in ("running", "starting", "recycling", "backoff"):
+            return
+        async with self._lock(town_id):
+            await self._wait_idle(target, mayor_id)
+            code = await self.client.patch_model(target, mayor_id, model, small_model)
+        log.info("mayor.model_pushed", town=town_id, model=model, status=code)
 
     async def close(self) -> None:
         tasks = [t for t in (self._sweeper, *self._tasks.values(), *self._model_tasks.values()) if t is not None]
@@ -190,12 +211,15 @@ class MayorDesk:
                 log.warning("mayor.sweep_failed", error=str(e))
                 continue
             now = time.monotonic()
-            for town_id in due:
+            for town_id, has_message in due.items():
                 task = self._tasks.get(town_id)
-                if (task is None or task.done()) and now - self._not_up.get(town_id, -1e9) >= NOT_UP_RECHECK_S:
+                if task is not None and not task.done():
+                    continue
+                if has_message or now - self._not_up.get(town_id, -1e9) >= NOT_UP_RECHECK_S:
                     self._tasks[town_id] = asyncio.create_task(self._deliver(town_id), name=f"mayor-desk:{town_id}")
 
     async def _deliver(self, town_id: str) -> None:
+        """One turn per pass, then a fresh look: a user's message sent meanwhile goes next."""
         delay = 1.0
         while True:
             self._again.discard(town_id)
@@ -206,27 +230,30 @@ class MayorDesk:
                 if town_id in self._again:
                     continue
                 return
-            start = any(t.kind == "message" for t in turns)
-            running = await self._ensure_running(target, town, mayor_id, start=start)
+            running = await self._ensure_running(target, town, mayor_id, start=turns[0].kind == "message")
             if running is None:
+                if town_id in self._again:
+                    continue  # a user's message arrived while we looked
                 self._not_up[town_id] = time.monotonic()  # only notices: they wait for the mayor to be up
                 return
-            if running and await self._send(town_id, target, mayor_id, turns):
+            if running and await self._send(town_id, target, mayor_id, turns[0]):
                 delay = 1.0
                 continue
             await asyncio.sleep(delay)
             delay = min(delay * 2, MAX_BACKOFF_S)
 
-    async def _send(self, town_id: str, target: Target, mayor_id: str, turns: list[Turn]) -> bool:
-        for turn in turns:
+    async def _send(self, town_id: str, target: Target, mayor_id: str, turn: Turn) -> bool:
+        async with self._lock(town_id):
             await self._wait_idle(target, mayor_id)
             before = self.wall_ms()
+            previous = await self.db.run(_working_tx, town_id, mayor_id, before)
             if not await self.client.send_message(target, mayor_id, turn.text):
+                await self.db.run(_status_tx, town_id, mayor_id, previous or "idle")
                 await self.db.run(_failed_tx, town_id, turn, "the container did not accept the message")
                 return False
             self._sent_at[town_id] = before
-            await self.db.run(_delivered_tx, town_id, mayor_id, turn, before, self.clock_ms())
-            log.info("mayor.turn_delivered", town=town_id, kind=turn.kind, ref=turn.ref)
+            await self.db.run(_delivered_tx, town_id, mayor_id, turn, self.clock_ms())
+        log.info("mayor.turn_delivered", town=town_id, kind=turn.kind, ref=turn.ref)
         return True
 
     async def _ensure_running(self, target: Target, town: dict[str, Any], mayor_id: str, *,
@@ -243,10 +270,11 @@ class MayorDesk:
         if status == "unknown":
             return False  # the container does not answer: retry later
         before = self.wall_ms()
+        previous = await self.db.run(_working_tx, town["town_id"], mayor_id, before)  # on its startup turn
         res = await self.client.start_agent(target, start_request(town, mayor_id))
         log.info("mayor.start", town=town["town_id"], outcome=res.outcome, status=res.status)
-        if res.started:
-            await self.db.run(_working_tx, town["town_id"], mayor_id, before)  # on its startup turn
+        if not res.started:
+            await self.db.run(_status_tx, town["town_id"], mayor_id, previous or "idle")
         return res.started and await self._wait_running(target, mayor_id)
 
     async def _wait_idle(self, target: Target, mayor_id: str) -> None:

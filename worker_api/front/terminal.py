@@ -23,6 +23,7 @@ log = get_logger("worker_api.terminal")
 
 SOCKETS = web.AppKey("worker_terminal_sockets", weakref.WeakSet)
 CONNECT_TIMEOUT_S = 30.0
+NOT_SENDABLE = frozenset({1005, 1006, 1015})
 
 
 def _size(request: web.Request) -> dict[str, str]:
@@ -51,7 +52,8 @@ async def agent_pty(request: web.Request) -> web.WebSocketResponse:
     if target is None or not target.url:
         await ws.close(code=4404, message=b"this town has no container")
         return ws
-    async with aiohttp.ClientSession() as http:
+    session_timeout = aiohttp.ClientTimeout(total=None, connect=CONNECT_TIMEOUT_S, sock_connect=CONNECT_TIMEOUT_S)
+    async with aiohttp.ClientSession(timeout=session_timeout) as http:
         try:
             upstream = await http.ws_connect(f"{target.url.rstrip('/')}/agents/{agent_id}/pty", params=size,
                                              headers={"Authorization": f"Bearer {target.token}"}, heartbeat=30.0,
@@ -67,7 +69,9 @@ async def agent_pty(request: web.Request) -> web.WebSocketResponse:
         finally:
             await upstream.close()
         if not ws.closed:
-            await ws.close(code=upstream.close_code or 1011, message=(reason or "terminal ended").encode()[:120])
+            code = upstream.close_code or 1011
+            code = 1011 if code in NOT_SENDABLE else code  # 1005/1006/1015 only describe a connection locally
+            await ws.close(code=code, message=(reason or "terminal ended").encode()[:120])
     log.info("terminal.closed", town=town_id, agent_id=agent_id, code=upstream.close_code)
     return ws
 

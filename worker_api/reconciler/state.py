@@ -93,6 +93,7 @@ class Escalation:
     last_escalated_at: int
     acknowledged: bool
     subject_status: str | None   # the status of the bead it is about (None: none, or deleted)
+    told_at: int | None = None   # when the mayor was last given its notice (None: not yet, or never queued)
 
 
 @dataclass
@@ -187,14 +188,15 @@ def load_state(conn: sqlite3.Connection, town_id: str, now: int) -> TownState:
 
 def _load_escalations(conn: sqlite3.Connection, town_id: str) -> list[Escalation]:
     out = []
-    for r in conn.execute("SELECT e.bead_id, e.title, e.metadata, e.created_at, s.status FROM town_beads e"
-                          " LEFT JOIN town_beads s ON s.town_id = e.town_id AND s.bead_id ="
-                          " json_extract(e.metadata, '$.bead_id') WHERE e.town_id = ? AND e.type = 'escalation'"
-                          " AND e.status = 'open' ORDER BY e.created_at, e.bead_id", (town_id,)):
+    for r in conn.execute("SELECT e.bead_id, e.title, e.metadata, e.created_at, s.status, n.delivered_at"
+                          " FROM town_beads e LEFT JOIN town_beads s ON s.town_id = e.town_id AND s.bead_id ="
+                          " json_extract(e.metadata, '$.bead_id') LEFT JOIN nudges n ON n.town_id = e.town_id AND"
+                          " n.nudge_id = json_extract(e.metadata, '$.notice_id') WHERE e.town_id = ? AND"
+                          " e.type = 'escalation' AND e.status = 'open' ORDER BY e.created_at, e.bead_id", (town_id,)):
         meta = from_json(r["metadata"], {}) or {}
         out.append(Escalation(r["bead_id"], r["title"], str(meta.get("severity") or "medium"),
                               int(meta.get("re_escalations") or 0), int(meta.get("last_escalated_at") or r["created_at"]),
-                              bool(meta.get("acknowledged_at")), r["status"]))
+                              bool(meta.get("acknowledged_at")), r["status"], r["delivered_at"]))
     return out
 
 

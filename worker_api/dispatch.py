@@ -64,16 +64,6 @@ class ContainerClient(Protocol):
     async def start_agent(self, target: Target, request: dict[str, Any]) -> StartResult: ...
     async def agent_statuses(self, target: Target, agent_ids: list[str]) -> dict[str, str]: ...
     async def stop_agent(self, target: Target, agent_id: str) -> bool: ...
-    async def patch_model(self, target: Target, agent_id: str, model: str, small_model: str | None) -> int | None:
-        """``PATCH /agents/{id}/model``: the container restarts the agent's server on the same
-        session with the new model (seconds). The status, or None when it did not answer."""
-        body = {"model": model, **({"small_model": small_model} if small_model else {})}
-        try:
-            status, _ = await self._call(target, "PATCH", f"/agents/{agent_id}/model", MODEL_TIMEOUT_S, body)
-        except (asyncio.TimeoutError, aiohttp.ClientError):
-            return None
-        return status
-
     async def send_message(self, target: Target, agent_id: str, prompt: str) -> bool: ...
 
 

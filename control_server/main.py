@@ -66,6 +66,9 @@ async def serve(cfg: RuntimeConfig, host: str, port: int) -> int:
     return 0
 
 
+LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost"})
+
+
 def run_container(host: str, port: int, insecure: bool = False) -> int:
     jsonlog.configure()
     try:
@@ -76,4 +79,8 @@ def run_container(host: str, port: int, insecure: bool = False) -> int:
     if not cfg.control_token and not insecure:
         print("gastown container: GASTOWN_CONTROL_TOKEN is required (or pass --insecure)", file=sys.stderr)
         return 2
+    if not cfg.control_token and host not in LOOPBACK:
+        # No token means anyone who reaches the port drives the agents: only this machine may.
+        print(f"gastown container: --insecure (no control token) listens on 127.0.0.1, not {host}", file=sys.stderr)
+        host = "127.0.0.1"
     return asyncio.run(serve(cfg, host, port))

@@ -80,4 +80,5 @@ class ModelPatchRequest(BaseModel):
 class RefreshTokenRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
     token: Annotated[str, StringConstraints(min_length=1, max_length=8192)]
-    issued_at: Optional[float] = None
+    # Epoch seconds, finite: an ``Infinity`` held as the newest issue time made every later refresh "stale".
+    issued_at: Optional[Annotated[float, Field(ge=0, le=4_102_444_800, allow_inf_nan=False)]] = None

@@ -41,6 +41,9 @@ async def _serve(host: str, port: int, db_path: str, admin_token: str, jwt_secre
     log.info("worker.stopped")
 
 
+MIN_JWT_SECRET_BYTES = 32
+
+
 def run_worker(host: str, port: int, db_path: str | None) -> int:
     jsonlog.configure()
     missing = [name for name in REQUIRED_ENV if not os.environ.get(name)]
@@ -51,8 +54,9 @@ def run_worker(host: str, port: int, db_path: str | None) -> int:
     jwt_secret = os.environ["GASTOWN_JWT_SECRET"]
     jsonlog.register_secret(admin_token)
     jsonlog.register_secret(jwt_secret)
-    if len(jwt_secret.encode()) < 32:
-        log.warning("worker.weak_jwt_secret", hint="GASTOWN_JWT_SECRET should be at least 32 bytes")
+    if len(jwt_secret.encode()) < MIN_JWT_SECRET_BYTES:  # HS256 with a short key can be brute-forced offline
+        print(f"gastown worker: GASTOWN_JWT_SECRET must be at least {MIN_JWT_SECRET_BYTES} bytes", file=sys.stderr)
+        return 2
     try:
         Retention.from_env(os.environ)
     except ValueError as e:

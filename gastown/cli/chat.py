@@ -16,6 +16,8 @@ from typing import Any, AsyncIterator, TextIO
 
 import aiohttp
 
+from gastown.cli.term import printable
+
 STREAM_READ_S = 60.0  # the worker pings every 15 s: silence this long means the stream is gone
 TURN_WAIT_S = 900.0   # a reply not finished by then is left to the conversation view
 
@@ -117,14 +119,14 @@ class Chat:
                         if part["text"].strip() == sent and not seen_mine:
                             seen_mine = True
                         else:
-                            self.say(("\n" if wrote else "") + f"town> {part['text'].strip()}")
+                            self.say(("\n" if wrote else "") + f"town> {printable(part['text'].strip(), lines=True)}")
                             wrote = False  # what follows answers the notice: a new "mayor>" line
             elif kind == "message.part.delta" and data.get("field") == "text" \
                     and str(data.get("partID")) in self.text_parts and str(data.get("messageID")) in self.assistant:
                 if not wrote:
                     self.say("mayor> ", end="")
                     wrote = True
-                self.say(str(data.get("delta") or ""), end="")
+                self.say(printable(data.get("delta") or "", lines=True), end="")
             elif kind == "session.idle" and seen_mine:
                 self.say("" if wrote else "mayor> (no text)")
                 return

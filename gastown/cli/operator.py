@@ -17,6 +17,7 @@ import aiohttp
 from yarl import URL
 
 from gastown.cli.localtown import TownState, state_dir
+from gastown.cli.term import printable
 from gastown.contract.agents import STOPPED_STATES
 from gastown.contract.wire import epoch_s
 
@@ -130,6 +131,7 @@ def fmt_exit(last_exit: dict[str, Any] | None, now: float) -> str:
 
 
 def table(headers: list[str], rows: list[list[str]]) -> str:
+    rows = [[printable(c) for c in row] for row in rows]  # agents' names, exits and stderr are theirs to choose
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in [headers, *rows]]
     return "\n".join(lines)
@@ -151,7 +153,7 @@ def agent_rows(agents: list[dict[str, Any]], now: float) -> list[list[str]]:
 
 
 def _clip(text: str, n: int = 100) -> str:
-    text = " ".join(str(text).split())
+    text = printable(" ".join(str(text).split()))
     return text if len(text) <= n else text[: n - 1] + "…"
 
 
@@ -203,7 +205,7 @@ def fmt_event(ev: dict[str, Any]) -> str:
     if isinstance(ts, (int, float)):
         when = time.strftime("%H:%M:%S", time.localtime(ts / 1000)) + f".{int(ts) % 1000:03d}"
     summary = summarize_event(str(ev.get("type")), ev.get("data"))
-    return f"{when}  #{ev.get('id')}  {ev.get('type')}" + (f"  {summary}" if summary else "")
+    return f"{when}  #{printable(ev.get('id'))}  {printable(ev.get('type'))}" + (f"  {summary}" if summary else "")
 
 
 # --- commands -----------------------------------------------------------------------------------
@@ -295,7 +297,7 @@ def render_town(town: dict, status: dict, agents: list[dict], convoys: list[dict
     beads, ags = status.get("beads") or {}, status.get("agents") or {}
     n_beads = sum((beads.get("by_status") or {}).values())
     rec = status.get("reconciler") or {}
-    head = f"town {town.get('town_id')} \"{town.get('name', '')}\"" + ("  DRAINING" if status.get("draining") else "")
+    head = f"town {town.get('town_id')} \"{printable(town.get('name', ''))}\"" + ("  DRAINING" if status.get("draining") else "")
     lines = [
         head,
         f"beads    {n_beads}: {_counts(beads.get('by_status'))}  (types: {_counts(beads.get('by_type'))})",

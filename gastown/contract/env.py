@@ -4,7 +4,8 @@ both apply.
 
 Why these: an agent's env carries its identity and tokens (``GASTOWN_*``, ``KILO*``, the git
 tokens), the runtime's git wiring (``GIT_*``: the credential helper, the author identity), what the
-loader and the runtimes trust (``LD_*``, ``DYLD_*``, ``NODE_OPTIONS``, ``BUN_*``), where things live
+loader and the runtimes trust (``LD_*``, ``DYLD_*``, ``NODE_*``, ``BUN_*``, ``PYTHON*``: the plugin and the
+credential helper are Python), where things live
 (``PATH``, ``HOME``, ``XDG_*``, ``TMPDIR``, ``SHELL``) and how TLS and proxies are reached. A custom
 variable that could redirect any of these could take the agent's credentials elsewhere.
 """
@@ -13,7 +14,8 @@ from __future__ import annotations
 import re
 
 ENV_KEY_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$"  # pydantic reads "$" strictly; Python code uses fullmatch
-RESERVED_PREFIXES = ("GASTOWN_", "KILO_", "KILOCODE_", "OPENCODE_", "XDG_", "LD_", "DYLD_", "GIT_", "BUN_", "NODE_")
+RESERVED_PREFIXES = ("GASTOWN_", "KILO_", "KILOCODE_", "OPENCODE_", "XDG_", "LD_", "DYLD_", "GIT_", "BUN_", "NODE_",
+                     "PYTHON")
 RESERVED_KEYS = frozenset({
     "PATH", "HOME", "SHELL", "USER", "LOGNAME", "PWD", "TMPDIR", "TERM",
     "KILOCODE_TOKEN", "GITHUB_TOKEN", "GH_TOKEN", "GITLAB_TOKEN", "GITLAB_INSTANCE_URL", "GITHUB_CLI_PAT",

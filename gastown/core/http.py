@@ -19,6 +19,7 @@ log = get_logger("gastown.core.http")
 M = TypeVar("M", bound=BaseModel)
 
 MAX_BODY_BYTES = 1 << 20
+MAX_JSON_DEPTH = 64       # nesting a request body may have (parsing deeper recursed into a 500)
 
 
 class ApiError(Exception):
@@ -88,6 +89,10 @@ async def read_json(request: web.Request, *, default: Any = None) -> Any:
         data = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
         raise ApiError(400, "INVALID_JSON", "request body is not valid JSON") from None
+    except RecursionError:
+        raise ApiError(400, "INVALID_JSON", f"request body is nested deeper than {MAX_JSON_DEPTH} levels") from None
+    if _depth(data) > MAX_JSON_DEPTH:
+        raise ApiError(400, "INVALID_JSON", f"request body is nested deeper than {MAX_JSON_DEPTH} levels")
     try:
         # JSON may escape lone surrogates ("\udbea"): valid JSON, but not text that SQLite, logs or
         # responses can encode. Refuse it here rather than fail with a 500 deep inside a handler.
@@ -100,6 +105,19 @@ async def read_json(request: web.Request, *, default: Any = None) -> Any:
 async def read_model(request: web.Request, model: type[M], *, allow_empty: bool = False) -> M:
     data = await read_json(request, default={} if allow_empty else None)
     return parse_model(model, data)
+
+
+def _depth(data: Any) -> int:
+    """How deeply ``data`` nests (iteratively: a recursive walk is what the limit guards against)."""
+    deepest, stack = 0, [(data, 1)]
+    while stack:
+        node, d = stack.pop()
+        if isinstance(node, (dict, list)):
+            deepest = max(deepest, d)
+            if d > MAX_JSON_DEPTH:
+                return d
+            stack.extend((v, d + 1) for v in (node.values() if isinstance(node, dict) else node))
+    return deepest
 
 
 def parse_model(model: type[M], data: Any) -> M:
@@ -121,8 +139,13 @@ def path_id(request: web.Request, name: str) -> str:
 
 
 def bearer_token(request: web.Request) -> str | None:
+    """The bearer token, or None when there is none; a token that is not printable ASCII (bytes
+    that are not UTF-8 arrive as surrogates) is a 401, never an encoding error further down."""
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         return None
-    return token.strip()
+    token = token.strip()
+    if not (token.isascii() and token.isprintable()):
+        raise ApiError(401, "UNAUTHORIZED", "invalid bearer token")
+    return token

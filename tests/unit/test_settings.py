@@ -36,7 +36,8 @@ async def test_settings_patch_merges_and_null_resets(worker: Worker) -> None:
 
 @pytest.mark.parametrize("key", ["GASTOWN_CONTAINER_TOKEN", "GASTOWN_ANYTHING", "KILO_CONFIG_CONTENT", "KILOCODE_TOKEN",
                                  "PATH", "HOME", "XDG_DATA_HOME", "LD_PRELOAD", "https_proxy", "HTTP_PROXY",
-                                 "SSL_CERT_FILE", "NODE_OPTIONS", "GIT_SSH_COMMAND", "GIT_CONFIG_COUNT", "GH_TOKEN"])
+                                 "SSL_CERT_FILE", "NODE_OPTIONS", "GIT_SSH_COMMAND", "GIT_CONFIG_COUNT", "GH_TOKEN",
+                                 "PYTHONPATH", "pythonstartup"])
 async def test_a_reserved_env_key_is_a_400_naming_it(worker: Worker, key: str) -> None:
     town, _ = await worker.create_town()
     await worker.call("POST", f"/api/towns/{town}/rigs", token=ADMIN_TOKEN,

@@ -3,8 +3,8 @@
 1. ``draining``: ``/ready`` and ``/agents/start`` answer 503; the worker is told (``container-eviction``).
 2. Idle timers shrink to 10 s: agents that already finished complete quickly instead of being frozen.
 3. Wait (until the freeze reserve before the hard deadline) for non-mayor agents to finish.
-4. Freeze the rest, mayor included: stop kilo, commit the workspace as WIP and push it when there is
-   an origin, tell the worker where it is (``eviction-context``, before ``completed`` unhooks),
+4. Freeze the rest, mayor included: stop kilo, commit the workspace as WIP and push it to the rig's
+   URL (``wipsave``: nothing of the workspace's git config runs), tell the worker where it is (``eviction-context``, before ``completed`` unhooks),
    report ``completed`` with reason ``container eviction``.
 5. Snapshots (scheduled by every stop) are flushed, the registry is emptied (so the next container
    does not resurrect frozen agents). A second SIGTERM or the deadline cuts every wait short.
@@ -17,16 +17,16 @@ import time
 from gastown.contract.agents import Role
 from gastown.contract.reports import EvictionContext
 from gastown.contract.wire import epoch_ms
+from gastown.core.gitops import GitError
 from gastown.core.jsonlog import get_logger
 from supervisor.agent import AgentRecord
 from supervisor.idle import DRAIN_IDLE_TIMEOUT_S
 from supervisor.runtime_view import RuntimeView
-from supervisor.workspace import WorkspaceError, git, has_origin
+from supervisor import wipsave
 
 log = get_logger("supervisor.drain")
 
 POLL_S = 0.5
-WIP_MESSAGE = "WIP: container eviction save"
 
 
 def freeze_reserve(timeout: float) -> float:
@@ -35,16 +35,9 @@ def freeze_reserve(timeout: float) -> float:
 
 
 def save_workspace(rec: AgentRecord) -> str | None:
-    """Commit everything as WIP and push when there is an origin; returns the pushed branch."""
-    env = {k: v for k, v in rec.child_env.items() if k in ("PATH", "HOME") or k.startswith("GIT_")}
-    workdir = rec.paths.workdir
-    git(["add", "-A"], workdir, env, timeout=60)
-    git(["commit", "-q", "--allow-empty", "--no-verify", "-m", WIP_MESSAGE], workdir, env, timeout=60)
-    if not has_origin(workdir, env):
-        return None
-    branch = git(["rev-parse", "--abbrev-ref", "HEAD"], workdir, env, timeout=10).strip()
-    git(["push", "-q", "--set-upstream", "origin", "HEAD"], workdir, env, timeout=60)
-    return branch
+    """Commit everything as WIP and push it to the rig (``wipsave``: nothing of the workspace runs)."""
+    return wipsave.save_workspace(rec.paths.workdir, git_url=rec.request.git_url, branch=rec.request.branch,
+                                  child_env=rec.child_env)
 
 
 class Drain:
@@ -100,7 +93,7 @@ class Drain:
         if rec.paths.workdir.exists() and rec.request.role != Role.mayor:
             try:
                 branch = await asyncio.to_thread(save_workspace, rec)
-            except WorkspaceError as e:
+            except (GitError, ValueError) as e:  # ValueError: no valid branch to push to
                 log.error("drain.save_failed", agent_id=agent_id, error=str(e))
         if branch and rec.request.role == Role.polecat:
             body = EvictionContext.model_construct(branch=branch, agent_name=rec.request.name,

@@ -68,8 +68,11 @@ def save_workspace(workdir: Path, *, git_url: str | None, branch: str | None, ch
             gitops.run(["read-tree", head], env=work)
         gitops.run(["add", "-A", "--", "."], env=work, cwd=workdir)
         tree = gitops.run(["write-tree"], env=work).stdout.strip()
-        commit = gitops.run(["commit-tree", tree, *(["-p", head] if head else []), "-m", WIP_MESSAGE],
-                            env=work).stdout.strip()
+        if head and tree == gitops.run(["rev-parse", f"{head}^{{tree}}"], env=work).stdout.strip():
+            commit = head  # nothing new on disk: push what is committed (a refinery's branch stays as reviewed)
+        else:
+            commit = gitops.run(["commit-tree", tree, *(["-p", head] if head else []), "-m", WIP_MESSAGE],
+                                env=work).stdout.strip()
         gitops.run(["push", "-q", git_url, f"{commit}:refs/heads/{target}"], env={**env, "GIT_DIR": str(repo)},
                    timeout=PUSH_TIMEOUT_S)
     return target

@@ -59,3 +59,18 @@ def test_nothing_is_pushed_without_a_rig_url(tmp_path: Path) -> None:
     work = tmp_path / "work"
     subprocess.run(["git", "init", "-q", str(work)], check=True)
     assert save_workspace(work, git_url=None, branch="b", child_env={}) is None
+
+
+def test_a_clean_workspace_pushes_its_commits_without_an_empty_wip_commit(tmp_path: Path) -> None:
+    """An empty WIP commit moved the head of a branch under review although nothing had changed."""
+    origin = bare_origin(tmp_path)
+    work = tmp_path / "work"
+    subprocess.run(["git", "clone", "-q", str(origin), str(work)], check=True, env=GIT_ENV)
+    (work / "done.txt").write_text("done\n")
+    git(work, "add", "done.txt")
+    git(work, "commit", "-qm", "the work")
+    head = git(work, "rev-parse", "HEAD").strip()
+    assert save_workspace(work, git_url=str(origin), branch="gt/x/1", child_env={}) == "gt/x/1"
+    pushed = subprocess.run(["git", "--git-dir", str(origin), "rev-parse", "gt/x/1"], capture_output=True, text=True,
+                            check=True).stdout.strip()
+    assert pushed == head

@@ -48,6 +48,7 @@ from supervisor.workspace import prepare_workspace
 log = get_logger("supervisor")
 
 SPAWN_ATTEMPTS = 2
+MAX_EXITED_RECORDS = 100  # records of agents no longer running kept for /agents and their last exit
 
 ChangeHook = Callable[[AgentRecord, Change], Awaitable[None] | None]
 EventHook = Callable[[AgentRecord, dict[str, Any]], Awaitable[None] | None]
@@ -104,6 +105,13 @@ class Supervisor:
             raise AgentNotFound(f"agent {agent_id} is not known to this container")
         return rec
 
+    def forget_exited(self, keep: int = MAX_EXITED_RECORDS) -> None:
+        """Drop the records (and event buffers) of the longest-gone agents beyond ``keep``: a town
+        that ran thousands of polecats must not hold each one's last 2 000 events for ever."""
+        gone = [a for a, rec in self.agents.items() if not rec.active and not (a in self._locks and self._locks[a].locked())]
+        for agent_id in gone[:max(0, len(gone) - keep)]:
+            del self.agents[agent_id]  # its lock stays: one lock per agent id, for the process's life
+
     def active_agents(self) -> list[AgentRecord]:
         return [a for a in self.agents.values() if a.active]
 
@@ -122,8 +130,9 @@ class Supervisor:
         if not self.cfg.town_id:
             self.cfg.town_id = req.town_id
             set_town_id(req.town_id)
-        env = req.env_vars
-        self.worker.update(api_url=env.get("GASTOWN_API_URL"), token=env.get("GASTOWN_CONTAINER_TOKEN"), town_id=req.town_id)
+        # The worker's URL and token come from this container's own configuration, never from a request
+        # or a registry entry: an entry naming another URL got the runtime's token sent there at boot.
+        self.worker.update(town_id=req.town_id)
 
     def _check_memory(self) -> None:
         floor = self.cfg.min_free_memory_mb
@@ -150,7 +159,9 @@ class Supervisor:
                 rec.last_exit = existing.last_exit
             if restart_of is not None:
                 rec.restarts = restart_of.restarts + 1
+            self.agents.pop(req.agent_id, None)  # re-inserted: the dict's order is the order of last start
             self.agents[req.agent_id] = rec
+            self.forget_exited()
             t0 = time.monotonic()
             try:
                 await self._launch(rec)
@@ -167,7 +178,7 @@ class Supervisor:
         return rec, True
 
     def kilocode_token(self, req: StartAgentRequest) -> str | None:
-        return req.env_vars.get("KILOCODE_TOKEN") or self.cfg.kilocode_token
+        return self.cfg.kilocode_token  # the runtime's own; a request's env_vars may not replace it
 
     def build_launch(self, rec: AgentRecord, password: str) -> dict[str, str]:
         """The child env for ``rec`` (prewarm builds the same one to decide reuse)."""

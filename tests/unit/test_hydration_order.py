@@ -176,3 +176,17 @@ def test_concurrency_default_follows_the_cpus_a_container_may_use(tmp_path: Path
     assert [default_hydration_concurrency(n) for n in (1, 2, 4, 16)] == [2, 2, 4, 8]
     assert RuntimeConfig.from_env({"GASTOWN_HYDRATION_CONCURRENCY": "3"}).hydration_concurrency == 3
     assert RuntimeConfig.from_env({}).hydration_concurrency == default_hydration_concurrency()
+
+
+def test_only_the_newest_exited_agent_records_are_kept(tmp_path):
+    """Every exited agent's record and its 2 000-event buffer stayed in memory for the container's life."""
+    from supervisor.states import AgentState
+    from tests.conftest import start_body
+
+    sup = Supervisor(RuntimeConfig(data_dir=tmp_path / "d"), WorkerClient(None, None, "town-test"))
+    for i in range(5):
+        rec = sup.new_record(StartAgentRequest.model_validate(start_body(agent_id=f"polecat-{i}")))
+        rec.state = AgentState.exited if i != 2 else AgentState.running
+        sup.agents[rec.agent_id] = rec
+    sup.forget_exited(keep=2)
+    assert list(sup.agents) == ["polecat-2", "polecat-3", "polecat-4"]

@@ -10,6 +10,7 @@ from aiohttp import web
 
 from control_server.app import create_app
 from gastown.core import jsonlog
+from gastown.core.http import SERVER_KEEPALIVE_S
 from supervisor.config import ConfigError, RuntimeConfig
 from supervisor.runtime import ContainerRuntime
 
@@ -52,7 +53,8 @@ async def serve(cfg: RuntimeConfig, host: str, port: int) -> int:
     # Handlers first: a SIGTERM while the runtime starts still drains instead of killing the process.
     loop.add_signal_handler(signal.SIGTERM, on_sigterm)
     loop.add_signal_handler(signal.SIGINT, stop.set)
-    runner = web.AppRunner(create_app(runtime), access_log=None, handle_signals=False)
+    runner = web.AppRunner(create_app(runtime), access_log=None, handle_signals=False,
+                           keepalive_timeout=SERVER_KEEPALIVE_S)
     await runner.setup()  # starts the runtime (the app's cleanup context)
     try:
         await web.TCPSite(runner, host, port).start()

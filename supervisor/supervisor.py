@@ -16,6 +16,7 @@ import psutil
 
 from gastown.contract.agents import Role
 from gastown.core.jsonlog import get_logger, register_secret, set_town_id
+from gastown.core.secrets import is_secret_key
 from supervisor.agent import AgentRecord
 from supervisor.bringup import BringUp, Server, Session
 from supervisor.config import RuntimeConfig
@@ -133,6 +134,9 @@ class Supervisor:
         # The worker's URL and token come from this container's own configuration, never from a request
         # or a registry entry: an entry naming another URL got the runtime's token sent there at boot.
         self.worker.update(town_id=req.town_id)
+        for key, value in req.env_vars.items():
+            if is_secret_key(key):
+                register_secret(value)  # a secret a request carries is scrubbed from every log line
 
     def _check_memory(self) -> None:
         floor = self.cfg.min_free_memory_mb

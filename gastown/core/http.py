@@ -6,6 +6,7 @@ are mapped by :func:`error_middleware`, and only a genuine bug yields ``500 INTE
 """
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any, TypeVar
 
@@ -20,6 +21,10 @@ M = TypeVar("M", bound=BaseModel)
 
 MAX_BODY_BYTES = 1 << 20
 MAX_JSON_DEPTH = 64       # nesting a request body may have (parsing deeper recursed into a 500)
+BODY_READ_TIMEOUT_S = 10.0
+# Both servers close a connection that has not sent a whole request head this long after opening (or
+# after its last request): aiohttp's keep-alive timer covers a half-sent head (slowloris).
+SERVER_KEEPALIVE_S = 10.0
 
 
 class ApiError(Exception):
@@ -78,7 +83,10 @@ def _format_validation(e: ValidationError) -> str:
 async def read_json(request: web.Request, *, default: Any = None) -> Any:
     if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
         raise ApiError(413, "PAYLOAD_TOO_LARGE", f"body exceeds {MAX_BODY_BYTES} bytes")
-    raw = await request.read()
+    try:
+        raw = await asyncio.wait_for(request.read(), BODY_READ_TIMEOUT_S)
+    except asyncio.TimeoutError:  # a body trickled a byte at a time holds a connection and a handler
+        raise ApiError(408, "REQUEST_TIMEOUT", f"the body did not arrive within {BODY_READ_TIMEOUT_S:.0f}s") from None
     if len(raw) > MAX_BODY_BYTES:
         raise ApiError(413, "PAYLOAD_TOO_LARGE", f"body exceeds {MAX_BODY_BYTES} bytes")
     if not raw.strip():

@@ -266,3 +266,12 @@ ALTER TABLE towns ADD COLUMN settings TEXT NOT NULL DEFAULT '{}';   -- JSON: wor
 """,
     )
 )
+
+MIGRATIONS.append(
+    Migration(
+        name="telemetry capped per town (an index to find a town's oldest of one type)",
+        sql="""
+CREATE INDEX town_events_by_type ON town_events(town_id, event_type, id);
+""",
+    )
+)

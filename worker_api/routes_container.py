@@ -21,6 +21,7 @@ from gastown.core.http import ApiError, path_id, read_model
 from gastown.core.jsonlog import get_logger
 from worker_api import drain, events, nudges, store
 from worker_api.appkeys import DB, TOWN, now_ms
+from worker_api.db import to_json
 from worker_api.models import (
     Completed,
     ContainerEvent,
@@ -213,13 +214,29 @@ async def enqueue_nudge(request: web.Request) -> web.Response:
 # ---------------------------------------------------------------- container-level
 
 
+MAX_TELEMETRY_BYTES = 16 * 1024   # one telemetry event (memory samples, prewarm times) is a few hundred bytes
+KEEP_TELEMETRY_PER_TOWN = 5000     # newest kept: at one memory sample per 30 s, about two days
+
+
+def _telemetry_tx(conn: sqlite3.Connection, town_id: str, agent_id: str | None, payload: dict[str, Any],
+                  now: int) -> None:
+    """Store one telemetry event and drop the town's oldest beyond the cap (every row used to stay a
+    week: 1 MiB rows filled the shared store at 25 MB/s)."""
+    events.insert_event(conn, town_id, events.CONTAINER_TELEMETRY, agent_id=agent_id, payload=payload, now_ms=now)
+    row = conn.execute("SELECT id FROM town_events WHERE town_id = ? AND event_type = ? ORDER BY id DESC"
+                       " LIMIT 1 OFFSET ?", (town_id, events.CONTAINER_TELEMETRY, KEEP_TELEMETRY_PER_TOWN)).fetchone()
+    if row is not None:
+        conn.execute("DELETE FROM town_events WHERE town_id = ? AND event_type = ? AND id <= ?",
+                     (town_id, events.CONTAINER_TELEMETRY, row[0]))
+
+
 async def container_events(request: web.Request) -> web.Response:
     town_id = request[TOWN]["town_id"]
     body = await read_model(request, ContainerEvent)
-    await request.app[DB].run(
-        events.insert_event, town_id, events.CONTAINER_TELEMETRY,
-        agent_id=body.agent_id, payload=body.model_dump(), now_ms=now_ms(request),
-    )
+    payload = body.model_dump()
+    if len(to_json(payload).encode()) > MAX_TELEMETRY_BYTES:
+        raise ApiError(413, "PAYLOAD_TOO_LARGE", f"a telemetry event is at most {MAX_TELEMETRY_BYTES} bytes")
+    await request.app[DB].run(_telemetry_tx, town_id, body.agent_id, payload, now_ms(request))
     return web.json_response({"accepted": True}, status=202)
 
 

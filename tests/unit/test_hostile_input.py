@@ -5,6 +5,7 @@ drive the operator's terminal."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -105,3 +106,20 @@ def test_model_text_cannot_drive_the_operators_terminal() -> None:
     shown = fmt_event({"id": 1, "ts": 0, "type": "message.part.delta", "data": {"delta": evil}})
     assert "\x1b" not in shown and "pwned" in shown
     assert "\x1b" not in table(["NAME"], [[evil]])
+
+
+async def test_telemetry_is_bounded_per_event_and_per_town(worker: Worker, town: tuple[str, str], monkeypatch) -> None:
+    """A 1 MiB telemetry row was accepted and kept a week: 20 MB of the shared store in under a second."""
+    from worker_api import routes_container
+
+    town_id, token = town
+    path = f"/api/towns/{town_id}/container-events"
+    status, err = await worker.call("POST", path, token=token, json={"event": "x", "blob": "a" * 20_000})
+    assert status == 413 and err["error"]["code"] == "PAYLOAD_TOO_LARGE"
+    monkeypatch.setattr(routes_container, "KEEP_TELEMETRY_PER_TOWN", 3)
+    for i in range(6):
+        assert (await worker.call("POST", path, token=token, json={"event": "container.memory_usage", "i": i}))[0] == 202
+    kept = await worker.db.run(lambda c: [r[0] for r in c.execute(
+        "SELECT payload FROM town_events WHERE town_id = ? AND event_type = 'container_telemetry' ORDER BY id",
+        (town_id,))])
+    assert [json.loads(p)["i"] for p in kept] == [3, 4, 5]

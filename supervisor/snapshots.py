@@ -55,6 +55,8 @@ FORMAT = 1
 MANIFEST = "manifest.json"
 _GEN_KEY = re.compile(r"^generations/(\d{10})-[A-Za-z0-9_-]{1,80}\.db$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+MAX_GENERATION = 10**10 - 1        # keys hold 10 digits: a larger number read from a store is not ours
+MAX_SNAPSHOT_BYTES = 1 << 30       # a kilo.db is megabytes; a manifest claiming more is refused before download
 T = TypeVar("T")
 
 
@@ -287,15 +289,16 @@ class AgentSnapshots:
         try:
             m = json.loads(body)
             gen, size, sha, key = m["generation"], m["bytes"], m["sha256"], m["key"]
-            ok = (m.get("format") == FORMAT and isinstance(gen, int) and gen > 0
-                  and isinstance(size, int) and size >= 0 and isinstance(sha, str)
+            ok = (m.get("format") == FORMAT and isinstance(gen, int) and 0 < gen <= MAX_GENERATION
+                  and isinstance(size, int) and 0 <= size <= MAX_SNAPSHOT_BYTES and isinstance(sha, str)
                   and _SHA256.match(sha) and isinstance(key, str) and _GEN_KEY.match(key)
                   and int(_GEN_KEY.match(key).group(1)) == gen)
         except (ValueError, KeyError, TypeError, AttributeError):
             ok, m = False, {}
         if not ok:
             gen = m.get("generation") if isinstance(m, dict) else None
-            seen.append((etag, max(gen if isinstance(gen, int) else 0, self._generation)))
+            gen = gen if isinstance(gen, int) and 0 < gen <= MAX_GENERATION else 0  # a huge one would break our keys
+            seen.append((etag, max(gen, self._generation)))
             raise _Definitive("bad_manifest")
         seen.append((etag, m["generation"]))
         return m, etag
@@ -346,6 +349,8 @@ class AgentSnapshots:
             try:
                 gen = int(json.loads(body)["generation"])
             except (ValueError, KeyError, TypeError):
+                gen = self._generation
+            if not 0 <= gen <= MAX_GENERATION:
                 gen = self._generation
             self._etag, self._generation = etag, max(gen, self._generation)
             log.info("snapshot.adopted", **self._ids, generation=gen)

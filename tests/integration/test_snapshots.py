@@ -481,3 +481,21 @@ async def test_async_wrappers_do_not_block_event_loop(store, tmp_path):
     res = await snaps(store, instance="r").restore_async(str(tmp_path / "r" / "kilo.db"))
     task.cancel()
     assert info.generation == 1 and res.restored and ticks > 3
+
+
+@pytest.mark.parametrize("field, value", [("generation", 10**10), ("generation", 10**30), ("bytes", 1 << 40)])
+def test_a_manifest_with_an_out_of_range_generation_or_size_is_refused_and_our_keys_stay_valid(
+        store, tmp_path, field, value):
+    """A generation of 11+ digits was adopted as ours: our next key had 11 digits, which our own
+    restore then refused. A claimed size of a terabyte was downloaded before it was checked."""
+    a = snaps(store)
+    a.snapshot(str(make_db(tmp_path / "src" / "kilo.db", 5)))
+    m = _remote(store, a)
+    store.put_bytes(a.manifest_key, json.dumps({**m, field: value}).encode())
+    b = snaps(store, instance="c2")
+    res = b.restore(str(tmp_path / "fresh" / "kilo.db"))
+    assert (res.restored, res.reason) == (False, "bad_manifest")
+    assert b.generation < 10**10
+    b.snapshot(str(make_db(tmp_path / "next" / "kilo.db", 3)))  # takes the snapshot over again
+    res = snaps(store, instance="c3").restore(str(tmp_path / "again" / "kilo.db"))
+    assert res.restored, res

@@ -154,6 +154,7 @@ class MayorDesk:
         self._sweeper: asyncio.Task[None] | None = None
         self._model_tasks: dict[str, asyncio.Task[None]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        self._quiet: set[str] = set()            # towns whose mayor is known idle since its last prompt
 
     def start(self) -> None:
         self._sweeper = asyncio.create_task(self._sweep(), name="mayor-desk:sweep")
@@ -193,6 +194,10 @@ class MayorDesk:
         async with self._lock(town_id):
             await self._wait_idle(target, mayor_id)
             code = await self.client.patch_model(target, mayor_id, model, small_model)
+            if code == 200:
+                # Its turn had ended and a swap runs none, but the swap's own events (the noReply model
+                # push) are not an idle one: without this the next prompt waited out TURN_WAIT_S.
+                self._quiet.add(town_id)
         log.info("mayor.model_pushed", town=town_id, model=model, status=code)
 
     async def close(self) -> None:
@@ -252,6 +257,7 @@ class MayorDesk:
                 await self.db.run(_failed_tx, town_id, turn, "the container did not accept the message")
                 return False
             self._sent_at[town_id] = before
+            self._quiet.discard(town_id)
             await self.db.run(_delivered_tx, town_id, mayor_id, turn, self.clock_ms())
         log.info("mayor.turn_delivered", town=town_id, kind=turn.kind, ref=turn.ref)
         return True
@@ -270,6 +276,7 @@ class MayorDesk:
         if status == "unknown":
             return False  # the container does not answer: retry later
         before = self.wall_ms()
+        self._quiet.discard(town["town_id"])  # a fresh start runs its startup turn
         previous = await self.db.run(_working_tx, town["town_id"], mayor_id, before)  # on its startup turn
         res = await self.client.start_agent(target, start_request(town, mayor_id))
         log.info("mayor.start", town=town["town_id"], outcome=res.outcome, status=res.status)
@@ -280,6 +287,8 @@ class MayorDesk:
     async def _wait_idle(self, target: Target, mayor_id: str) -> None:
         """Until the mayor's current turn (if any) has ended: its last event is an idle one and
         came after the last prompt it was sent (the startup prompt, or the previous turn)."""
+        if target.town_id in self._quiet:
+            return  # known idle: nothing was prompted since the mayor's last turn ended
         loop = asyncio.get_running_loop()
         deadline = loop.time() + TURN_WAIT_S
         sent_at = self._sent_at.get(target.town_id, 0)

@@ -59,7 +59,8 @@ def _record_agent_event(
 
 
 def _heartbeat_tx(conn: sqlite3.Connection, town_id: str, agent_id: str, hb: Heartbeat, now: int) -> str | None:
-    if store.get_agent(conn, town_id, agent_id) is None:
+    agent = store.get_agent(conn, town_id, agent_id)
+    if agent is None:
         if hb.role is None:
             raise ApiError(404, "AGENT_NOT_FOUND", f"agent {agent_id} not found (send role to register it)")
         store.create_agent(
@@ -78,19 +79,20 @@ def _heartbeat_tx(conn: sqlite3.Connection, town_id: str, agent_id: str, hb: Hea
         container_instance_id=hb.container_instance_id,
         now_ms=now,
     )
-    _mayor_turn_over(conn, town_id, agent_id, hb)
+    if agent is not None:
+        _mayor_turn_over(conn, town_id, agent, hb)
     drain.observe_container_instance(conn, town_id, hb.container_instance_id, now)
     state = drain.drain_state(conn, town_id, now)
     return state["nonce"] if state else None
 
 
-def _mayor_turn_over(conn: sqlite3.Connection, town_id: str, agent_id: str, hb: Heartbeat) -> None:
+def _mayor_turn_over(conn: sqlite3.Connection, town_id: str, agent: dict[str, Any], hb: Heartbeat) -> None:
     """A working mayor whose heartbeat shows its turn ended (an idle event after it was marked
     working) or its server gone is waiting: the idle callback of that turn may never come (the turn
     ended before it was marked, kilo crashed, a model swap cut it), and a mayor left working keeps
     its town's container from ever being stopped for idleness."""
-    agent = store.get_agent(conn, town_id, agent_id)
-    if agent is None or agent["role"] != "mayor" or agent["status"] != "working":
+    agent_id = agent["agent_id"]
+    if agent["role"] != "mayor" or agent["status"] != "working":
         return
     since = agent["working_since"] or 0
     idle_after = hb.last_event_type in ("session.idle", "session.turn.close") and (hb.last_event_at or 0) > since

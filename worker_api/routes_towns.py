@@ -13,7 +13,7 @@ from aiohttp import web
 
 from gastown.core.http import ApiError, read_json, read_model
 from gastown.core.jsonlog import get_logger, register_secret
-from worker_api import drain, settings, store
+from worker_api import drain, store
 from worker_api.appkeys import DB, PRINCIPAL, TOKENS, TOWN, now_ms
 from worker_api.front.desk import mayor_fields
 from worker_api.models import CreateAgent, CreateTown, parse_registry
@@ -110,7 +110,7 @@ def _prewarm_tx(conn: sqlite3.Connection, town: dict[str, Any]) -> dict[str, Any
     ctx: dict[str, Any] = {"agent_id": None, "model": town["default_model"], "small_model": town["small_model"],
                            "organization_id": town["organization_id"]}
     if mayor is not None and town["default_model"]:
-        fields = mayor_fields({**town, **settings.load_town(conn, town["town_id"])}, mayor["agent_id"])
+        fields = mayor_fields(store.get_town(conn, town["town_id"], with_settings=True) or town, mayor["agent_id"])
         ctx.update(fields, organization_id=town["organization_id"], small_model=fields.get("small_model"))
     return ctx
 

@@ -56,9 +56,11 @@ def create_town(
     return town
 
 
-def get_town(conn: sqlite3.Connection, town_id: str) -> dict[str, Any] | None:
-    """The town's settings, without its control token."""
-    row = conn.execute(f"SELECT {_TOWN_PUBLIC} FROM towns WHERE town_id = ?", (town_id,)).fetchone()
+def get_town(conn: sqlite3.Connection, town_id: str, *, with_settings: bool = False) -> dict[str, Any] | None:
+    """The town without its control token; ``with_settings`` adds the raw ``settings`` JSON (what
+    ``worker_api.settings`` reads to build an agent's start, never shown in a town's answer)."""
+    cols = f"{_TOWN_PUBLIC}, settings" if with_settings else _TOWN_PUBLIC
+    row = conn.execute(f"SELECT {cols} FROM towns WHERE town_id = ?", (town_id,)).fetchone()
     return dict(row) if row else None
 
 

@@ -14,7 +14,7 @@ import pytest
 from tests.conftest import CONTROL_TOKEN, kilo_processes
 from tests.containers import ContainerProc
 from tests.s3servers import free_port, new_bucket, s3_env, seaweedfs  # noqa: F401 - fixture
-from worker_api import settings, store
+from worker_api import store
 from worker_api.appkeys import DB
 from worker_api.front import desk
 
@@ -157,7 +157,7 @@ async def test_prewarmed_mayor_reused_without_new_process(worker, fake_llm, runt
     assert [p.pid for p in kilo_processes()] == [proc.pid]
     # The start the worker's mayor desk sends: what the prewarm context described, plus the prompt.
     def town_row(conn):
-        return {**store.get_town(conn, town_id), **settings.load_town(conn, town_id)}
+        return store.get_town(conn, town_id, with_settings=True)
     start = desk.start_request(await worker.server.app[DB].run(town_row), "mayor")
     status, body = await container.request("POST", "/agents/start", json={**start, "prompt": "hello mayor"})
     assert status == 201, body

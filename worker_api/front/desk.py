@@ -51,7 +51,6 @@ class Turn:
     kind: str            # "message" (a user's) | "notice" (a nudge of the mayor)
     ref: str             # message id or nudge id
     text: str
-    created_at: int
 
 
 def mayor_fields(town: dict[str, Any], agent_id: str) -> dict[str, Any]:
@@ -80,18 +79,14 @@ def enqueue_tx(conn: sqlite3.Connection, town_id: str, text: str, now: int) -> t
 def _pending_tx(conn: sqlite3.Connection, town_id: str, now: int) -> tuple[Target | None, dict[str, Any] | None,
                                                                           str | None, list[Turn]]:
     """Where to deliver (the container, the town, its mayor) and what, in the order it was queued."""
-    turns = [Turn("message", str(r[0]), str(r[1]), int(r[2])) for r in conn.execute(
-        "SELECT id, text, created_at FROM mayor_messages WHERE town_id = ? AND delivered_at IS NULL ORDER BY id",
-        (town_id,))]
+    # The person waiting comes first: a user's messages before notices, each kind in its own order.
+    turns = [Turn("message", str(r[0]), str(r[1])) for r in conn.execute(
+        "SELECT id, text FROM mayor_messages WHERE town_id = ? AND delivered_at IS NULL ORDER BY id", (town_id,))]
     mayor = store.get_mayor(conn, town_id)
     if mayor is not None:
-        for n in nudges.pending_nudges(conn, town_id, mayor["agent_id"], now):
-            row = nudges.get_nudge(conn, town_id, n["nudge_id"]) or {}
-            turns.append(Turn("notice", n["nudge_id"], str(n["message"]), int(row.get("created_at") or 0)))
-    # The person waiting comes first: a user's messages before notices, each kind in its own order.
-    town = store.get_town(conn, town_id)
-    if town is not None:
-        town.update(settings.load_town(conn, town_id))
+        turns += [Turn("notice", n["nudge_id"], str(n["message"]))
+                  for n in nudges.pending_nudges(conn, town_id, mayor["agent_id"], now)]
+    town = store.get_town(conn, town_id, with_settings=True)
     return town_target(conn, town_id), town, mayor and mayor["agent_id"], turns
 
 

@@ -125,7 +125,7 @@ def _dispatch(conn: sqlite3.Connection, ctx: ApplyContext, a: A.DispatchAgent) -
                  " last_event_type = NULL, last_event_at = NULL, dispatch_attempts = dispatch_attempts + 1,"
                  " gupp_fired = '{}' WHERE town_id = ? AND agent_id = ?", (now, now, t, agent_id))
     bx.record(conn, t, a.bead_id, "assigned", now, agent_id, attempt=bead["dispatch_attempts"] + 1)
-    town = {**(store.get_town(conn, t) or {}), **settings.load_town(conn, t)}
+    town = store.get_town(conn, t, with_settings=True) or {"town_id": t}
     rig = bx.get_rig(conn, t, bead["rig_id"]) if bead["rig_id"] else None
     convoy_id = bead["metadata"].get("convoy_id")
     convoy = bx.get_convoy_meta(conn, t, convoy_id) if convoy_id else None

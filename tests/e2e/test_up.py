@@ -148,7 +148,9 @@ def test_sigkill_of_gastown_up_leaves_no_child_behind(tmp_path):
         tree = run.tree()
         up = next(p for p in tree if "up" in p.cmdline()[1:])
         up.kill()
-        _wait_gone(tree, tmp_path, timeout=10)
+        # SeaweedFS gets SIGTERM from the parent-death signal and shuts down gracefully (2.2 s when the
+        # box is idle); on a 2-core CI box busy with kilo tests it once took over 10 s. A wait, not a claim.
+        _wait_gone(tree, tmp_path, timeout=45)
         assert run.shell.wait(timeout=10) is not None
     finally:
         if run.shell.poll() is None:

@@ -50,6 +50,7 @@ class Town(Row):
     created_at: EpochMs
     owner_user_id: Optional[Id] = None
     draining: bool = False
+    token_generation: int = 0
 
 
 class TownCreated(Answer):
@@ -115,6 +116,13 @@ class PrewarmContext(Answer):
 
 class NewToken(Answer):
     token: str
+    expires_at: Optional[int] = None  # epoch seconds
+
+
+class Rotated(Answer):
+    token_generation: int
+    token: str                        # the town's new runtime token
+    pushed: bool                      # the container took it (else hand it over with POST /refresh-token)
 
 
 # ---------------------------------------------------------------- container-facing

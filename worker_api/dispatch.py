@@ -148,6 +148,15 @@ class HttpContainerClient:
             return None
         return status
 
+    async def push_token(self, target: Target, token: str, issued_at: float) -> bool:
+        """Hand the container a new runtime token (after a rotation revoked its old one)."""
+        try:
+            status, _ = await self._call(target, "POST", "/refresh-token", MESSAGE_TIMEOUT_S,
+                                         {"token": token, "issued_at": issued_at})
+        except (asyncio.TimeoutError, aiohttp.ClientError):
+            return False
+        return status == 200
+
     async def send_message(self, target: Target, agent_id: str, prompt: str) -> bool:
         try:
             status, _ = await self._call(target, "POST", f"/agents/{agent_id}/message", MESSAGE_TIMEOUT_S,

@@ -275,3 +275,12 @@ CREATE INDEX town_events_by_type ON town_events(town_id, event_type, id);
 """,
     )
 )
+
+MIGRATIONS.append(
+    Migration(
+        name="town token generation (rotation revokes every outstanding token of the town)",
+        sql="""
+ALTER TABLE towns ADD COLUMN token_generation INTEGER NOT NULL DEFAULT 0;
+""",
+    )
+)

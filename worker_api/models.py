@@ -29,7 +29,7 @@ from gastown.contract.reports import (  # noqa: F401 - the worker's models build
 )
 from gastown.core.http import ApiError, parse_model
 
-MAX_REGISTRY_ENTRIES = 500
+MAX_REGISTRY_ENTRIES = 100  # a container runs far fewer agents; each is resumed at boot
 
 
 def check_http_url(v: str) -> str:

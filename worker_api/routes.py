@@ -2,8 +2,11 @@
 middleware enforces and ``/openapi.json`` all come from :data:`ROUTES`.
 
 Auth policies (``worker_api.auth``): ``public`` (none), ``admin`` (GASTOWN_ADMIN_TOKEN), ``town``
-(admin token or a container token of the path town), ``refresh`` (like town, but the container
-token may be expired), ``user`` (admin or a user token; on a town, its owner), ``member`` (town or user). A route without a declaration does not exist; the middleware fails closed.
+(admin token or a runtime or agent token of the path town), ``runtime`` (admin or the runtime's
+token), ``self`` (like town, an agent token only for itself), ``refresh`` (like town, but the token may
+be expired), ``user`` (admin or a user token; on a town, its owner), ``member`` (town or user),
+``mayor`` (member, of the agents only the mayor): ``worker_api.auth``. A route without a declaration
+does not exist; the middleware fails closed.
 """
 from __future__ import annotations
 
@@ -25,7 +28,7 @@ from worker_api import routes_tools as tools
 from worker_api import routes_towns as towns
 from worker_api import routes_user as user
 from worker_api.appkeys import AUTH_POLICIES
-from worker_api.auth import ADMIN, MEMBER, PUBLIC, REFRESH, TOWN_ACCESS, USER
+from worker_api.auth import ADMIN, MAYOR, MEMBER, PUBLIC, REFRESH, RUNTIME, SELF, TOWN_ACCESS, USER
 from worker_api.front import answers as fa
 from worker_api.front import archive, mayor, terminal
 from worker_api.front import routes as front
@@ -78,7 +81,8 @@ def route(method: str, path: str, handler: Any, op_id: str, auth: str, status: i
 DOCUMENT = Document(lambda: ROUTES, title="gastown worker API", bearer_description="GASTOWN_ADMIN_TOKEN or a container JWT",
                     description="Towns, agents, beads and the container-facing routes (docs/contract.md §6). Errors "
                     'are {"error": {"code", "message"}}. Auth per operation in x-gastown-auth: public (none), admin '
-                    "(GASTOWN_ADMIN_TOKEN), town (admin token or a container token of the path town), refresh "
+                    "(GASTOWN_ADMIN_TOKEN), runtime (the town's runtime token), town (also an agent token of the path town), "
+                    "self (an agent token only for its own agent), mayor (of the agents only the mayor), refresh "
                     "(like town, but the container token may be expired).", error_descriptions=ERRORS)
 
 
@@ -94,7 +98,7 @@ ROUTES: tuple[Route, ...] = (
           errors=(409,), summary="A user's town is its own (owner_user_id); the admin's has no owner"),
     route("get", "/api/towns", front.list_towns, "listTowns", USER, 200, fa.TownList,
           summary="The caller's towns (the admin sees every town)"),
-    route("post", f"{T}/agent-events", archive.ingest, "ingestAgentEvents", TOWN_ACCESS, 200, fa.Ingested,
+    route("post", f"{T}/agent-events", archive.ingest, "ingestAgentEvents", RUNTIME, 200, fa.Ingested,
           body=archive.IngestBatch, summary="The container forwards its agents' events to the archive"),
     route("get", f"{A}/events", archive.agent_history, "agentEventHistory", MEMBER, 200, fa.ArchivedEvents,
           query=Q_AFTER, summary="An agent's archived events after ?after=N (they outlive its container)"),
@@ -118,37 +122,42 @@ ROUTES: tuple[Route, ...] = (
     route("post", f"{T}/agents", towns.create_agent, "createAgent", ADMIN, 201, a.Agent, body=m.CreateAgent,
           errors=(409,)),
     route("get", f"{T}/agents", towns.list_agents, "listAgents", MEMBER, 200, a.AgentList),
-    route("get", f"{T}/container-registry", towns.get_registry, "getRegistry", TOWN_ACCESS, 200, a.RegistryAnswer),
-    route("post", f"{T}/container-registry", towns.put_registry, "putRegistry", TOWN_ACCESS, 200, a.RegistryStored,
+    route("get", f"{T}/container-registry", towns.get_registry, "getRegistry", RUNTIME, 200, a.RegistryAnswer),
+    route("post", f"{T}/container-registry", towns.put_registry, "putRegistry", RUNTIME, 200, a.RegistryStored,
           body=m.Registry,
           summary="Replace the registry; secret-looking fields are dropped (their paths in `dropped`)"),
-    route("get", f"{T}/prewarm-context", towns.prewarm_context, "prewarmContext", TOWN_ACCESS, 200,
+    route("get", f"{T}/prewarm-context", towns.prewarm_context, "prewarmContext", RUNTIME, 200,
           a.PrewarmContext),
     route("post", f"{T}/refresh-container-token", towns.refresh_container_token, "refreshContainerToken", REFRESH,
-          200, a.NewToken, summary="A fresh 8 h container token; the caller's token may be expired (up to 7 days)"),
+          200, a.NewToken, summary="A fresh 8 h token of the same scope and chain; the caller's may be expired "
+          "(up to 7 days), never past the chain's maximum lifetime. The admin gets a new runtime chain"),
+    route("post", f"{A}/token", towns.agent_token, "agentToken", RUNTIME, 200, a.NewToken,
+          summary="The runtime asks for a token acting only as this agent (its plugin and git credential helper)"),
+    route("post", f"{T}/rotate-tokens", towns.rotate_tokens, "rotateTokens", USER, 200, a.Rotated,
+          summary="Revoke every token of the town; a new runtime token is pushed to the town's container"),
     # container-facing
-    route("post", f"{A}/heartbeat", rc.heartbeat, "heartbeat", TOWN_ACCESS, 200, a.HeartbeatAck, body=m.Heartbeat,
+    route("post", f"{A}/heartbeat", rc.heartbeat, "heartbeat", RUNTIME, 200, a.HeartbeatAck, body=m.Heartbeat,
           errors=(409,)),
-    route("post", f"{A}/completed", rc.completed, "completed", TOWN_ACCESS, 200, a.CompletedAck, body=m.Completed),
-    route("post", f"{A}/waiting", rc.waiting, "waiting", TOWN_ACCESS, 200, a.WaitingAck, body=m.Waiting),
-    route("post", f"{A}/done", rc.done, "done", TOWN_ACCESS, 200, a.DoneAck, body=m.Done),
-    route("post", f"{A}/eviction-context", rc.eviction_context, "evictionContext", TOWN_ACCESS, 200, a.Recorded,
+    route("post", f"{A}/completed", rc.completed, "completed", RUNTIME, 200, a.CompletedAck, body=m.Completed),
+    route("post", f"{A}/waiting", rc.waiting, "waiting", RUNTIME, 200, a.WaitingAck, body=m.Waiting),
+    route("post", f"{A}/done", rc.done, "done", SELF, 200, a.DoneAck, body=m.Done),
+    route("post", f"{A}/eviction-context", rc.eviction_context, "evictionContext", RUNTIME, 200, a.Recorded,
           body=m.EvictionContext),
-    route("get", f"{A}/pending-nudges", rc.pending_nudges, "pendingNudges", TOWN_ACCESS, 200, a.PendingNudges),
-    route("post", f"{A}/nudge-delivered", rc.nudge_delivered, "nudgeDelivered", TOWN_ACCESS, 200, a.Marked,
+    route("get", f"{A}/pending-nudges", rc.pending_nudges, "pendingNudges", RUNTIME, 200, a.PendingNudges),
+    route("post", f"{A}/nudge-delivered", rc.nudge_delivered, "nudgeDelivered", RUNTIME, 200, a.Marked,
           body=m.NudgeDelivered),
     route("post", f"{A}/nudges", rc.enqueue_nudge, "enqueueNudge", TOWN_ACCESS, 201, a.Nudge, body=m.EnqueueNudge,
           errors=(409,)),
-    route("post", f"{T}/container-events", rc.container_events, "containerEvents", TOWN_ACCESS, 202, a.Accepted,
+    route("post", f"{T}/container-events", rc.container_events, "containerEvents", RUNTIME, 202, a.Accepted,
           body=m.ContainerEvent),
-    route("post", f"{T}/container-eviction", rc.container_eviction, "containerEviction", TOWN_ACCESS, 200,
+    route("post", f"{T}/container-eviction", rc.container_eviction, "containerEviction", RUNTIME, 200,
           a.DrainNonce),
-    route("get", f"{T}/drain-state", rc.get_drain_state, "drainState", TOWN_ACCESS, 200, fa.DrainState,
+    route("get", f"{T}/drain-state", rc.get_drain_state, "drainState", RUNTIME, 200, fa.DrainState,
           summary="A booting container learns of an older one's drain and the nonce to acknowledge"),
-    route("post", f"{T}/container-ready", rc.container_ready, "containerReady", TOWN_ACCESS, 200, a.Cleared,
+    route("post", f"{T}/container-ready", rc.container_ready, "containerReady", RUNTIME, 200, a.Cleared,
           body=m.ContainerReady),
     # rigs, beads, convoys
-    route("post", f"{T}/rigs", user.create_rig, "createRig", MEMBER, 201, a.Rig, body=user.CreateRig,
+    route("post", f"{T}/rigs", user.create_rig, "createRig", MAYOR, 201, a.Rig, body=user.CreateRig,
           errors=(409,)),
     route("get", f"{T}/rigs", user.list_rigs, "listRigs", MEMBER, 200, a.RigList),
     route("patch", f"{T}/rigs/{{r}}", rs.patch_rig, "patchRig", USER, 200, a.Rig, body=st.RigPatch,
@@ -161,43 +170,43 @@ ROUTES: tuple[Route, ...] = (
           summary="Set (or with null remove) the rig's GitHub token and auto-merge delay; absent fields unchanged"),
     route("get", f"{T}/rigs/{{r}}/scm", scm.get_scm, "getRigScm", MEMBER, 200, a.ScmView,
           summary="Whether a token is configured (never the token) and the auto-merge delay"),
-    route("post", f"{T}/beads", user.create_bead, "createBead", MEMBER, 201, a.Bead, body=user.CreateBead),
+    route("post", f"{T}/beads", user.create_bead, "createBead", MAYOR, 201, a.Bead, body=user.CreateBead),
     route("get", f"{T}/beads", user.list_beads, "listBeads", MEMBER, 200, a.BeadList, query=Q_BEADS),
     route("get", f"{T}/beads/{{b}}", user.get_bead, "getBead", MEMBER, 200, a.BeadView),
-    route("patch", f"{T}/beads/{{b}}", user.patch_bead, "patchBead", MEMBER, 200, a.BeadView,
+    route("patch", f"{T}/beads/{{b}}", user.patch_bead, "patchBead", MAYOR, 200, a.BeadView,
           body=user.PatchBead, errors=(409,)),
-    route("delete", f"{T}/beads/{{b}}", user.delete_bead, "deleteBead", MEMBER, 200, a.Deleted),
-    route("post", f"{T}/sling", user.sling, "sling", MEMBER, 201, a.Slung, body=user.Sling),
-    route("post", f"{T}/convoys", user.create_convoy, "createConvoy", MEMBER, 201, a.ConvoyCreated,
+    route("delete", f"{T}/beads/{{b}}", user.delete_bead, "deleteBead", MAYOR, 200, a.Deleted),
+    route("post", f"{T}/sling", user.sling, "sling", MAYOR, 201, a.Slung, body=user.Sling),
+    route("post", f"{T}/convoys", user.create_convoy, "createConvoy", MAYOR, 201, a.ConvoyCreated,
           body=user.CreateConvoy, errors=(409,)),
     route("get", f"{T}/convoys", user.list_convoys, "listConvoys", MEMBER, 200, a.ConvoyList),
     route("get", f"{T}/convoys/{{c}}", user.get_convoy, "getConvoy", MEMBER, 200, a.Convoy),
-    route("post", f"{T}/convoys/{{c}}/start", user.start_convoy, "startConvoy", MEMBER, 200, a.Convoy,
+    route("post", f"{T}/convoys/{{c}}/start", user.start_convoy, "startConvoy", MAYOR, 200, a.Convoy,
           errors=(409,)),
-    route("post", f"{T}/convoys/{{c}}/close", user.close_convoy, "closeConvoy", MEMBER, 200, a.Convoy),
+    route("post", f"{T}/convoys/{{c}}/close", user.close_convoy, "closeConvoy", MAYOR, 200, a.Convoy),
     route("get", f"{T}/status", user.town_status, "townStatus", MEMBER, 200, a.TownStatus),
     route("get", f"{T}/invariants", user.invariants, "invariants", MEMBER, 200, a.Violations),
     # agent tools and interventions
     route("post", f"{T}/beads/{{b}}/close", tools.close_bead, "closeBead", MEMBER, 200, a.BeadView,
           body=tools.CloseBead, body_required=False),
-    route("post", f"{T}/beads/{{b}}/reassign", tools.reassign_bead, "reassignBead", MEMBER, 200, a.BeadView,
+    route("post", f"{T}/beads/{{b}}/reassign", tools.reassign_bead, "reassignBead", MAYOR, 200, a.BeadView,
           body=tools.Reassign, body_required=False, errors=(409,)),
-    route("get", f"{A}/git-credential", credentials.git_credential, "gitCredential", TOWN_ACCESS, 200, a.GitCredential,
+    route("get", f"{A}/git-credential", credentials.git_credential, "gitCredential", SELF, 200, a.GitCredential,
           query=({"name": "url", "in": "query", "required": True,
                   "schema": {"type": "string", "maxLength": 2048, "pattern": "^https?://[!-~]+$"}},),
           errors=(403,), summary="The agent's rig credential for the rig's repository (git's credential helper asks)"),
-    route("post", f"{A}/reset", tools.reset_agent, "resetAgent", TOWN_ACCESS, 200, a.Agent),
-    route("get", f"{A}/prime", tools.prime, "prime", TOWN_ACCESS, 200, a.Prime),
-    route("post", f"{A}/request-changes", tools.request_changes, "requestChanges", TOWN_ACCESS, 200,
+    route("post", f"{A}/reset", tools.reset_agent, "resetAgent", MAYOR, 200, a.Agent),
+    route("get", f"{A}/prime", tools.prime, "prime", SELF, 200, a.Prime),
+    route("post", f"{A}/request-changes", tools.request_changes, "requestChanges", SELF, 200,
           a.ChangesRequested, body=tools.RequestChanges),
     route("post", f"{T}/mail", tools.send_mail, "sendMail", TOWN_ACCESS, 201, a.MailMessage, body=tools.Mail),
-    route("get", f"{A}/mail", tools.check_mail, "checkMail", TOWN_ACCESS, 200, a.MailList),
+    route("get", f"{A}/mail", tools.check_mail, "checkMail", SELF, 200, a.MailList),
     route("post", f"{T}/escalations", tools.escalate, "escalate", TOWN_ACCESS, 201, a.Escalated,
           body=tools.Escalation),
-    route("post", f"{T}/escalations/{{e}}/acknowledge", tools.acknowledge, "acknowledgeEscalation", MEMBER, 200,
+    route("post", f"{T}/escalations/{{e}}/acknowledge", tools.acknowledge, "acknowledgeEscalation", MAYOR, 200,
           a.BeadView, body=tools.Acknowledge, body_required=False, errors=(409,),
           summary="Seen and being handled: the escalation is not re-escalated (close it when resolved)"),
-    route("post", f"{A}/checkpoint", tools.checkpoint, "checkpoint", TOWN_ACCESS, 200, a.Saved,
+    route("post", f"{A}/checkpoint", tools.checkpoint, "checkpoint", SELF, 200, a.Saved,
           body=tools.Checkpoint),
 )
 

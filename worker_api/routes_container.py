@@ -21,6 +21,7 @@ from gastown.core.http import ApiError, path_id, read_model
 from gastown.core.jsonlog import get_logger
 from worker_api import drain, events, nudges, store
 from worker_api.appkeys import DB, TOWN, now_ms
+from worker_api.auth import acting_agent, require_sender
 from worker_api.db import to_json
 from worker_api.models import (
     Completed,
@@ -209,6 +210,8 @@ def _enqueue_tx(conn: sqlite3.Connection, town_id: str, agent_id: str, body: Enq
 async def enqueue_nudge(request: web.Request) -> web.Response:
     town_id, agent_id = _ids(request)
     body = await read_model(request, EnqueueNudge)
+    if acting_agent(request) is not None:
+        require_sender(request, body.source)
     nudge = await request.app[DB].run(_enqueue_tx, town_id, agent_id, body, now_ms(request))
     return web.json_response(nudge, status=201)
 

@@ -18,6 +18,7 @@ from gastown.core.jsonlog import get_logger
 from worker_api import beads as bx
 from worker_api import nudges, store
 from worker_api.appkeys import DB, TOWN, now_ms
+from worker_api.auth import require_sender
 from worker_api.db import from_json, to_json
 from worker_api.lifecycle import (
     acknowledge_escalation,
@@ -208,6 +209,7 @@ def _mail_tx(conn: sqlite3.Connection, town_id: str, body: Mail, now: int) -> di
 
 async def send_mail(request: web.Request) -> web.Response:
     body = await read_model(request, Mail)
+    require_sender(request, body.from_agent_id)
     mail = await request.app[DB].run(_mail_tx, _town(request), body, now_ms(request))
     return web.json_response(mail, status=201)
 
@@ -230,6 +232,7 @@ def _escalation_tx(conn: sqlite3.Connection, town_id: str, body: Escalation, now
 
 async def escalate(request: web.Request) -> web.Response:
     body = await read_model(request, Escalation)
+    require_sender(request, body.agent_id)
     bead_id = await request.app[DB].run(_escalation_tx, _town(request), body, now_ms(request))
     log.info("escalation.created", town=_town(request), bead_id=bead_id, agent_id=body.agent_id)
     return web.json_response({"bead_id": bead_id}, status=201)
@@ -245,6 +248,7 @@ def _ack_tx(conn: sqlite3.Connection, town_id: str, bead_id: str, body: Acknowle
 async def acknowledge(request: web.Request) -> web.Response:
     """The mayor (or a user) has seen an escalation: it is not re-escalated (it stays open until closed)."""
     body = await read_model(request, Acknowledge, allow_empty=True)
+    require_sender(request, body.agent_id)
     bead = await request.app[DB].run(_ack_tx, _town(request), path_id(request, "e"), body, now_ms(request))
     return web.json_response(bead)
 

@@ -14,10 +14,11 @@ from aiohttp import web
 from gastown.core.http import ApiError, read_json, read_model
 from gastown.core.jsonlog import get_logger, register_secret
 from worker_api import drain, store
-from worker_api.appkeys import DB, PRINCIPAL, TOKENS, TOWN, now_ms
+from worker_api.appkeys import CLOCK, DB, PRINCIPAL, TOKENS, TOWN, now_ms
+from worker_api.dispatch import HttpContainerClient, town_target
 from worker_api.front.desk import mayor_fields
 from worker_api.models import CreateAgent, CreateTown, parse_registry
-from worker_api.registry import check_entries
+from worker_api.registry import check_entries, sealed_entries
 
 log = get_logger("worker_api.towns")
 
@@ -50,7 +51,7 @@ async def create_town(request: web.Request) -> web.Response:
         now_ms=now_ms(request),
         owner_user_id=request[PRINCIPAL].user_id,
     )
-    token = request.app[TOKENS].mint(town_id)
+    token = request.app[TOKENS].mint(town_id)  # a new town is generation 0
     log.info("town.created", town=town_id, name=body.name, owner=request[PRINCIPAL].user_id)
     return web.json_response({"town_id": town_id, "container_token": token}, status=201)
 
@@ -91,13 +92,14 @@ async def list_agents(request: web.Request) -> web.Response:
 
 
 async def get_registry(request: web.Request) -> web.Response:
-    entries = await request.app[DB].run(store.get_registry, request[TOWN]["town_id"], write=False)
-    return web.json_response(entries)
+    town_id = request[TOWN]["town_id"]
+    stored = await request.app[DB].run(store.get_registry, town_id, write=False)
+    return web.json_response(sealed_entries(stored, town_id, request.app[TOKENS]))
 
 
 async def put_registry(request: web.Request) -> web.Response:
     town_id = request[TOWN]["town_id"]
-    entries, removed = check_entries(parse_registry(await read_json(request)))
+    entries, removed = check_entries(parse_registry(await read_json(request)), town_id, request.app[TOKENS])
     if removed:
         log.warning("registry.secrets_dropped", town=town_id, paths=removed[:50])
     await request.app[DB].run(store.put_registry, town_id, entries, now_ms(request))
@@ -123,9 +125,44 @@ async def prewarm_context(request: web.Request) -> web.Response:
 
 
 async def refresh_container_token(request: web.Request) -> web.Response:
-    """A fresh 8 h token for the path town; the caller's token may be expired (≤ 7 days old)."""
+    """A fresh 8 h token of the caller's scope and chain (the caller's may be expired, ≤ 7 days old);
+    the admin starts a new runtime chain."""
+    town = request[TOWN]
+    tokens, claims = request.app[TOKENS], request[PRINCIPAL].claims
+    token = tokens.mint(town["town_id"], generation=town["token_generation"]) if claims is None else tokens.refreshed(claims)
+    log.info("token.refreshed", town=town["town_id"], by=request[PRINCIPAL].kind, agent_id=request[PRINCIPAL].agent_id)
+    return web.json_response({"token": token, "expires_at": int(request.app[CLOCK]()) + tokens.ttl_s})
+
+
+def _agent_role_tx(conn: sqlite3.Connection, town_id: str, agent_id: str) -> str:
+    agent = store.get_agent(conn, town_id, agent_id)
+    if agent is None:
+        raise ApiError(404, "AGENT_NOT_FOUND", f"agent {agent_id} not found")
+    return str(agent["role"])
+
+
+async def agent_token(request: web.Request) -> web.Response:
+    """A token acting only as the path agent, for its plugin and git credential helper: the agent
+    never holds the runtime's token. The runtime asks again before it expires (a new chain)."""
+    town, agent_id = request[TOWN], request.match_info["a"]
+    role = await request.app[DB].run(_agent_role_tx, town["town_id"], agent_id, write=False)
+    tokens = request.app[TOKENS]
+    token = tokens.mint_agent(town["town_id"], agent_id, role, generation=town["token_generation"])
+    return web.json_response({"token": token, "expires_at": int(request.app[CLOCK]()) + tokens.ttl_s})
+
+
+async def rotate_tokens(request: web.Request) -> web.Response:
+    """Revoke every token of the town (a new generation), then give the town's container a new
+    runtime token over its control API; it re-issues its agents' tokens with it."""
     town_id = request[TOWN]["town_id"]
-    token = request.app[TOKENS].mint(town_id)
-    log.info("token.refreshed", town=town_id, by=request[PRINCIPAL].kind)
-    return web.json_response({"token": token})
+    generation = await request.app[DB].run(store.bump_token_generation, town_id)
+    token = request.app[TOKENS].mint(town_id, generation=generation)
+    target = await request.app[DB].run(town_target, town_id, write=False)
+    client = HttpContainerClient()
+    try:
+        pushed = target is not None and await client.push_token(target, token, request.app[CLOCK]())
+    finally:
+        await client.aclose()
+    log.warning("token.rotated", town=town_id, generation=generation, pushed=pushed, by=request[PRINCIPAL].kind)
+    return web.json_response({"token_generation": generation, "token": token, "pushed": pushed})
 

@@ -26,7 +26,8 @@ class ConflictError(ApiError):
 
 # ---------------------------------------------------------------- towns
 
-_TOWN_PUBLIC = "town_id, name, container_url, default_model, small_model, organization_id, created_at, owner_user_id"
+_TOWN_PUBLIC = ("town_id, name, container_url, default_model, small_model, organization_id, created_at, owner_user_id,"
+                " token_generation")
 
 
 def create_town(
@@ -62,6 +63,12 @@ def get_town(conn: sqlite3.Connection, town_id: str, *, with_settings: bool = Fa
     cols = f"{_TOWN_PUBLIC}, settings" if with_settings else _TOWN_PUBLIC
     row = conn.execute(f"SELECT {cols} FROM towns WHERE town_id = ?", (town_id,)).fetchone()
     return dict(row) if row else None
+
+
+def bump_token_generation(conn: sqlite3.Connection, town_id: str) -> int:
+    """Revoke every token of the town: they carry the old generation. The new one."""
+    conn.execute("UPDATE towns SET token_generation = token_generation + 1 WHERE town_id = ?", (town_id,))
+    return int(conn.execute("SELECT token_generation FROM towns WHERE town_id = ?", (town_id,)).fetchone()[0])
 
 
 def get_town_control_token(conn: sqlite3.Connection, town_id: str) -> str | None:

@@ -105,10 +105,10 @@ async def test_agents_of_one_town_are_invisible_to_another(worker: Worker, town:
 # ---------------------------------------------------------------- registry
 
 
-def _entry(agent_id: str = "pc-1", **request_extra: object) -> dict:
-    request = {"agent_id": agent_id, "town_id": "t", "rig_id": "rig-1", "role": "polecat", "name": "Toast",
+def _entry(agent_id: str = "pc-1", town_id: str = "t", **request_extra: object) -> dict:
+    request = {"agent_id": agent_id, "town_id": town_id, "rig_id": "rig-1", "role": "polecat", "name": "Toast",
                "prompt": "do it", "model": "kilo/x", "git_url": "https://github.com/acme/repo.git",
-               "env_vars": {"GIT_AUTHOR_NAME": "Toast (gastown)", "GIT_AUTHOR_EMAIL": "t@example.com"}}
+               "env_vars": {"LOG_LEVEL": "info", "FEATURE_FLAGS": "a,b"}}
     request.update(request_extra)
     return {"agent_id": agent_id, "request": request, "workdir": f"/workspace/rigs/rig-1/{agent_id}"}
 
@@ -117,7 +117,7 @@ async def test_registry_round_trip(worker: Worker, town: tuple[str, str]) -> Non
     town_id, token = town
     path = f"/api/towns/{town_id}/container-registry"
     assert await worker.call("GET", path, token=token) == (200, [])
-    entries = [_entry("pc-1"), _entry("pc-2")]
+    entries = [_entry("pc-1", town_id), _entry("pc-2", town_id)]
     assert await worker.call("POST", path, token=token, json=entries) == (200, {"stored": 2, "dropped": []})
     assert await worker.call("GET", path, token=token) == (200, entries)
     assert await worker.call("POST", path, token=token, json=[]) == (200, {"stored": 0, "dropped": []})
@@ -136,8 +136,8 @@ async def test_registry_round_trip(worker: Worker, town: tuple[str, str]) -> Non
         ({"env_vars": {"SESSION_COOKIE": "abc"}}, "request.env_vars.SESSION_COOKIE", {"env_vars": {}}),
         ({"env_vars": {"KILO_AUTH_CONTENT": "{}"}}, "request.env_vars.KILO_AUTH_CONTENT", {"env_vars": {}}),
         ({"container_token": "abc"}, "request.container_token", {}),
-        ({"identity": {"github": {"api_key": "abc", "user": "u"}}}, "request.identity.github.api_key",
-         {"identity": {"github": {"user": "u"}}}),
+        ({"extra": {"github": {"api_key": "abc", "user": "u"}}}, "request.extra.github.api_key",
+         {"extra": {"github": {"user": "u"}}}),
         ({"git_url": "https://x-access-token:ghs_abcdefghijklmnopqrstuvwxyz@github.com/a/b.git"}, "request.git_url",
          {"git_url": "https://github.com/a/b.git"}),
         ({"prompt": "use ghp_abcdefghijklmnopqrstuvwxyz0123 please"}, "request.prompt", {"prompt": "use [redacted] please"}),
@@ -150,23 +150,37 @@ async def test_registry_keeps_an_entry_and_drops_only_its_secret(
     hydration resumed a stale set of agents: now only that field goes."""
     town_id, token = town
     path = f"/api/towns/{town_id}/container-registry"
-    status, data = await worker.call("POST", path, token=token, json=[_entry("ok-2"), _entry("bad", **request_extra)])
+    status, data = await worker.call("POST", path, token=token, json=[_entry("ok-2", town_id), _entry("bad", town_id, **request_extra)])
     assert status == 200 and data == {"stored": 2, "dropped": [f"[1].{where}"]}, data
     status, stored = await worker.call("GET", path, token=token)
-    assert status == 200 and stored[0] == _entry("ok-2")
+    assert status == 200 and stored[0] == _entry("ok-2", town_id)
     assert stored[1]["agent_id"] == "bad"
     for key, value in kept.items():
         assert stored[1]["request"][key] == value, stored[1]
     assert "abc" not in json.dumps(stored[1]["request"].get("env_vars", {})) and "abcdefghij" not in json.dumps(stored)
 
 
-async def test_registry_does_not_flag_git_author_identity(worker: Worker, town: tuple[str, str]) -> None:
+async def test_registry_drops_runtime_owned_env_keys_without_calling_them_secrets(worker: Worker, town: tuple[str, str]) -> None:
+    """A registry entry once switched the next container's worker URL (GASTOWN_API_URL): runtime-owned
+    keys never survive into what boot hydration resumes, and the rest of the entry does."""
     town_id, token = town
-    status, _ = await worker.call(
-        "POST", f"/api/towns/{town_id}/container-registry", token=token,
-        json=[_entry(env_vars={"GIT_AUTHOR_NAME": "a", "GIT_COMMITTER_NAME": "b", "HOME": "/h"})],
-    )
-    assert status == 200
+    env = {"GASTOWN_API_URL": "http://attacker", "LD_PRELOAD": "/x.so", "HOME": "/h", "LOG_LEVEL": "debug"}
+    status, data = await worker.call("POST", f"/api/towns/{town_id}/container-registry", token=token,
+                                     json=[_entry("pc-1", town_id, env_vars=env)])
+    assert status == 200 and sorted(data["dropped"]) == sorted(
+        f"[0].request.env_vars.{k}" for k in ("GASTOWN_API_URL", "LD_PRELOAD", "HOME")), data
+    _, stored = await worker.call("GET", f"/api/towns/{town_id}/container-registry", token=token)
+    assert stored[0]["request"]["env_vars"] == {"LOG_LEVEL": "debug"}
+
+
+async def test_registry_entry_of_another_town_or_not_a_start_request_is_refused(worker: Worker,
+                                                                                town: tuple[str, str]) -> None:
+    town_id, token = town
+    path = f"/api/towns/{town_id}/container-registry"
+    for body in ([_entry("pc-1", "town-other")], [{**_entry("pc-1", town_id), "agent_id": "pc-2"}],
+                 [_entry("pc-1", town_id, role="king")], [_entry("pc-1", town_id, git_url="--upload-pack=touch /tmp/x")]):
+        status, data = await worker.call("POST", path, token=token, json=body)
+        assert status == 400 and data["error"]["code"] == "INVALID_REQUEST", (body, data)
 
 
 @pytest.mark.parametrize(

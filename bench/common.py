@@ -305,7 +305,7 @@ async def bare_start(cfg: RuntimeConfig, req: StartAgentRequest, paths: AgentPat
     config = build_kilo_config(req, providers=cfg.kilo_providers, kilocode_token=None,
                                plugin_command=cfg.plugin_command, api_url=None)
     env = build_child_env(req, paths=paths, kilo_bin=cfg.kilo_bin, config_json=config_content(config),
-                          password=password, parent_pid=os.getpid(), api_url=None, container_token=None,
+                          password=password, parent_pid=os.getpid(), api_url=None,
                           kilocode_token=None)
     proc = await KiloProcess.spawn(cfg.kilo_bin, env=env, cwd=str(paths.workdir), port=allocate_port())
     try:

@@ -144,7 +144,7 @@ async def run(tmp: Path) -> dict:
         config = build_kilo_config(req, providers=sv_cfg.kilo_providers, kilocode_token=None,
                                    plugin_command=sv_cfg.plugin_command, api_url=None)
         env = build_child_env(req, paths=paths, kilo_bin=KILO_BIN, config_json=config_content(config), password=password,
-                              parent_pid=os.getpid(), api_url=None, container_token=None, kilocode_token=None)
+                              parent_pid=os.getpid(), api_url=None, kilocode_token=None)
         (tmp / "sv").mkdir()
         sv = Supervisord(tmp / "sv", env, paths.workdir, allocate_port(), password)
         sv.start()

@@ -1,8 +1,9 @@
 """HTTP client for the worker routes behind the tools.
 
-One shared container token per town, with an 8 h expiry: a long agent turn can outlive it. On a 401
-the shared :class:`gastown.core.bearer.BearerAuth` middleware refreshes it once (the refresh route
-accepts an expired token) and retries once; a second 401 is an error, never a loop. Every failure becomes a :class:`WorkerError` with a short code and message the
+The agent's own token (``supervisor.agent_tokens``: it acts only as this agent), read from the file
+the runtime renews, with an 8 h expiry: a long agent turn can outlive it. On a 401 the shared
+:class:`gastown.core.bearer.BearerAuth` middleware takes the renewed file, else refreshes it once
+(the refresh route accepts an expired token) and retries once; a second 401 is an error, never a loop. Every failure becomes a :class:`WorkerError` with a short code and message the
 model can read; the token never appears in errors or logs.
 """
 from __future__ import annotations
@@ -17,7 +18,7 @@ import aiohttp
 
 from gastown.core.bearer import BearerAuth
 from gastown.core.jsonlog import get_logger
-from plugin.identity import Identity
+from plugin.identity import Identity, read_token_file
 
 log = get_logger("plugin.client")
 
@@ -59,7 +60,7 @@ class WorkerClient:
 
     def __init__(self, ident: Identity, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
         self._ident = ident
-        self._auth = BearerAuth(ident.token, self._refresh)
+        self._auth = BearerAuth(ident.current_token() or None, self._refresh)
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._timeout_s = timeout_s
         self._session: aiohttp.ClientSession | None = None
@@ -85,6 +86,8 @@ class WorkerClient:
 
     async def _send(self, method: str, path: str, body: Any, params: Mapping[str, str] | None) -> tuple[int, bytes]:
         url = self._ident.api_url + path
+        if not self._auth.token:  # the runtime had not written the token file yet when we started
+            self._auth.set_token(self._ident.current_token() or None)
         try:
             async with self._http().request(method, url, json=body, params=params, headers=self._headers()) as resp:
                 return resp.status, await resp.read()
@@ -94,7 +97,11 @@ class WorkerClient:
             raise WorkerError("NETWORK", f"cannot reach the worker: {type(e).__name__}") from None
 
     async def _refresh(self, session: aiohttp.ClientSession, used_token: str) -> str:
-        """A fresh token for the one the worker refused (a 401 on it is one refresh, then an error)."""
+        """A fresh token for the one the worker refused (a 401 on it is one refresh, then an error):
+        the token file when the runtime has renewed it since, else the worker's refresh route."""
+        renewed = read_token_file(self._ident.token_file)
+        if renewed and renewed != used_token:
+            return renewed
         url = f"{self._ident.api_url}{self.town_path}/refresh-container-token"
         headers = {**self._headers(), "Authorization": f"Bearer {used_token}"}
         try:

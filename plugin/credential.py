@@ -14,7 +14,7 @@ import os
 import sys
 from typing import Mapping, TextIO
 
-from gastown.contract.identity import AGENT_ID, API_URL, TOKEN, TOWN_ID
+from gastown.contract.identity import AGENT_ID, API_URL, TOKEN, TOKEN_FILE, TOWN_ID
 from plugin.client import WorkerClient, WorkerError, seg
 from plugin.identity import load_identity
 
@@ -49,7 +49,9 @@ def run_credential_helper(op: str, stdin: TextIO, stdout: TextIO, stderr: TextIO
     protocol, host = req.get("protocol", ""), req.get("host", "")
     if protocol not in ("http", "https") or not host:
         return 0
-    missing = [name for name in (API_URL, TOWN_ID, AGENT_ID, TOKEN) if not (env.get(name) or "").strip()]
+    missing = [name for name in (API_URL, TOWN_ID, AGENT_ID) if not (env.get(name) or "").strip()]
+    if not load_identity(env).current_token():
+        missing.append(f"{TOKEN} or {TOKEN_FILE}")
     if missing:
         print(f"gastown git-credential: no agent identity ({', '.join(missing)} not set)", file=stderr)
         return 0

@@ -11,10 +11,23 @@ from dataclasses import dataclass, field
 from typing import Mapping
 
 from gastown.contract.agents import Role
-from gastown.contract.identity import AGENT_ID, API_URL, RIG_ID, ROLE, TOKEN, TOWN_ID
+from gastown.contract.identity import AGENT_ID, API_URL, RIG_ID, ROLE, TOKEN, TOKEN_FILE, TOWN_ID
 
-# The mayor works town-wide, so only rig agents need a rig id.
-_ALWAYS = (ROLE, AGENT_ID, TOWN_ID, API_URL, TOKEN)
+# The mayor works town-wide, so only rig agents need a rig id. The token: TOKEN or TOKEN_FILE.
+_ALWAYS = (ROLE, AGENT_ID, TOWN_ID, API_URL)
+MAX_TOKEN_BYTES = 8192
+
+
+def read_token_file(path: str) -> str:
+    """The agent's token as the runtime last wrote it ('' when absent or unreadable): read at call
+    time, so a renewed or re-issued token is used by the next call without a restart."""
+    if not path:
+        return ""
+    try:
+        with open(path, "rb") as f:
+            return f.read(MAX_TOKEN_BYTES).decode("ascii", "replace").strip()
+    except OSError:
+        return ""
 
 
 @dataclass(frozen=True)
@@ -26,6 +39,11 @@ class Identity:
     api_url: str
     token: str = field(repr=False)
     missing: tuple[str, ...] = ()
+    token_file: str = ""
+
+    def current_token(self) -> str:
+        """The token file's content when there is one (it is renewed), else the token given."""
+        return read_token_file(self.token_file) or self.token
 
     @property
     def is_mayor(self) -> bool:
@@ -53,6 +71,8 @@ def load_identity(env: Mapping[str, str] | None = None) -> Identity:
     role = get(ROLE)
     required = _ALWAYS if role == Role.mayor.value else (*_ALWAYS, RIG_ID)
     missing = tuple(name for name in required if not get(name))
+    if not get(TOKEN) and not get(TOKEN_FILE):
+        missing += (f"{TOKEN} or {TOKEN_FILE}",)
     return Identity(
         role=role,
         agent_id=get(AGENT_ID),
@@ -61,4 +81,5 @@ def load_identity(env: Mapping[str, str] | None = None) -> Identity:
         api_url=get(API_URL).rstrip("/"),
         token=get(TOKEN),
         missing=missing,
+        token_file=get(TOKEN_FILE),
     )

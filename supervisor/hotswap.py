@@ -1,8 +1,7 @@
 """Hot swaps: restart a running agent's kilo with a new config and resume the same session.
 
-A child's env and config are frozen at spawn, so a new model or a new worker token needs a new
-process. The new server starts beside the old one (same data dir: kilo shares its DB between
-processes), is verified, and only then replaces it; on any failure the old process keeps serving.
+A child's env and config are frozen at spawn, so a new model needs a new process. The new server
+starts beside the old one (same data dir: kilo shares its DB between processes), is verified, and only then replaces it; on any failure the old process keeps serving.
 A spawn that outlives its timeout is reaped when it finishes, so a swap never leaks a kilo.
 """
 from __future__ import annotations
@@ -84,19 +83,3 @@ async def hot_swap(sup: Supervisor, agent_id: str, *, reason: str, timeout: floa
                  new_pid=new.proc.pid, session_id=rec.session_id, duration_ms=int((time.monotonic() - t0) * 1000))
     await sup.notify(rec, Change.swapped)
     return rec
-
-
-async def refresh_all(sup: Supervisor, *, timeout: float = DEFAULT_SWAP_TIMEOUT_S) -> list[dict[str, Any]]:
-    """Restart every running agent with the worker token now held, in parallel."""
-
-    async def one(rec: AgentRecord) -> dict[str, Any]:
-        t0 = time.monotonic()
-        try:
-            await hot_swap(sup, rec.agent_id, reason="token refresh", timeout=timeout)
-            return {"agent_id": rec.agent_id, "success": True, "duration_ms": int((time.monotonic() - t0) * 1000)}
-        except Exception as e:
-            return {"agent_id": rec.agent_id, "success": False, "duration_ms": int((time.monotonic() - t0) * 1000),
-                    "error": str(e)}
-
-    running = [a for a in sup.agents.values() if a.state == AgentState.running]
-    return list(await asyncio.gather(*(one(r) for r in running)))

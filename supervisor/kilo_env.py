@@ -80,6 +80,11 @@ class AgentPaths:
         return self.home / "data"
 
     @property
+    def token_file(self) -> Path:
+        """The agent's own worker token (``supervisor.agent_tokens``), never the runtime's."""
+        return self.home / ".gastown" / "token"
+
+    @property
     def kilo_db(self) -> Path:
         return self.data_home / "kilo" / "kilo.db"
 
@@ -117,12 +122,14 @@ def _gateway_provider(token: str, organization_id: str | None, model_ids: list[s
     return {KILO_GATEWAY_PROVIDER: {"options": options, "models": {m: {} for m in model_ids}}}
 
 
-def identity_env(req: StartAgentRequest, api_url: str | None) -> dict[str, str]:
-    """What the gastown plugin reads to know who it serves (non-secret; the token travels in the
-    child env only)."""
+def identity_env(req: StartAgentRequest, api_url: str | None, token_file: Path | None = None) -> dict[str, str]:
+    """What the gastown plugin reads to know who it serves (non-secret: the token is in the agent's
+    own file, whose path this names)."""
     env = {ident.AGENT_ID: req.agent_id, ident.ROLE: req.role.value, ident.TOWN_ID: req.town_id, ident.RIG_ID: req.rig_id}
     if api_url:
         env[ident.API_URL] = api_url
+        if token_file is not None:
+            env[ident.TOKEN_FILE] = str(token_file)
     if req.identity:
         env[ident.IDENTITY] = req.identity
     return env
@@ -135,6 +142,7 @@ def build_kilo_config(
     kilocode_token: str | None,
     plugin_command: list[str],
     api_url: str | None,
+    token_file: Path | None = None,
 ) -> dict[str, Any]:
     provider_id, model_id = split_model(req.model, providers)
     small_provider, small_id = split_model(req.small_model or req.model, providers)
@@ -166,7 +174,7 @@ def build_kilo_config(
             "gastown": {
                 "type": "local",
                 "command": list(plugin_command),
-                "environment": identity_env(req, api_url),
+                "environment": identity_env(req, api_url, token_file),
                 "enabled": True,
             }
         },
@@ -199,11 +207,12 @@ def credential_helper_env(command: list[str]) -> dict[str, str]:
             "GIT_CONFIG_KEY_1": "credential.useHttpPath", "GIT_CONFIG_VALUE_1": "true"}
 
 
-def git_access_env(req: StartAgentRequest, *, api_url: str | None, container_token: str | None,
-                   credential_helper: list[str] | None) -> dict[str, str]:
-    """What git needs to reach the rig's repository as this agent: the identity and token the
-    credential helper asks the worker with, and the helper itself (the kilo child and the clone)."""
-    env = identity_env(req, api_url)
+def git_access_env(req: StartAgentRequest, *, api_url: str | None, container_token: str | None = None,
+                   token_file: Path | None = None, credential_helper: list[str] | None) -> dict[str, str]:
+    """What git needs to reach the rig's repository as this agent: the identity, the token the
+    credential helper asks the worker with (the agent's file in kilo; the runtime's own token only
+    for the clone the runtime runs itself), and the helper itself."""
+    env = identity_env(req, api_url, token_file)
     if container_token:
         env[ident.TOKEN] = container_token
     if credential_helper:
@@ -220,7 +229,6 @@ def build_child_env(
     password: str,
     parent_pid: int,
     api_url: str | None,
-    container_token: str | None,
     kilocode_token: str | None,
     base_env: Mapping[str, str] | None = None,
     credential_helper: list[str] | None = None,
@@ -231,8 +239,7 @@ def build_child_env(
     env.update({k: v for k, v in req.env_vars.items() if not is_reserved_env_key(k)})
     env.update(paths.xdg_env())
     env.update(HERMETIC_ENV)
-    env.update(git_access_env(req, api_url=api_url, container_token=container_token,
-                              credential_helper=credential_helper))
+    env.update(git_access_env(req, api_url=api_url, token_file=paths.token_file, credential_helper=credential_helper))
     env.update(git_identity(req))
     env.update(
         {

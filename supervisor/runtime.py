@@ -13,13 +13,13 @@ from typing import Any, Awaitable, Callable
 from gastown.contract.wire import epoch_ms
 from gastown.core.jsonlog import get_logger, register_secret, set_town_id
 from supervisor.agent import AgentRecord
+from supervisor.agent_tokens import RENEW_INTERVAL_S, AgentTokens
 from supervisor.config import RuntimeConfig
 from supervisor.crashloop import CrashPolicy
 from supervisor.drain import Drain
 from supervisor.errors import Draining
 from supervisor.health import HealthMonitor
 from supervisor.heartbeat import CONTAINER_INSTANCE_ID, Heartbeats
-from supervisor.hotswap import refresh_all
 from supervisor.hydration import Hydrator
 from supervisor.idle import IdleManager
 from supervisor.metrics import Metrics
@@ -52,6 +52,7 @@ class ContainerRuntime:
         self.heartbeats.on_drain_nonce = self._on_drain_nonce
         self._acked_nonce: str | None = None
         self.registry = RegistrySync(self.supervisor)
+        self.agent_tokens = AgentTokens(self.supervisor)
         self.tasks = TaskOwner("runtime")
         self.hydrated = asyncio.Event()
         self.draining = False
@@ -109,6 +110,7 @@ class ContainerRuntime:
         self.tasks.spawn(every(self.cfg.heartbeat_interval_s, self.heartbeats.beat_all, name="heartbeat"), "heartbeat")
         self.tasks.spawn(every(self.cfg.memory_log_interval_s, lambda: log_memory(self.supervisor), name="memory"), "memory")
         self.tasks.spawn(self.registry.run(), "registry")
+        self.tasks.spawn(every(RENEW_INTERVAL_S, self._renew_agent_tokens, name="agent-tokens"), "agent-tokens")
         self.tasks.spawn(self.forwarder.run(), "event-forward")
         self.tasks.spawn(every(self.cfg.health_interval_s, self.health_monitor.probe_all, name="health"), "health")
         self.tasks.spawn(self._hydrate(), "hydration")
@@ -157,20 +159,26 @@ class ContainerRuntime:
             "mayor_ready_at": epoch_ms(sup.mayor_ready_at),
         }
 
+    async def _renew_agent_tokens(self) -> None:
+        await self.agent_tokens.renew_all()
+
     async def refresh_token(self, token: str, issued_at: float | None) -> dict[str, Any]:
-        """Adopt a new worker token and restart every running child with it (their env is frozen).
-        A token older than the one held is ignored, so a delayed refresh cannot roll back."""
+        """Adopt a new runtime token (e.g. after the town's tokens were rotated) and re-issue every
+        agent's own token with it. No kilo restarts: an agent reads its token from its file at call
+        time (``agents_restarted`` stays 0; ``agents_failed`` counts tokens not re-issued). A token
+        older than the one held is ignored, so a delayed refresh cannot roll back."""
         held = self.worker.token_issued_at
         if issued_at is not None and held is not None and issued_at < held:
             log.info("refresh_token.stale_ignored", issued_at=issued_at, held_issued_at=held)
             return {"refreshed": False, "agents_restarted": 0, "agents_failed": 0, "results": []}
+        register_secret(token)
         self.worker.update(token=token, issued_at=issued_at)
         t0 = time.monotonic()
-        results = await refresh_all(self.supervisor, timeout=self.cfg.hot_swap_timeout_s)
-        ok = sum(1 for r in results if r["success"])
-        log.info("refresh_token.completed", agents=len(results), succeeded=ok, failed=len(results) - ok,
+        results = await self.agent_tokens.renew_all() if self.worker.configured else []
+        failed = sum(1 for r in results if not r["success"])
+        log.info("refresh_token.completed", agents=len(results), failed=failed,
                  duration_ms=int((time.monotonic() - t0) * 1000))
-        return {"refreshed": True, "agents_restarted": ok, "agents_failed": len(results) - ok, "results": results}
+        return {"refreshed": True, "agents_restarted": 0, "agents_failed": failed, "results": results}
 
     async def drain(self) -> None:
         """SIGTERM: drain within ``GASTOWN_DRAIN_TIMEOUT_S``; a second call cuts it short."""

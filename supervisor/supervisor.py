@@ -181,6 +181,10 @@ class Supervisor:
         await self.notify(rec, Change.started)
         return rec, True
 
+    def owner_of(self, rec: AgentRecord) -> tuple[int, int] | None:
+        """The (uid, gid) files the runtime writes for ``rec`` must belong to (None: the runtime's own)."""
+        return None
+
     def kilocode_token(self, req: StartAgentRequest) -> str | None:
         return self.cfg.kilocode_token  # the runtime's own; a request's env_vars may not replace it
 
@@ -190,12 +194,12 @@ class Supervisor:
         config = build_kilo_config(
             req.model_copy(update={"model": rec.model, "small_model": rec.small_model}),
             providers=self.cfg.kilo_providers, kilocode_token=self.kilocode_token(req),
-            plugin_command=self.cfg.plugin_command, api_url=self.worker.api_url,
+            plugin_command=self.cfg.plugin_command, api_url=self.worker.api_url, token_file=rec.paths.token_file,
         )
         rec.config_json = config_content(config)
         return build_child_env(
             req, paths=rec.paths, kilo_bin=self.cfg.kilo_bin, config_json=rec.config_json, password=password,
-            parent_pid=os.getpid(), api_url=self.worker.api_url, container_token=self.worker.token,
+            parent_pid=os.getpid(), api_url=self.worker.api_url,
             kilocode_token=self.kilocode_token(req), credential_helper=self.cfg.credential_helper,
         )
 

@@ -77,6 +77,27 @@ async def test_401_refreshes_once_and_retries_with_the_new_token(worker: FakeWor
     assert TOKEN not in stderr and new.removeprefix("Bearer ") not in stderr
 
 
+async def test_a_renewed_token_file_is_used_after_a_401_without_the_refresh_route(worker: FakeWorker,
+                                                                                  tmp_path: Path) -> None:
+    """In a container the agent's token is a file the runtime renews (and re-issues after a
+    rotation): a 401 takes the file's new token instead of refreshing the revoked one."""
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN)
+    env = {k: v for k, v in identity_env(worker.url).items() if k != "GASTOWN_CONTAINER_TOKEN"}
+    env["GASTOWN_AGENT_TOKEN_FILE"] = str(token_file)
+    async with Plugin(env, tmp_path / "err.log") as p:
+        assert not (await p.call("gt_prime"))[0]
+        renewed = "agent-token-renewed-by-the-runtime-0123456789"
+        token_file.write_text(renewed)
+        worker.valid = {renewed}
+        worker.requests.clear()
+        is_error, text = await p.call("gt_prime")
+        assert not is_error, text
+        assert _trace(worker) == [("GET", PRIME, f"Bearer {TOKEN}"), ("GET", PRIME, f"Bearer {renewed}")]
+        stderr = p.stderr()
+    assert renewed not in stderr and TOKEN not in stderr
+
+
 async def test_a_second_401_is_an_error_not_a_loop(worker: FakeWorker, tmp_path: Path) -> None:
     worker.valid = set()
     worker.refresh_grants_valid = False  # refresh "works" but the worker still rejects the new token

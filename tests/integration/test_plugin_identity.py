@@ -105,8 +105,8 @@ def test_load_identity_requires_rig_only_for_rig_roles() -> None:
     rig = load_identity({**base, "GASTOWN_AGENT_ROLE": "polecat"})
     assert rig.missing == ("GASTOWN_RIG_ID",)
     assert load_identity({}).missing == (
-        "GASTOWN_AGENT_ROLE", "GASTOWN_AGENT_ID", "GASTOWN_TOWN_ID", "GASTOWN_API_URL",
-        "GASTOWN_CONTAINER_TOKEN", "GASTOWN_RIG_ID",
+        "GASTOWN_AGENT_ROLE", "GASTOWN_AGENT_ID", "GASTOWN_TOWN_ID", "GASTOWN_API_URL", "GASTOWN_RIG_ID",
+        "GASTOWN_CONTAINER_TOKEN or GASTOWN_AGENT_TOKEN_FILE",
     )
 
 

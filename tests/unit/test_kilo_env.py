@@ -47,7 +47,7 @@ def test_child_env_does_not_inherit_runtime_secrets(tmp_path: Path):
     base = {"PATH": "/usr/bin", "GASTOWN_CONTROL_TOKEN": "ctl", "AWS_SECRET_ACCESS_KEY": "aws", "HOME": "/root"}
     req = _req(env_vars={"CUSTOM": "1", "HOME": "/evil", "GASTOWN_AGENT_ID": "spoof"})
     env = build_child_env(req, paths=AgentPaths.for_agent(tmp_path, "polecat-1"), kilo_bin="/k/bin/kilo", config_json="{}",
-                          password="pw", parent_pid=42, api_url="http://w", container_token="tok", kilocode_token=None, base_env=base)
+                          password="pw", parent_pid=42, api_url="http://w", kilocode_token=None, base_env=base)
     assert "GASTOWN_CONTROL_TOKEN" not in env and "AWS_SECRET_ACCESS_KEY" not in env
     assert env["PATH"] == "/usr/bin" and env["CUSTOM"] == "1"
     assert env["HOME"] == str(tmp_path / "agents" / "polecat-1" / "home")
@@ -59,7 +59,7 @@ def test_child_env_does_not_inherit_runtime_secrets(tmp_path: Path):
 
 def _env(tmp_path: Path, **kw) -> dict[str, str]:
     return build_child_env(_req(**kw), paths=AgentPaths.for_agent(tmp_path, "polecat-1"), kilo_bin="/k/bin/kilo",
-                           config_json="{}", password="pw", parent_pid=42, api_url="http://w", container_token="tok",
+                           config_json="{}", password="pw", parent_pid=42, api_url="http://w",
                            kilocode_token=None, base_env={"PATH": "/usr/bin"})
 
 

@@ -1,5 +1,8 @@
 # Every target installs what it needs first (idempotent: stamps skip work already done).
-PYTHON ?= python3
+# Agents run as users of their own (supervisor/isolation.py) and execute the venv's `gastown` (their
+# tools, git's credential helper), so the venv's interpreter must be one every user may run: the
+# system's python3 when there is one (a pyenv under /root is not).
+PYTHON ?= $(firstword $(wildcard /usr/bin/python3) python3)
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed

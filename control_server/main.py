@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import sys
 import threading
@@ -12,6 +13,7 @@ from control_server.app import create_app
 from gastown.core import jsonlog
 from gastown.core.http import SERVER_KEEPALIVE_S
 from supervisor.config import ConfigError, RuntimeConfig
+from supervisor.isolation import make_undumpable
 from supervisor.runtime import ContainerRuntime
 
 log = jsonlog.get_logger("container")
@@ -81,6 +83,11 @@ def run_container(host: str, port: int, insecure: bool = False) -> int:
     if not cfg.control_token and not insecure:
         print("gastown container: GASTOWN_CONTROL_TOKEN is required (or pass --insecure)", file=sys.stderr)
         return 2
+    # Agents run hostile code: /proc/<runtime>/{environ,mem} closed to them (supervisor.isolation),
+    # and the tokens no longer in os.environ, so no child we spawn can inherit them by accident.
+    log.info("container.hardened", undumpable=make_undumpable())
+    for key in ("GASTOWN_CONTROL_TOKEN", "GASTOWN_CONTAINER_TOKEN", "KILOCODE_TOKEN"):
+        os.environ.pop(key, None)
     if not cfg.control_token and host not in LOOPBACK:
         # No token means anyone who reaches the port drives the agents: only this machine may.
         print(f"gastown container: --insecure (no control token) listens on 127.0.0.1, not {host}", file=sys.stderr)

@@ -2,7 +2,7 @@
 
 An agent runs hostile code, so it must never hold the runtime's token (registry, eviction, every
 agent's heartbeat). The runtime asks the worker for a token that acts only as the agent
-(``POST …/agents/{a}/token``) before each spawn and renews it well before it expires; the plugin
+(``POST …/agents/{a}/token``) before each start (before its workspace is cloned) and renews it well before it expires; the plugin
 and the git credential helper read the file at call time. Because nothing secret is frozen in
 kilo's environment, a new runtime token (``/refresh-token``) re-issues the agents' files without
 restarting any kilo.
@@ -29,6 +29,8 @@ ISSUE_TIMEOUT_S = 10.0
 def write_token(path: Path, token: str, owner: tuple[int, int] | None) -> None:
     """Atomically (a reader never sees half a token), mode 0600, owned by the agent's user."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    if owner is not None:
+        os.chown(path.parent, *owner)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
     try:
@@ -44,7 +46,7 @@ class AgentTokens:
     def __init__(self, supervisor: Supervisor) -> None:
         self.sup = supervisor
         self.issued = 0
-        supervisor.spawn_hooks.append(self.issue)
+        supervisor.prepare_hooks.append(self.issue)
 
     async def issue(self, rec: AgentRecord) -> bool:
         """Fetch and write ``rec``'s token; False (logged) when the worker is not configured or

@@ -55,6 +55,14 @@ def _float(env: Mapping[str, str], key: str, default: float) -> float:
     return value
 
 
+def _uid_base(raw: str | None) -> int | None:
+    if not raw:
+        return None
+    if not raw.strip().isdigit() or not 1000 <= int(raw) <= 2**31 - 10_000:
+        raise ConfigError("GASTOWN_AGENT_UID_BASE must be a uid between 1000 and 2147473648")
+    return int(raw)
+
+
 @dataclass
 class RuntimeConfig:
     data_dir: Path
@@ -86,6 +94,8 @@ class RuntimeConfig:
     start_window_s: float = 10.0  # serving this long before a crash: restarted at once (supervisord's startsecs)
     min_free_memory_mb: float = 0.0
     store_env: dict[str, str] | None = None  # AWS_* for the snapshot store (None: the process env)
+    agent_uids: str = "auto"  # supervisor.isolation: a uid per agent when root ("off": the runtime's)
+    agent_uid_base: int | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "RuntimeConfig":
@@ -126,4 +136,6 @@ class RuntimeConfig:
             start_window_s=_float(env, "GASTOWN_START_WINDOW_S", 10.0),
             min_free_memory_mb=_float(env, "GASTOWN_MIN_FREE_MEMORY_MB", 0.0),
             store_env={k: v for k, v in env.items() if k.startswith("AWS_")},
+            agent_uids=(env.get("GASTOWN_AGENT_UIDS") or "auto").strip().lower(),
+            agent_uid_base=_uid_base(env.get("GASTOWN_AGENT_UID_BASE")),
         )

@@ -20,7 +20,7 @@ from gastown.contract.env import is_reserved_env_key
 from supervisor.models import StartAgentRequest
 
 INHERITED_ENV_KEYS = (
-    "PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "TERM",
+    "PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TERM",
     "SSL_CERT_FILE", "SSL_CERT_DIR", "NODE_EXTRA_CA_CERTS", "REQUESTS_CA_BUNDLE",
     "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy",
 )
@@ -95,6 +95,7 @@ class AgentPaths:
             "XDG_CONFIG_HOME": str(self.home / "config"),
             "XDG_CACHE_HOME": str(self.home / "cache"),
             "XDG_STATE_HOME": str(self.home / "state"),
+            "TMPDIR": str(self.home / "tmp"),  # its own: files in a shared /tmp are other agents' to read
         }
 
     def make_dirs(self) -> None:

@@ -13,7 +13,7 @@ import signal
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import psutil
 
@@ -100,10 +100,12 @@ class KiloProcess:
             self._create_time = None
 
     @classmethod
-    async def spawn(cls, kilo_bin: str, *, env: Mapping[str, str], cwd: str, port: int) -> "KiloProcess":
+    async def spawn(cls, kilo_bin: str, *, env: Mapping[str, str], cwd: str, port: int,
+                    setpriv: Sequence[str] = ()) -> "KiloProcess":
+        """``setpriv``: options that make the child the agent's user (``supervisor.isolation``)."""
         argv = [kilo_bin, "serve", "--hostname", "127.0.0.1", "--port", str(port), "--print-logs", "--log-level", "WARN"]
         proc = await asyncio.create_subprocess_exec(
-            *die_with_parent(argv),
+            *die_with_parent(argv, setpriv=setpriv),
             env=dict(env), cwd=cwd,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,

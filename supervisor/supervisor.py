@@ -44,6 +44,7 @@ from supervisor.prewarm import PrewarmPool
 from supervisor.states import AgentState, Change, Transition
 from supervisor.tasks import TaskOwner
 from supervisor.worker_client import WorkerClient
+from supervisor.isolation import AgentUsers
 from supervisor.workspace import prepare_workspace
 
 log = get_logger("supervisor")
@@ -79,6 +80,10 @@ class Supervisor:
         self.prewarm_pool = PrewarmPool(self)
         # Awaited when kilo refuses a restored DB (older CLI schema): persistence discards it.
         self.stale_db_hooks: list[Callable[[AgentRecord], Awaitable[None]]] = []
+        # Awaited before the workspace is set up (the agent's own token is written here).
+        self.prepare_hooks: list[Callable[[AgentRecord], Awaitable[None]]] = []
+        self.users = AgentUsers.create(cfg.agent_uids, cfg.agent_uid_base, cfg.town_id,
+                                       (cfg.kilo_bin, cfg.plugin_command[0], cfg.credential_helper[0]))
 
     # -- plumbing -------------------------------------------------------------------------------
     def lock(self, agent_id: str) -> asyncio.Lock:
@@ -183,7 +188,7 @@ class Supervisor:
 
     def owner_of(self, rec: AgentRecord) -> tuple[int, int] | None:
         """The (uid, gid) files the runtime writes for ``rec`` must belong to (None: the runtime's own)."""
-        return None
+        return self.users.owner(rec.agent_id)
 
     def kilocode_token(self, req: StartAgentRequest) -> str | None:
         return self.cfg.kilocode_token  # the runtime's own; a request's env_vars may not replace it
@@ -228,15 +233,23 @@ class Supervisor:
             rec.message_count = 1
 
     async def prepare_workspace(self, rec: AgentRecord) -> None:
-        """The agent's dirs and its git workdir (cloned or initialised), off the event loop."""
+        """The agent's dirs and its git workdir (cloned or initialised, git running as the agent),
+        off the event loop. The clone asks for the rig's credential as the agent would: with the
+        agent's own token (the runtime's only when agents share its uid and no agent token came)."""
+        req = rec.request
         rec.paths.make_dirs()
+        await asyncio.to_thread(self.users.prepare, self.cfg.data_dir, rec.paths.root, rec.agent_id, req.git_url)
+        for hook in self.prepare_hooks:
+            await hook(rec)
+        own = rec.paths.token_file.exists()
         git_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(rec.paths.home),
-                   "GIT_TERMINAL_PROMPT": "0", **git_identity(rec.request),
-                   # The clone asks for the rig's credential as the agent would (helper + identity).
-                   **git_access_env(rec.request, api_url=self.worker.api_url, container_token=self.worker.token,
+                   "GIT_TERMINAL_PROMPT": "0", **git_identity(req),
+                   **git_access_env(req, api_url=self.worker.api_url, token_file=rec.paths.token_file if own else None,
+                                    container_token=None if own or self.users.enabled else self.worker.token,
                                     credential_helper=self.cfg.credential_helper)}
-        mirror = self.cfg.data_dir / "rigs" / rec.request.rig_id / "mirror.git"
-        await asyncio.to_thread(prepare_workspace, rec.request, rec.paths.workdir, git_env, mirror)
+        mirror = self.cfg.data_dir / "rigs" / req.rig_id / "mirror.git"
+        await asyncio.to_thread(prepare_workspace, req, rec.paths.workdir, git_env, mirror,
+                                self.users.prefix(rec.agent_id))
 
     async def _bring_up(self, rec: AgentRecord, warm: Server | None) -> None:
         async with BringUp(self, rec, warm) as up:
@@ -253,11 +266,13 @@ class Supervisor:
         (hot swaps run the new server beside the old). On failure nothing is left running."""
         for hook in self.spawn_hooks:
             await hook(rec)
+        await asyncio.to_thread(self.users.own_tree, rec.paths.home, rec.agent_id)  # a restored DB is the runtime's
         password = secrets.token_urlsafe(24)
         register_secret(password)
         env = self.build_launch(rec, password)
         for attempt in range(1, SPAWN_ATTEMPTS + 1):
-            proc = await KiloProcess.spawn(self.cfg.kilo_bin, env=env, cwd=str(rec.paths.workdir), port=allocate_port())
+            proc = await KiloProcess.spawn(self.cfg.kilo_bin, env=env, cwd=str(rec.paths.workdir), port=allocate_port(),
+                                           setpriv=self.users.setpriv_options(rec.agent_id))
             try:
                 url = await proc.wait_listening(self.cfg.kilo_start_timeout_s)
                 client = KiloClient(url, password, timeout_s=self.cfg.kilo_request_timeout_s)

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import subprocess
 import threading
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Sequence
 
 from supervisor.models import StartAgentRequest
 
@@ -31,10 +32,23 @@ class WorkspaceError(RuntimeError):
     pass
 
 
-def git(args: list[str], cwd: Path, env: Mapping[str, str], timeout: float = GIT_TIMEOUT_S) -> str:
+@dataclass(frozen=True)
+class GitEnv:
+    """The env git runs with, and as whom: ``run_as`` (``setpriv`` argv, ``supervisor.isolation``)
+    for git in an agent's workspace, whose config and hooks are the agent's to write; the rig's
+    mirror is the runtime's own (empty ``run_as``)."""
+
+    vars: Mapping[str, str]
+    run_as: Sequence[str] = ()
+
+    def plus(self, extra: Mapping[str, str]) -> "GitEnv":
+        return GitEnv({**self.vars, **extra}, self.run_as)
+
+
+def git(args: list[str], cwd: Path, env: GitEnv, timeout: float = GIT_TIMEOUT_S) -> str:
     try:
         out = subprocess.run(
-            ["git", *args], cwd=str(cwd), env=dict(env), capture_output=True, text=True,
+            [*env.run_as, "git", *args], cwd=str(cwd), env=dict(env.vars), capture_output=True, text=True,
             timeout=timeout, stdin=subprocess.DEVNULL,
         )
     except subprocess.TimeoutExpired:
@@ -48,7 +62,7 @@ _MIRROR_LOCKS: dict[Path, threading.Lock] = {}
 _MIRROR_LOCKS_GUARD = threading.Lock()
 
 
-def refresh_mirror(mirror: Path, git_url: str, env: Mapping[str, str]) -> None:
+def refresh_mirror(mirror: Path, git_url: str, env: GitEnv) -> None:
     """Create or fetch the rig's bare mirror (one at a time per mirror: concurrent fetches into one
     repository race on its ref locks). Never gc'd with pruning: agents' clones borrow its objects."""
     with _MIRROR_LOCKS_GUARD:
@@ -65,15 +79,20 @@ def refresh_mirror(mirror: Path, git_url: str, env: Mapping[str, str]) -> None:
 
 
 def prepare_workspace(req: StartAgentRequest, workdir: Path, env: Mapping[str, str],
-                      mirror: Path | None = None) -> Path:
+                      mirror: Path | None = None, run_as: Sequence[str] = ()) -> Path:
     """The agent's repo on the requested branch. A new workspace is cloned (borrowing the rig
     ``mirror``'s objects when given) or initialised when there is no ``git_url``; a reused one
     (restart, re-dispatch) is fetched first. Committed work on the branch is never thrown away
-    (see :func:`switch_branch`)."""
+    (see :func:`switch_branch`). Every git in ``workdir`` runs as ``run_as`` (the agent)."""
     workdir.mkdir(parents=True, exist_ok=True)
     remote = bool(req.git_url) and not req.lightweight
     if remote and mirror is not None:
-        refresh_mirror(mirror, str(req.git_url), env)
+        refresh_mirror(mirror, str(req.git_url), GitEnv(env))
+    return _prepare(req, workdir, GitEnv(env, tuple(run_as)), mirror if remote else None)
+
+
+def _prepare(req: StartAgentRequest, workdir: Path, env: GitEnv, mirror: Path | None) -> Path:
+    remote = bool(req.git_url) and not req.lightweight
     if (workdir / ".git").exists():
         if remote and has_origin(workdir, env):
             git(["fetch", "--quiet", "--prune", "origin"], workdir, env)
@@ -85,11 +104,11 @@ def prepare_workspace(req: StartAgentRequest, workdir: Path, env: Mapping[str, s
         switch_branch(req, workdir, env)
         return workdir
     git(["init", "-q", "-b", req.default_branch or "main"], workdir, env)
-    git(["commit", "-q", "--allow-empty", "-m", f"gastown: workspace of {req.agent_id}"], workdir, {**env, **_ROOT_COMMIT_ENV})
+    git(["commit", "-q", "--allow-empty", "-m", f"gastown: workspace of {req.agent_id}"], workdir, env.plus(_ROOT_COMMIT_ENV))
     return workdir
 
 
-def _resolves(ref: str, workdir: Path, env: Mapping[str, str]) -> bool:
+def _resolves(ref: str, workdir: Path, env: GitEnv) -> bool:
     try:
         git(["rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"], workdir, env, timeout=10)
         return True
@@ -97,7 +116,7 @@ def _resolves(ref: str, workdir: Path, env: Mapping[str, str]) -> bool:
         return False
 
 
-def _create_remote_branch(start_point: str, source: str, workdir: Path, env: Mapping[str, str]) -> None:
+def _create_remote_branch(start_point: str, source: str, workdir: Path, env: GitEnv) -> None:
     """Create ``origin/<name>`` from ``source`` on the remote (a convoy's feature branch, made by
     the first agent that needs it). A push another agent won is fine: the fetch picks its branch up."""
     name = start_point.removeprefix("origin/")
@@ -110,7 +129,7 @@ def _create_remote_branch(start_point: str, source: str, workdir: Path, env: Map
     git(["fetch", "--quiet", "origin"], workdir, env)
 
 
-def switch_branch(req: StartAgentRequest, workdir: Path, env: Mapping[str, str]) -> None:
+def switch_branch(req: StartAgentRequest, workdir: Path, env: GitEnv) -> None:
     """Put the workspace on ``req.branch`` (nothing to do without one).
 
     * The branch exists on origin: check it out tracking ``origin/<branch>`` (a local copy is kept
@@ -147,7 +166,7 @@ def switch_branch(req: StartAgentRequest, workdir: Path, env: Mapping[str, str])
     git(["checkout", "-q", "--no-track", "-b", branch, base], workdir, env)
 
 
-def has_origin(workdir: Path, env: Mapping[str, str]) -> bool:
+def has_origin(workdir: Path, env: GitEnv) -> bool:
     try:
         return bool(git(["remote", "get-url", "origin"], workdir, env, timeout=10).strip())
     except WorkspaceError:

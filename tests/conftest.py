@@ -26,6 +26,19 @@ CONTROL_TOKEN = "ctl-test-token-0123456789"
 KILO_BIN = default_kilo_bin()
 
 
+def _trust_agent_repositories() -> None:
+    """Agents run as users of their own (``supervisor.isolation``), so a test's own ``git`` reading
+    an agent's workspace meets a repository another user owns; git 2.39 trusts one only through
+    global config. The runtime's git never reads this (it builds its env from nothing)."""
+    path = Path(os.environ.get("TMPDIR", "/tmp")) / f"gastown-tests-{os.getuid()}.gitconfig"
+    if not path.exists():
+        path.write_text("[safe]\n\tdirectory = *\n")
+    os.environ["GIT_CONFIG_GLOBAL"] = str(path)
+
+
+_trust_agent_repositories()
+
+
 def pytest_collection_modifyitems(config, items):
     """A missing kilo is a broken install, not a reason to skip: fail loudly, but only when a test
     that needs it was collected (``tests/unit`` runs on a checkout without ``npm install``)."""

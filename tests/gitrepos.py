@@ -9,9 +9,10 @@ GIT_ENV = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@x", "GIT
 
 
 def bare_origin(tmp: Path, files: dict[str, str] | None = None) -> Path:
-    """A bare repo with one commit on ``main`` holding ``files`` (default: a README)."""
+    """A bare repo with one commit on ``main`` holding ``files`` (default: a README). Shared with
+    every user: agents run as users of their own (``supervisor.isolation``) and push here."""
     origin, seed = tmp / "origin.git", tmp / "seed"
-    subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(origin)], check=True)
+    subprocess.run(["git", "init", "-q", "--bare", "--shared=0777", "-b", "main", str(origin)], check=True)
     subprocess.run(["git", "clone", "-q", str(origin), str(seed)], check=True, capture_output=True)
     for name, text in (files or {"README.md": "seed\n"}).items():
         (seed / name).write_text(text)

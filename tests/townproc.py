@@ -112,8 +112,8 @@ class TownProcs:
         data.mkdir(parents=True)
         env = container_env(_WorkerUrl(self.worker_url), self.llm, self.town_id, self.container_token, data,
                             GASTOWN_SNAPSHOT_URL=f"s3://{self.bucket}/gastown",
-                            GASTOWN_IDLE_TIMEOUT_S="5", GASTOWN_REFINERY_IDLE_TIMEOUT_S="5",
-                            **s3_env(self.s3, self.bucket), **self.container_env_extra)
+                            **{"GASTOWN_IDLE_TIMEOUT_S": "5", "GASTOWN_REFINERY_IDLE_TIMEOUT_S": "5",
+                               **s3_env(self.s3, self.bucket), **self.container_env_extra})
         self.container = ContainerProc(env, port=self.container_port)
         self.procs.append(self.container.proc)
         await self.container.wait_ready()

@@ -24,14 +24,27 @@ class GitError(RuntimeError):
     """A git command that failed; the message carries git's stderr tail, never the env."""
 
 
+def _global_config(home: Path) -> str:
+    """The only global config: ``safe.directory = *``. Agents run as users of their own, so the
+    repositories the runtime reads (a workspace at drain) belong to another user, and git (2.39)
+    honours ``safe.directory`` only from global or system config. Safe here: nothing in a
+    repository's config runs (the hardening above wins over it)."""
+    path = Path(home) / ".gastown-runtime.gitconfig"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("[safe]\n\tdirectory = *\n")
+    return str(path)
+
+
 def safe_env(home: Path, *, protocols: str = "http:https", extra_config: Sequence[tuple[str, str]] = (),
              extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """A child env built from nothing: PATH, a private HOME, no system/global config, the hardening
+    """A child env built from nothing: PATH, a private HOME, no system config, a global config of one
+    line (:func:`_global_config`, written in ``home``), the hardening
     config and ``extra_config`` as ``GIT_CONFIG_*`` entries (never argv, so a secret in them is not
     in ``/proc/<pid>/cmdline``)."""
     config = [*_HARDENING, *extra_config]
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home), "GIT_CONFIG_NOSYSTEM": "1",
-           "GIT_CONFIG_GLOBAL": "/dev/null", "GIT_TERMINAL_PROMPT": "0", "GIT_ALLOW_PROTOCOL": protocols,
+           "GIT_CONFIG_GLOBAL": _global_config(home), "GIT_TERMINAL_PROMPT": "0", "GIT_ALLOW_PROTOCOL": protocols,
            "LC_ALL": "C", "GIT_CONFIG_COUNT": str(len(config)), **BOT_IDENTITY}
     for i, (key, value) in enumerate(config):
         env[f"GIT_CONFIG_KEY_{i}"], env[f"GIT_CONFIG_VALUE_{i}"] = key, value

@@ -19,6 +19,7 @@ import ctypes
 import os
 import shutil
 import signal
+from typing import Sequence
 
 from gastown.core.jsonlog import get_logger
 
@@ -29,15 +30,19 @@ _SETPRIV = shutil.which("setpriv")
 _warned = False
 
 
-def die_with_parent(argv: list[str], sig: signal.Signals = signal.SIGKILL) -> list[str]:
-    """``argv`` wrapped so the child receives ``sig`` when its parent dies."""
+def die_with_parent(argv: list[str], sig: signal.Signals = signal.SIGKILL, *, setpriv: Sequence[str] = ()) -> list[str]:
+    """``argv`` wrapped so the child receives ``sig`` when its parent dies. ``setpriv``: more
+    options of the same ``setpriv`` call (another user: one call, because a uid change made by a
+    second one would clear the parent-death signal)."""
     global _warned
     if _SETPRIV is None:
+        if setpriv:
+            raise RuntimeError("setpriv (util-linux) is required to run a child as another user")
         if not _warned:
             log.warning("procs.no_setpriv", hint="install util-linux: children may outlive a killed parent")
             _warned = True
         return list(argv)
-    return [_SETPRIV, f"--pdeathsig={sig.name[3:]}", "--", *argv]
+    return [_SETPRIV, f"--pdeathsig={sig.name[3:]}", *setpriv, "--", *argv]
 
 
 def exit_with_parent(sig: signal.Signals = signal.SIGTERM) -> None:

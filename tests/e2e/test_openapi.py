@@ -317,6 +317,10 @@ async def test_worker_responses_match_document(aiohttp_client, tmp_path: Path) -
         await ws.receive(timeout=10)  # upgraded (101), then closed: the town's container does not answer here
         assert ws.close_code == 1011
         conf.ok.add(("GET", f"{A}/pty"))
+    agent_token = await do("POST", f"{A}/token", 200, token=ctok, ids={"a": "polecat-1"})
+    assert agent_token["token"] != ctok
+    rotated = await do("POST", f"{T}/rotate-tokens", 200)  # last: it revokes ctok
+    assert rotated["token_generation"] == 1 and rotated["pushed"] is False
 
     missing = documented(doc) - conf.ok
     assert not missing, f"operations never exercised with a success response: {sorted(missing)}"
@@ -404,6 +408,7 @@ async def test_control_responses_with_kilo_match_document(container) -> None:
             await ws.send_str("exit\n")
             assert ws.protocol is None and not ws.closed  # upgraded: 101, the documented answer
     refreshed = await do("POST", "/refresh-token", 200, json={"token": "new-token"})
-    assert refreshed["results"] and refreshed["results"][0]["agent_id"] == "polecat-1"
+    # No agent restarts (agents read their own token file); no worker here, so no agent token re-issued.
+    assert refreshed["refreshed"] is True and refreshed["agents_restarted"] == 0 and refreshed["results"] == []
     await do("POST", "/agents/{agent_id}/stop", 200)
     await do("GET", "/agents/{agent_id}/status", 200)

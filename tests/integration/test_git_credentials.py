@@ -17,6 +17,7 @@ from gastown.local.forge import Forge
 from supervisor.config import RuntimeConfig
 from supervisor.kilo_env import credential_helper_env
 from supervisor.models import StartAgentRequest
+from supervisor.agent_tokens import AgentTokens
 from supervisor.supervisor import Supervisor
 from supervisor.worker_client import WorkerClient
 from tests.conftest import start_body
@@ -96,10 +97,12 @@ async def test_the_credential_is_for_the_rigs_repository_only(worker, forge, rig
 
 
 async def test_the_supervisor_clones_a_private_rig_repo_for_its_agent(worker, forge, rig, tmp_path):
-    """Agents had no git credentials at all: a private repo could not even be cloned for them."""
+    """Agents had no git credentials at all: a private repo could not even be cloned for them. The
+    clone asks with the agent's own token (the runtime's never reaches an agent's git)."""
     town_id, token, url = rig
     cfg = RuntimeConfig(data_dir=tmp_path / "data", credential_helper=HELPER)
     sup = Supervisor(cfg, WorkerClient(worker.url, token, town_id))
+    AgentTokens(sup)
     req = StartAgentRequest.model_validate(start_body(town_id=town_id, git_url=url, branch="polecat/b1",
                                                       default_branch="main"))
     rec = sup.new_record(req)
@@ -110,6 +113,7 @@ async def test_the_supervisor_clones_a_private_rig_repo_for_its_agent(worker, fo
     assert (rec.paths.workdir / "README.md").read_text() == "private\n"
     env = sup.build_launch(rec, "pw")
     assert env["GIT_CONFIG_KEY_0"] == "credential.helper" and RIG_TOKEN not in json.dumps(env)
+    assert token not in json.dumps(env) and env["GASTOWN_AGENT_TOKEN_FILE"] == str(rec.paths.token_file)
 
 
 async def test_a_rig_token_rotated_mid_task_is_used_by_the_agents_next_git_call(worker, forge, rig, tmp_path):

@@ -37,6 +37,9 @@ def _trust_agent_repositories() -> None:
 
 
 _trust_agent_repositories()
+# The suite's rigs are local repositories and a forge on loopback: the development opt-in of
+# gastown.contract.git, inherited by every worker and container process the tests start.
+os.environ["GASTOWN_ALLOW_LOCAL_GIT"] = "1"
 
 
 def pytest_collection_modifyitems(config, items):

@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parent.parent
 def container_env(worker, fake_llm, town_id: str, token: str, data_dir: Path, **extra: str) -> dict[str, str]:
     """The env of a ``gastown container`` wired to the in-process worker and the scripted model."""
     return {
-        "PATH": os.environ["PATH"], "GASTOWN_TOWN_ID": town_id, "GASTOWN_API_URL": worker.url,
+        "PATH": os.environ["PATH"], "GASTOWN_ALLOW_LOCAL_GIT": "1", "GASTOWN_TOWN_ID": town_id, "GASTOWN_API_URL": worker.url,
         "GASTOWN_CONTAINER_TOKEN": token, "GASTOWN_CONTROL_TOKEN": CONTROL_TOKEN, "GASTOWN_DATA_DIR": str(data_dir),
         "GASTOWN_KILO_PROVIDERS": json.dumps(fake_llm.provider_config()), **extra,
     }

@@ -60,7 +60,7 @@ class TownProcs:
 
     def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen:
         log = open(self.tmp / f"{name}.log", "wb")
-        proc = subprocess.Popen(argv, env={"PATH": os.environ["PATH"], **env}, stdout=log, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen(argv, env={"PATH": os.environ["PATH"], "GASTOWN_ALLOW_LOCAL_GIT": "1", **env}, stdout=log, stderr=subprocess.STDOUT,
                                 cwd=Path(__file__).resolve().parent.parent)
         self.procs.append(proc)
         return proc

@@ -27,6 +27,7 @@ import aiohttp
 
 from gastown.cli.localtown import STATE_FILE, TownState
 from gastown.cli.upprocs import Children, Output
+from gastown.contract.git import ALLOW_LOCAL_ENV
 from gastown.core.ports import free_port, port_is_free
 
 STEP_TIMEOUT_S = 90.0
@@ -259,7 +260,9 @@ def _banner(town: Town, state: TownState) -> None:
 
 async def _bring_up(town: Town) -> None:
     """Bring the town up, then serve until cancelled (the signal handler cancels this task)."""
-    base_env = {k: v for k, v in os.environ.items() if not k.startswith(("GASTOWN_", "AWS_"))}
+    # A local town on this machine: its forge listens on loopback (gastown.contract.git).
+    base_env = {**{k: v for k, v in os.environ.items() if not k.startswith(("GASTOWN_", "AWS_"))},
+                ALLOW_LOCAL_ENV: "1"}
     gastown = [sys.executable, "-m", "gastown.cli"]
     town.out.say(f"gastown up: state in {town.dir}")
     state = town.state = await _load_or_new_state(town)

@@ -55,7 +55,8 @@ def test_a_credentialed_git_url_is_refused_on_both_sides():
         StartAgentRequest(**BASE, git_url=url)
     with pytest.raises(pydantic.ValidationError, match="must not embed credentials"):
         CreateRig(name="r", git_url=url)
-    assert StartAgentRequest(**BASE, git_url="ssh://git@github.com/a/b.git").git_url  # a user name is no secret
+    with pytest.raises(pydantic.ValidationError, match="must be an https:// or http:// URL"):
+        StartAgentRequest(**BASE, git_url="ssh://git@github.com/a/b.git")  # the worker cannot fetch over ssh
 
 
 def test_log_lines_redact_the_same_keys(capsys):

@@ -11,7 +11,7 @@ from aiohttp import web
 
 from control_server.app import create_app
 from gastown.core import jsonlog
-from gastown.core.http import SERVER_KEEPALIVE_S
+from gastown.core.serving import Runner
 from supervisor.config import ConfigError, RuntimeConfig
 from supervisor.isolation import make_undumpable
 from supervisor.runtime import ContainerRuntime
@@ -55,8 +55,7 @@ async def serve(cfg: RuntimeConfig, host: str, port: int) -> int:
     # Handlers first: a SIGTERM while the runtime starts still drains instead of killing the process.
     loop.add_signal_handler(signal.SIGTERM, on_sigterm)
     loop.add_signal_handler(signal.SIGINT, stop.set)
-    runner = web.AppRunner(create_app(runtime), access_log=None, handle_signals=False,
-                           keepalive_timeout=SERVER_KEEPALIVE_S)
+    runner = Runner(create_app(runtime), access_log=None, handle_signals=False)
     await runner.setup()  # starts the runtime (the app's cleanup context)
     try:
         await web.TCPSite(runner, host, port).start()

@@ -11,7 +11,7 @@ from pathlib import Path
 from aiohttp import web
 
 from gastown.core import jsonlog
-from gastown.core.http import SERVER_KEEPALIVE_S
+from gastown.core.serving import Runner
 from worker_api.app import create_app
 from worker_api.db import SchemaTooNewError
 from worker_api.front.archive import Retention
@@ -25,7 +25,7 @@ REQUIRED_ENV = ("GASTOWN_ADMIN_TOKEN", "GASTOWN_JWT_SECRET")
 
 async def _serve(host: str, port: int, db_path: str, admin_token: str, jwt_secret: str) -> None:
     app = create_app(db_path, admin_token=admin_token, jwt_secret=jwt_secret, scm_provider=GitHubProvider.from_env())
-    runner = web.AppRunner(app, handle_signals=False, keepalive_timeout=SERVER_KEEPALIVE_S)
+    runner = Runner(app, handle_signals=False)
     await runner.setup()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

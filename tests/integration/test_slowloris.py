@@ -21,9 +21,18 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(params=["worker", "container"])
 def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[int, str]]:
+    yield from _serve(request.param, tmp_path, {})
+
+
+@pytest.fixture(params=["worker", "container"])
+def capped_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[int, str]]:
+    yield from _serve(request.param, tmp_path, {"GASTOWN_MAX_CONNECTIONS": "20"})
+
+
+def _serve(kind: str, tmp_path: Path, extra: dict[str, str]) -> Iterator[tuple[int, str]]:
     port = free_port()
-    env = {"PATH": os.environ["PATH"]}
-    if request.param == "worker":
+    env = {"PATH": os.environ["PATH"], **extra}
+    if kind == "worker":
         env |= {"GASTOWN_ADMIN_TOKEN": "a" * 32, "GASTOWN_JWT_SECRET": "j" * 32}
         argv = ["worker", "--port", str(port), "--db", str(tmp_path / "w.db")]
         body_path = "/api/users"
@@ -90,6 +99,34 @@ async def test_200_idle_connections_do_not_stop_a_real_client(server: tuple[int,
                                                              timeout=aiohttp.ClientTimeout(total=5)) as r:
             assert r.status == 200
         assert time.monotonic() - t0 < 2
+    finally:
+        for _, w in idle:
+            w.close()
+
+
+async def test_past_the_connection_cap_a_new_connection_gets_a_503_and_is_served_once_idle_ones_are_cut(
+        capped_server: tuple[int, str]) -> None:
+    """A flood of connections cannot use up the server's descriptors: past the cap a newcomer is
+    told so at once (503, the JSON error), and the idle ones are cut within ~10 s."""
+    port, _ = capped_server
+    idle = [await asyncio.open_connection("127.0.0.1", port) for _ in range(20)]
+    try:
+        await asyncio.sleep(0.2)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        refused = await asyncio.wait_for(reader.read(), 5)
+        writer.close()
+        assert refused.startswith(b"HTTP/1.1 503") and b"TOO_MANY_CONNECTIONS" in refused, refused
+        t0 = time.monotonic()
+        while True:
+            try:
+                async with aiohttp.ClientSession() as http, http.get(
+                        f"http://127.0.0.1:{port}/alive", timeout=aiohttp.ClientTimeout(total=5)) as r:
+                    if r.status == 200:
+                        break
+            except aiohttp.ClientError:
+                pass
+            assert time.monotonic() - t0 < 20, "the idle connections were never cut"
+            await asyncio.sleep(0.5)
     finally:
         for _, w in idle:
             w.close()

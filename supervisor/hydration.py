@@ -26,6 +26,7 @@ from supervisor.supervisor import Supervisor
 from supervisor.worker_client import WorkerError
 
 log = get_logger("supervisor.hydration")
+MAX_RESUMED = 100  # agents resumed at boot at most (the worker's registry holds no more)
 
 REFRESH_IF_EXPIRES_WITHIN_S = 30 * 60
 # What the worker's prewarm context may set of the mayor's start request (all of it but the prompt).
@@ -115,8 +116,11 @@ class Hydrator:
         except WorkerError as e:
             log.error("hydration.registry_fetch_failed", error=str(e))
             return None
-        requests = []
-        for entry in data if isinstance(data, list) else []:
+        requests: list[StartAgentRequest] = []
+        entries = data if isinstance(data, list) else []
+        if len(entries) > MAX_RESUMED:  # the worker caps the registry too: a bigger answer is not to be trusted
+            log.warning("hydration.registry_truncated", entries=len(entries), resumed=MAX_RESUMED)
+        for entry in entries[:MAX_RESUMED]:
             try:
                 req = StartAgentRequest.model_validate(entry.get("request") or {})
             except (ValueError, AttributeError) as e:

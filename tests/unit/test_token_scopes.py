@@ -145,3 +145,13 @@ async def test_an_agent_refresh_stays_an_agent_token(worker: Worker, agents: dic
     assert status == 403
     status, err = await worker.call("POST", f"/api/towns/{t}/agents/nobody-1/token", token=agents["runtime"], json={})
     assert status == 404 and err["error"]["code"] == "AGENT_NOT_FOUND"
+
+
+async def test_the_registry_is_bounded_in_entries(worker: Worker, agents: dict[str, str]) -> None:
+    """500 entries once made every boot run out of memory: the worker keeps at most 100."""
+    from worker_api.models import MAX_REGISTRY_ENTRIES
+
+    t = agents["town"]
+    many = [_entry(t, f"pc-{i}") for i in range(MAX_REGISTRY_ENTRIES + 1)]
+    status, data = await worker.call("POST", f"/api/towns/{t}/container-registry", token=agents["runtime"], json=many)
+    assert status == 400 and MAX_REGISTRY_ENTRIES == 100, data

@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 KILO   := node_modules/@kilocode/cli-linux-x64/bin/kilo
 PYTEST_ARGS ?= -n 3 -q
 
-.PHONY: run test bench deps clean
+.PHONY: run test bench fuzz deps clean
 
 deps: $(STAMP) $(KILO)
 
@@ -34,6 +34,14 @@ test: deps
 
 bench: deps
 	$(PY) -m bench
+
+# A longer schemathesis run than `make test`'s (not part of it): FUZZ_EXAMPLES examples per
+# operation of both servers, in one process; the figures (cases, statuses, 5xx) land in bench/fuzz.json.
+FUZZ_EXAMPLES ?= 120
+fuzz: deps
+	GASTOWN_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) GASTOWN_FUZZ_BUDGET_S=3600 GASTOWN_FUZZ_REPORT=bench/fuzz.json \
+		$(PY) -m pytest tests/integration/test_schemathesis.py -n 0 -q
+	cat bench/fuzz.json
 
 clean:
 	rm -rf $(VENV) .venv-supervisord node_modules .pytest_cache .gastown

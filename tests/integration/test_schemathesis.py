@@ -98,6 +98,32 @@ def budget(request: pytest.FixtureRequest) -> Budget:
     return Budget(BUDGET_S, len(fuzz_tests))
 
 
+REPORT: dict[str, dict[str, Any]] = {}  # per server: cases, statuses (``make fuzz`` writes it out)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def fuzz_report() -> Iterator[None]:
+    """With ``GASTOWN_FUZZ_REPORT`` set, the run's figures go there as JSON (the README quotes them)."""
+    t0 = time.monotonic()
+    yield
+    path = os.environ.get("GASTOWN_FUZZ_REPORT")
+    if path and REPORT:
+        import json
+
+        out = {"examples_per_operation": MAX_EXAMPLES, "seconds": round(time.monotonic() - t0, 1), "servers": {
+            name: {**r, "server_errors": sum(n for code, n in r["statuses"].items() if int(code) >= 500)}
+            for name, r in REPORT.items()}}
+        Path(path).write_text(json.dumps(out, indent=2, sort_keys=True) + "\n")
+
+
+def _record(server: str, statuses: dict[int, int]) -> None:
+    r = REPORT.setdefault(server, {"operations": 0, "cases": 0, "statuses": {}})
+    r["operations"] += 1
+    r["cases"] += sum(statuses.values())
+    for code, n in statuses.items():
+        r["statuses"][str(code)] = r["statuses"].get(str(code), 0) + n
+
+
 def no_undocumented_server_error(ctx: Any, response: Any, case: Any) -> None:
     """Any 5xx fails unless the operation documents that exact status (502/503 on a few routes)."""
     if response.status_code >= 500 and str(response.status_code) not in case.operation.definition.raw["responses"]:
@@ -255,6 +281,7 @@ def test_control_server_conforms(control: dict[str, Any], budget: Budget, label:
         adjust=_finite(label, _adjust_control),
         budget=budget,
     )
+    _record("control", statuses)
     assert statuses, "no request was made"
     assert kilo_children() == []
 
@@ -307,11 +334,33 @@ def seed_worker(url: str, session: requests.Session) -> dict[str, Any]:
     return {
         "town_id": t,
         "container_token": town["container_token"],
+        "agent_tokens": agent_tokens(url, session, t, town["container_token"]),
         "path_ids": {"t": [t], "a": agents, "b": beads + convoy["bead_ids"], "c": [convoy["convoy_id"]],
                      "r": ["rig-fuzz"]},
         "body_ids": {"rig_id": ["rig-fuzz"], "agent_id": agents, "from_agent_id": agents, "to_agent_id": agents,
                      "nudge_id": [nudge["nudge_id"]]},
     }
+
+
+def agent_tokens(url: str, session: requests.Session, town_id: str, runtime_token: str) -> list[str]:
+    """A polecat's and the mayor's own tokens (scope ``agent``): the scope checks get fuzzed too."""
+    out = []
+    for agent_id in ("polecat-1", "mayor-1"):
+        r = session.post(f"{url}/api/towns/{town_id}/agents/{agent_id}/token", json={},
+                         headers={"Authorization": f"Bearer {runtime_token}"}, timeout=30)
+        assert r.status_code == 200, r.text
+        out.append(r.json()["token"])
+    return out
+
+
+def _renew_tokens(worker: dict[str, Any]) -> None:
+    """After a fuzzed rotation every town token is revoked: new ones, so later operations reach
+    their handlers instead of stopping at 401."""
+    r = worker["session"].post(f"{worker['url']}/api/towns/{worker['town_id']}/refresh-container-token", json={},
+                               headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=30)
+    assert r.status_code == 200, r.text
+    worker["container_token"] = r.json()["token"]
+    worker["agent_tokens"] = agent_tokens(worker["url"], worker["session"], worker["town_id"], worker["container_token"])
 
 
 def _aim_body_ids(known: dict[str, list[str]]) -> Callable[[Any, Any], None]:
@@ -335,7 +384,7 @@ WORKER_SCHEMA = schemathesis.openapi.from_dict(WORKER_DOC)
 
 @pytest.mark.parametrize("label", operation_ids(WORKER_DOC))
 def test_worker_api_conforms(worker: dict[str, Any], budget: Budget, label: str) -> None:
-    tokens = [ADMIN_TOKEN, worker["container_token"]]
+    tokens = [ADMIN_TOKEN, worker["container_token"], *worker["agent_tokens"]]
     statuses = fuzz(
         _operation(WORKER_SCHEMA, label),
         base_url=worker["url"],
@@ -345,6 +394,9 @@ def test_worker_api_conforms(worker: dict[str, Any], budget: Budget, label: str)
         adjust=_finite(label, _aim_body_ids(worker["body_ids"])),
         budget=budget,
     )
+    _record("worker", statuses)
+    if label.endswith("/rotate-tokens"):
+        _renew_tokens(worker)
     assert statuses, "no request was made"
 
 

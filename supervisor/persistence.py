@@ -20,6 +20,7 @@ from gastown.contract.wire import epoch_ms
 from gastown.core.jsonlog import get_logger
 from supervisor.agent import AgentRecord
 from supervisor.objstore import ObjectStore, ObjectStoreError, open_store
+from supervisor.sealing import WorkerSealer
 from supervisor.snapshot_types import SnapshotError
 from supervisor.snapshots import AgentSnapshots
 from supervisor.states import Change
@@ -69,6 +70,7 @@ class Persistence:
         self.saved = 0
         self.failed = 0
         self.observers: list = []  # called as (ok, bytes, seconds) after every snapshot
+        self.sealer = WorkerSealer(supervisor.worker)
         supervisor.spawn_hooks.append(self.before_spawn)
         supervisor.change_hooks.append(self._on_change)
         supervisor.event_hooks.append(self._on_event)
@@ -84,7 +86,9 @@ class Persistence:
     def snaps(self, rec: AgentRecord) -> AgentSnapshots:
         key = rec.agent_id
         if key not in self._snaps:
-            self._snaps[key] = AgentSnapshots(self.store, rec.request.town_id, rec.agent_id, self.instance_id)
+            self.sealer.loop = asyncio.get_running_loop()
+            self._snaps[key] = AgentSnapshots(self.store, rec.request.town_id, rec.agent_id, self.instance_id,
+                                              sealer=self.sealer)
         return self._snaps[key]
 
     def _lock(self, agent_id: str) -> asyncio.Lock:

@@ -39,6 +39,7 @@ from supervisor.objstore import (
     fsync_dir,
     same_etag,
 )
+from supervisor.sealing import Sealer, SealUnavailable
 from supervisor.snapshot_types import (  # noqa: F401 - SnapshotError is part of this module's API
     LocalCopy,
     RestoreResult,
@@ -79,7 +80,7 @@ class AgentSnapshots:
     def __init__(self, store: ObjectStore, town_id: str, agent_id: str, instance_id: str, *,
                  retries: int = 5, backoff_s: float = 0.5, backoff_max_s: float = 8.0,
                  retry_budget_s: float = 30.0, sleep: Callable[[float], None] = time.sleep,
-                 busy_timeout_s: float = 10.0, tmp_dir: str | None = None) -> None:
+                 busy_timeout_s: float = 10.0, tmp_dir: str | None = None, sealer: Sealer | None = None) -> None:
         if not (is_valid_id(town_id) and is_valid_id(agent_id)):
             raise ValueError("town_id and agent_id must be valid ids")
         self.store, self.town_id, self.agent_id = store, town_id, agent_id
@@ -90,6 +91,7 @@ class AgentSnapshots:
         self._retries, self._backoff, self._backoff_max = retries, backoff_s, backoff_max_s
         self._budget, self._sleep, self._busy = retry_budget_s, sleep, busy_timeout_s
         self._tmp_dir = tmp_dir
+        self._sealer = sealer  # the worker vouches for each manifest (supervisor.sealing)
         self._lock = threading.Lock()
         self._etag: str | None = None  # manifest ETag last seen; None = "no manifest expected"
         self._generation = 0
@@ -247,8 +249,15 @@ class AgentSnapshots:
         data_key = self.base + rel
         self._retry("put_data", lambda: self.store.put_file(data_key, copy))
         at = _now_iso()
-        manifest = {"format": FORMAT, "generation": generation, "sha256": sha, "bytes": size,
-                    "created_at": at, "instance_id": self.instance_id, "key": rel}
+        manifest: dict[str, Any] = {"format": FORMAT, "generation": generation, "sha256": sha, "bytes": size,
+                                    "created_at": at, "instance_id": self.instance_id, "key": rel}
+        if self._sealer is not None and self._sealer.active:
+            try:
+                manifest["seal"] = self._sealer.seal(self.agent_id, manifest)
+            except SealUnavailable as e:
+                with contextlib.suppress(ObjectStoreError):
+                    self.store.delete(data_key)
+                raise SnapshotFailed("seal_unavailable", str(e)) from e
         self._pending = rel
         etag = self._publish(json.dumps(manifest, sort_keys=True).encode(), expected, rel)
         self._etag, self._generation, self._pending = etag, generation, None
@@ -301,7 +310,22 @@ class AgentSnapshots:
             seen.append((etag, max(gen, self._generation)))
             raise _Definitive("bad_manifest")
         seen.append((etag, m["generation"]))
+        if self._sealer is not None and self._sealer.active:
+            self._check_seal(m)
         return m, etag
+
+    def _check_seal(self, m: dict[str, Any]) -> None:
+        """The manifest must carry the worker's seal over exactly its fields: an edited one (size,
+        sha256, key, generation) or one written without the worker is refused."""
+        seal = m.get("seal")
+        body = {k: v for k, v in m.items() if k != "seal"}
+        try:
+            valid = isinstance(seal, str) and self._sealer is not None and self._sealer.verify(self.agent_id, body, seal)
+        except SealUnavailable as e:
+            raise StoreUnavailable(f"seal check: {e}") from None
+        if not valid:
+            log.error("snapshot.manifest_refused", **self._ids, reason="bad_seal" if seal else "unsealed")
+            raise _Definitive("bad_seal" if seal else "unsealed_manifest")
 
     def _restore(self, db_path: str, seen: list[tuple[str, int]]) -> int:
         m, etag = self._read_manifest(seen)

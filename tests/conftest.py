@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable
@@ -40,6 +42,26 @@ _trust_agent_repositories()
 # The suite's rigs are local repositories and a forge on loopback: the development opt-in of
 # gastown.contract.git, inherited by every worker and container process the tests start.
 os.environ["GASTOWN_ALLOW_LOCAL_GIT"] = "1"
+
+
+def pytest_configure(config):
+    """A temp root of this run's own instead of the shared ``/tmp/pytest-of-<user>``: agents run as
+    users of their own and reach their dirs through the search bit the runtime adds on the way, and
+    every new pytest session resets ``pytest-of-<user>`` to 0700 — a second session on the machine
+    would cut the first one's agents off their files. (xdist gives each worker a subdir of it.)"""
+    if config.option.basetemp is None and not hasattr(config, "workerinput"):
+        config.option.basetemp = tempfile.mkdtemp(prefix="gastown-tests-")
+        config._gastown_basetemp = config.option.basetemp
+
+
+def pytest_unconfigure(config):
+    own = getattr(config, "_gastown_basetemp", None)
+    if own and getattr(config, "_gastown_passed", False):
+        shutil.rmtree(own, ignore_errors=True)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    session.config._gastown_passed = exitstatus == 0
 
 
 def pytest_collection_modifyitems(config, items):

@@ -64,7 +64,7 @@ def acknowledge_ready(conn: sqlite3.Connection, town_id: str, nonce: str, now_ms
     state = drain_state(conn, town_id, now_ms)
     if state is None or not isinstance(state["nonce"], str):
         return False
-    if not hmac.compare_digest(state["nonce"].encode(), nonce.encode()):
+    if not nonce.isascii() or not hmac.compare_digest(state["nonce"].encode(), nonce.encode()):
         log.info("drain.ready_nonce_mismatch", town=town_id)
         return False
     clear_drain(conn, town_id, "nonce")

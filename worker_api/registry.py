@@ -80,7 +80,8 @@ def sealed_entries(stored: list[Any], town_id: str, tokens: ContainerTokens) -> 
             continue
         body = {k: entry.get(k) for k in ("agent_id", "request", "workdir")}
         seal = entry.get("seal")
-        if not isinstance(seal, str) or not hmac.compare_digest(seal, tokens.seal(PURPOSE, town_id, body)):
+        expected = tokens.seal(PURPOSE, town_id, body)
+        if not isinstance(seal, str) or not seal.isascii() or not hmac.compare_digest(seal.encode(), expected.encode()):
             log.warning("registry.forged_entry", town=town_id, agent_id=str(body["agent_id"])[:64])
             continue
         out.append(body)

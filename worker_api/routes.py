@@ -24,6 +24,7 @@ from worker_api import metrics, models as m
 from worker_api import routes_container as rc
 from worker_api import routes_settings as rs
 from worker_api import settings as st
+from worker_api import snapshot_seals as seals
 from worker_api import routes_tools as tools
 from worker_api import routes_towns as towns
 from worker_api import routes_user as user
@@ -133,6 +134,10 @@ ROUTES: tuple[Route, ...] = (
           "(up to 7 days), never past the chain's maximum lifetime. The admin gets a new runtime chain"),
     route("post", f"{A}/token", towns.agent_token, "agentToken", RUNTIME, 200, a.NewToken,
           summary="The runtime asks for a token acting only as this agent (its plugin and git credential helper)"),
+    route("post", f"{A}/snapshot-seal", seals.seal, "sealSnapshotManifest", RUNTIME, 200, seals.Sealed,
+          body=seals.SealRequest, summary="The worker's HMAC over the agent's snapshot manifest (published with it)"),
+    route("post", f"{A}/snapshot-verify", seals.verify, "verifySnapshotManifest", RUNTIME, 200, seals.Verified,
+          body=seals.VerifyRequest, summary="Whether a manifest read back from the store carries the worker's seal"),
     route("post", f"{T}/rotate-tokens", towns.rotate_tokens, "rotateTokens", USER, 200, a.Rotated,
           summary="Revoke every token of the town; a new runtime token is pushed to the town's container"),
     # container-facing

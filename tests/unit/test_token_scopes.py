@@ -155,3 +155,17 @@ async def test_the_registry_is_bounded_in_entries(worker: Worker, agents: dict[s
     many = [_entry(t, f"pc-{i}") for i in range(MAX_REGISTRY_ENTRIES + 1)]
     status, data = await worker.call("POST", f"/api/towns/{t}/container-registry", token=agents["runtime"], json=many)
     assert status == 400 and MAX_REGISTRY_ENTRIES == 100, data
+
+
+async def test_a_non_ascii_seal_or_drain_nonce_was_a_500(worker: Worker, agents: dict[str, str]) -> None:
+    """hmac.compare_digest raises on str with non-ASCII characters: schemathesis found the 500."""
+    t, rt = agents["town"], agents["runtime"]
+    body = '{"manifest": {"format": 1}, "seal": "\u00e9x"}'
+    resp = await worker.client.post(f"/api/towns/{t}/agents/pc-1/snapshot-verify", data=body,
+                                    headers={"Authorization": f"Bearer {rt}", "Content-Type": "application/json"})
+    assert resp.status == 200 and (await resp.json()) == {"valid": False}
+    status, _ = await worker.call("POST", f"/api/towns/{t}/container-eviction", token=rt, json={})
+    assert status == 200
+    resp = await worker.client.post(f"/api/towns/{t}/container-ready", data='{"nonce": "\u00e9"}',
+                                    headers={"Authorization": f"Bearer {rt}", "Content-Type": "application/json"})
+    assert resp.status == 200 and (await resp.json()) == {"cleared": False}

@@ -20,13 +20,14 @@ from supervisor.objstore_base import (
     ObjectStoreError,
     PreconditionFailed,
     StoreUnavailable,
+    TooLarge,
     check_key,
     quote_etag,
     same_etag,
 )
 from supervisor.objstore_file import FileStore, fsync_dir
 
-__all__ = ["NotFound", "ObjectStore", "ObjectStoreError", "PreconditionFailed", "StoreUnavailable", "check_key",
+__all__ = ["NotFound", "ObjectStore", "ObjectStoreError", "PreconditionFailed", "StoreUnavailable", "TooLarge", "check_key",
            "same_etag", "fsync_dir", "open_store"]
 
 log = get_logger("supervisor.objstore")
@@ -145,8 +146,13 @@ class _S3Store(ObjectStore):
                 data = body.read()
         return data, resp["ETag"]
 
-    def download_file(self, key, path):
+    def download_file(self, key, path, max_bytes=None):
         with self._errors(key):
+            if max_bytes is not None:
+                # boto3's own transfer sizes its ranged GETs from a HEAD too: it reads no more than this.
+                size = self._client.head_object(Bucket=self.bucket, Key=self._k(key))["ContentLength"]
+                if size > max_bytes:
+                    raise TooLarge(f"{key}: {size} bytes, at most {max_bytes} expected")
             self._client.download_file(self.bucket, self._k(key), path, Config=self._transfer)
 
     def head(self, key):

@@ -32,6 +32,10 @@ class PreconditionFailed(ObjectStoreError):
     """A conditional write lost: the object exists (If-None-Match) or changed (If-Match)."""
 
 
+class TooLarge(ObjectStoreError):
+    """The object is bigger than the caller allows (a manifest's size): nothing was downloaded."""
+
+
 class StoreUnavailable(ObjectStoreError):
     """Transient: connection refused/reset, timeout, 5xx. Worth retrying."""
 
@@ -88,7 +92,9 @@ class ObjectStore:
     def get_bytes(self, key: str) -> tuple[bytes, str]:
         raise NotImplementedError
 
-    def download_file(self, key: str, path: str) -> None:
+    def download_file(self, key: str, path: str, max_bytes: int | None = None) -> None:
+        """Download ``key`` to ``path``; TooLarge (nothing written past the cap) when it holds more
+        than ``max_bytes``."""
         raise NotImplementedError
 
     def head(self, key: str) -> str | None:

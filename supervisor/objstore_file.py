@@ -14,6 +14,7 @@ from supervisor.objstore_base import (
     NotFound,
     ObjectStore,
     PreconditionFailed,
+    TooLarge,
     check_key,
     same_etag,
 )
@@ -118,11 +119,15 @@ class FileStore(ObjectStore):
             raise NotFound(key) from None
         return data, f'"{hashlib.md5(data, usedforsecurity=False).hexdigest()}"'
 
-    def download_file(self, key, path):
+    def download_file(self, key, path, max_bytes=None):
         src = self._path(key)
         try:
             with open(src, "rb") as fin, open(path, "wb") as fout:
+                copied = 0
                 while chunk := fin.read(CHUNK):
+                    copied += len(chunk)
+                    if max_bytes is not None and copied > max_bytes:
+                        raise TooLarge(f"{key}: more than {max_bytes} bytes")
                     fout.write(chunk)
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             raise NotFound(key) from None

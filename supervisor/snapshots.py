@@ -36,6 +36,7 @@ from supervisor.objstore import (
     ObjectStoreError,
     PreconditionFailed,
     StoreUnavailable,
+    TooLarge,
     fsync_dir,
     same_etag,
 )
@@ -335,9 +336,11 @@ class AgentSnapshots:
         tmp = os.path.join(directory, f".{os.path.basename(db_path)}.restore-{secrets.token_hex(6)}")
         try:
             try:
-                self._retry("get_data", lambda: self.store.download_file(self.base + m["key"], tmp))
+                self._retry("get_data", lambda: self.store.download_file(self.base + m["key"], tmp, max_bytes=m["bytes"]))
             except NotFound:
                 raise _Definitive("data_object_missing") from None
+            except TooLarge:
+                raise _Definitive(f"size_mismatch: the object holds more than the manifest's {m['bytes']} bytes") from None
             size, sha = digest(tmp)
             if size != m["bytes"]:
                 kind = "truncated" if size < m["bytes"] else "size_mismatch"

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from supervisor.objstore import NotFound, ObjectStore, StoreUnavailable, open_store
+from supervisor.objstore import NotFound, ObjectStore, StoreUnavailable, TooLarge, open_store
 from supervisor.snapshots import AgentSnapshots, SnapshotFailed, StaleWriter, quick_check
 from tests.s3servers import TcpProxy, new_bucket, rclone_s3, s3_env, seaweedfs  # noqa: F401
 
@@ -204,12 +204,29 @@ def test_truncated_download_not_restored(store, tmp_path):
     assert listing(local.parent) == before
 
 
+def test_an_object_larger_than_its_manifest_is_never_downloaded(store, tmp_path):
+    """The manifest's size was checked only after the whole object had been written to disk: an
+    object replaced by a huge one filled the disk first."""
+    a = snaps(store)
+    a.snapshot(str(make_db(tmp_path / "src" / "kilo.db", 5)))
+    key = a.base + _remote(store, a)["key"]
+    store.put_bytes(key, store.get_bytes(key)[0] + b"\0" * (3 << 20))
+    local = make_db(tmp_path / "home" / "kilo.db", 3, "local")
+    before = listing(local.parent)
+    res = snaps(store, instance="c2").restore(str(local))
+    assert not res.restored and res.reason.startswith("size_mismatch: the object holds more"), res
+    assert listing(local.parent) == before
+    with pytest.raises(TooLarge):
+        store.download_file(key, str(tmp_path / "big"), max_bytes=1024)
+    assert not (tmp_path / "big").exists() or (tmp_path / "big").stat().st_size <= 1024
+
+
 def test_download_dropped_midway_leaves_no_temp_file(store, tmp_path):
     snaps(store).snapshot(str(make_db(tmp_path / "src" / "kilo.db", 50)))
     faulty = FaultyStore(store)
 
-    def half_then_drop(key, path):
-        store.download_file(key, path)
+    def half_then_drop(key, path, max_bytes=None):
+        store.download_file(key, path, max_bytes)
         with open(path, "r+b") as f:
             f.truncate(os.path.getsize(path) // 2)
         raise StoreUnavailable("connection reset mid-body")

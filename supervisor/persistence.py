@@ -20,7 +20,9 @@ from gastown.contract.wire import epoch_ms
 from gastown.core.jsonlog import get_logger
 from supervisor.agent import AgentRecord
 from supervisor.objstore import ObjectStore, ObjectStoreError, open_store
+from supervisor.objstore_broker import BrokeredStore
 from supervisor.sealing import WorkerSealer
+from supervisor.worker_bridge import WorkerBridge
 from supervisor.snapshot_types import SnapshotError
 from supervisor.snapshots import AgentSnapshots
 from supervisor.states import Change
@@ -28,6 +30,7 @@ from supervisor.supervisor import Supervisor
 from supervisor.tasks import TaskOwner
 
 log = get_logger("supervisor.persistence")
+BROKERED = "worker:"  # GASTOWN_SNAPSHOT_URL: the worker presigns every store request
 
 DB_SUFFIXES = ("", "-wal", "-shm", "-journal")
 MAYOR_SNAPSHOT_EVENTS = {"session.turn.open": "message_stored", "session.idle": "turn_end"}
@@ -55,7 +58,8 @@ def status_snapshot(info: dict[str, Any]) -> dict[str, Any]:
 
 
 class Persistence:
-    def __init__(self, supervisor: Supervisor, store: ObjectStore, instance_id: str) -> None:
+    def __init__(self, supervisor: Supervisor, store: ObjectStore, instance_id: str,
+                 bridge: WorkerBridge | None = None) -> None:
         self.supervisor = supervisor
         self.store = store
         self.instance_id = instance_id
@@ -70,7 +74,8 @@ class Persistence:
         self.saved = 0
         self.failed = 0
         self.observers: list = []  # called as (ok, bytes, seconds) after every snapshot
-        self.sealer = WorkerSealer(supervisor.worker)
+        self.bridge = bridge or WorkerBridge(supervisor.worker)
+        self.sealer = WorkerSealer(self.bridge)
         supervisor.spawn_hooks.append(self.before_spawn)
         supervisor.change_hooks.append(self._on_change)
         supervisor.event_hooks.append(self._on_event)
@@ -78,15 +83,19 @@ class Persistence:
     @classmethod
     def from_url(cls, supervisor: Supervisor, url: str | None, instance_id: str,
                  env: dict[str, str] | None = None) -> "Persistence | None":
+        """``worker:`` brokers every store request through the worker (the container holds no store
+        credential: ``supervisor/objstore_broker.py``); any other URL is a store of our own."""
         if not url:
             log.warning("persistence.disabled", reason="GASTOWN_SNAPSHOT_URL not set")
             return None
-        return cls(supervisor, open_store(url, env=env), instance_id)
+        bridge = WorkerBridge(supervisor.worker)
+        store = BrokeredStore(bridge) if url == BROKERED else open_store(url, env=env)
+        return cls(supervisor, store, instance_id, bridge=bridge)
 
     def snaps(self, rec: AgentRecord) -> AgentSnapshots:
         key = rec.agent_id
         if key not in self._snaps:
-            self.sealer.loop = asyncio.get_running_loop()
+            self.bridge.loop = asyncio.get_running_loop()
             self._snaps[key] = AgentSnapshots(self.store, rec.request.town_id, rec.agent_id, self.instance_id,
                                               sealer=self.sealer)
         return self._snaps[key]

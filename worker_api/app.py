@@ -22,6 +22,7 @@ from worker_api.db import Database
 from worker_api.front import mayor
 from worker_api.reconciler import service as reconciler_service
 from worker_api.scm.base import ScmProvider
+from worker_api.snapshot_access import BROKER, SnapshotBroker
 from worker_api.tokens import ContainerTokens
 
 log = get_logger("worker_api.app")
@@ -52,6 +53,7 @@ def create_app(
     container_client: Any = None,
     container_provider: Any = None,
     scm_provider: ScmProvider | None = None,
+    snapshot_broker: SnapshotBroker | None = None,
 ) -> web.Application:
     """The worker API over the SQLite file ``db_path`` (created and migrated here).
 
@@ -75,6 +77,8 @@ def create_app(
     app[TOKENS] = ContainerTokens(jwt_secret, now=now)
     app[ADMIN_TOKEN] = admin_token
     app[CLOCK] = now
+    if snapshot_broker is not None:
+        app[BROKER] = snapshot_broker  # presigned snapshot access for the towns' containers
     routes.install(app)
     app.cleanup_ctx.append(_store_ctx)
     mayor.install(app, lambda: int(now() * 1000))  # after the store: contexts unwind in reverse

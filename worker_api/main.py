@@ -12,6 +12,7 @@ from aiohttp import web
 
 from gastown.core import jsonlog
 from gastown.core.serving import Runner
+from worker_api.snapshot_access import SnapshotBroker
 from worker_api.app import create_app
 from worker_api.db import SchemaTooNewError
 from worker_api.front.archive import Retention
@@ -23,8 +24,10 @@ DEFAULT_DB_PATH = ".gastown/worker.db"
 REQUIRED_ENV = ("GASTOWN_ADMIN_TOKEN", "GASTOWN_JWT_SECRET")
 
 
-async def _serve(host: str, port: int, db_path: str, admin_token: str, jwt_secret: str) -> None:
-    app = create_app(db_path, admin_token=admin_token, jwt_secret=jwt_secret, scm_provider=GitHubProvider.from_env())
+async def _serve(host: str, port: int, db_path: str, admin_token: str, jwt_secret: str,
+                 broker: SnapshotBroker | None) -> None:
+    app = create_app(db_path, admin_token=admin_token, jwt_secret=jwt_secret, scm_provider=GitHubProvider.from_env(),
+                     snapshot_broker=broker)
     runner = Runner(app, handle_signals=False)
     await runner.setup()
     stop = asyncio.Event()
@@ -63,10 +66,17 @@ def run_worker(host: str, port: int, db_path: str | None) -> int:
     except ValueError as e:
         print(f"gastown worker: GASTOWN_ARCHIVE_KEEP_*: {e}", file=sys.stderr)
         return 2
+    try:
+        broker = SnapshotBroker.from_env(os.environ)
+    except ValueError as e:
+        print(f"gastown worker: {e}", file=sys.stderr)
+        return 2
+    for key in ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        jsonlog.register_secret(os.environ.get(key))
     path = db_path or DEFAULT_DB_PATH
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     try:
-        asyncio.run(_serve(host, port, path, admin_token, jwt_secret))
+        asyncio.run(_serve(host, port, path, admin_token, jwt_secret, broker))
     except (OSError, sqlite3.Error, SchemaTooNewError) as e:
         log.error("worker.failed", error=str(e))
         print(f"gastown worker: {e}", file=sys.stderr)

@@ -24,6 +24,7 @@ from worker_api import metrics, models as m
 from worker_api import routes_container as rc
 from worker_api import routes_settings as rs
 from worker_api import settings as st
+from worker_api import snapshot_access as snap
 from worker_api import snapshot_seals as seals
 from worker_api import routes_tools as tools
 from worker_api import routes_towns as towns
@@ -134,6 +135,11 @@ ROUTES: tuple[Route, ...] = (
           "(up to 7 days), never past the chain's maximum lifetime. The admin gets a new runtime chain"),
     route("post", f"{A}/token", towns.agent_token, "agentToken", RUNTIME, 200, a.NewToken,
           summary="The runtime asks for a token acting only as this agent (its plugin and git credential helper)"),
+    route("post", f"{A}/snapshot-access", snap.access, "snapshotAccess", RUNTIME, 200, snap.Access,
+          body=snap.AccessRequest, summary="One presigned request on one of the agent's snapshot keys (5 min): the "
+          "container holds no store credentials"),
+    route("get", f"{T}/snapshot-store", snap.store_info, "snapshotStore", RUNTIME, 200, snap.StoreInfo, errors=(503,),
+          summary="Whether the brokered store honours conditional writes (fencing)"),
     route("post", f"{A}/snapshot-seal", seals.seal, "sealSnapshotManifest", RUNTIME, 200, seals.Sealed,
           body=seals.SealRequest, summary="The worker's HMAC over the agent's snapshot manifest (published with it)"),
     route("post", f"{A}/snapshot-verify", seals.verify, "verifySnapshotManifest", RUNTIME, 200, seals.Verified,

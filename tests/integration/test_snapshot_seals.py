@@ -15,6 +15,7 @@ from supervisor.objstore import open_store
 from supervisor.sealing import WorkerSealer
 from supervisor.snapshots import AgentSnapshots
 from supervisor.sqlitefile import digest
+from supervisor.worker_bridge import WorkerBridge
 from supervisor.worker_client import WorkerClient
 from tests.s3servers import new_bucket, s3_env, seaweedfs  # noqa: F401
 
@@ -45,8 +46,9 @@ async def sealed(worker, seaweedfs, tmp_path: Path):  # noqa: ANN001, ANN201
     bucket = new_bucket(seaweedfs)
     store = open_store(f"s3://{bucket}/snap", env=s3_env(seaweedfs, bucket))
     client = WorkerClient(worker.url, token, town_id)
-    sealer = WorkerSealer(client)
-    sealer.loop = asyncio.get_running_loop()
+    bridge = WorkerBridge(client)
+    bridge.loop = asyncio.get_running_loop()
+    sealer = WorkerSealer(bridge)
 
     def snaps(instance: str) -> AgentSnapshots:
         return AgentSnapshots(store, town_id, "polecat-1", instance, sealer=sealer, sleep=lambda s: None)

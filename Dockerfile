@@ -44,10 +44,7 @@ FROM python:3.11-slim-bookworm
 RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates git openssh-client tini \
  && rm -rf /var/lib/apt/lists/* \
- && groupadd --gid 10001 agent \
- && useradd --uid 10001 --gid 10001 --create-home --shell /usr/sbin/nologin agent \
- && mkdir /workspace \
- && chown 10001:10001 /workspace
+ && mkdir -m 0711 /workspace
 COPY --from=build /opt/venv /opt/venv
 COPY --from=kilo /opt/kilo/node_modules/@kilocode/cli-linux-x64 /opt/kilo/node_modules/@kilocode/cli-linux-x64
 # /opt/venv/bin first: `gastown` (and so `gastown plugin`, the MCP server kilo spawns) is on PATH.
@@ -56,7 +53,10 @@ ENV PATH=/opt/venv/bin:$PATH \
     KILO_BIN=/opt/kilo/node_modules/@kilocode/cli-linux-x64/bin/kilo \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1
-USER 10001:10001
+# No USER: the runtime starts as root only to run every agent as a uid of its own (util-linux
+# `setpriv`, no supplementary groups, no_new_privs; supervisor/isolation.py), so an agent's code can
+# read neither the runtime's secrets nor another agent's. As a single non-root user, agents would
+# share the runtime's uid and could read its environment.
 WORKDIR /workspace
 VOLUME ["/workspace"]
 EXPOSE 8080

@@ -69,13 +69,17 @@ class TownProcs:
                                  repo_settings: dict[str, Any] | None = None) -> None:
         """The forge (with the repo) and the worker, no town yet."""
         self.forge.create_repo(REPO, files={"README.md": "# app\n"}, **(repo_settings or {}))
+        # Only the worker holds the store's keys; the container's snapshots go through it (``worker:``).
+        self.bucket = new_bucket(self.s3)
         forge = self._spawn("forge", [sys.executable, "-m", "gastown.local.forge", "--root", str(self.tmp / "forge"),
                                       "--port", str(self.forge_port)], {"GASTOWN_FORGE_TOKEN": FORGE_TOKEN})
         await _until_http(f"{self.forge_url}/api/v3/repos/{REPO}", forge, "forge")
         worker = self._spawn("worker", [sys.executable, "-m", "gastown.cli", "worker", "--port", str(self.worker_port),
                                         "--db", str(self.tmp / "worker.db")],
                              {"GASTOWN_ADMIN_TOKEN": ADMIN, "GASTOWN_JWT_SECRET": JWT,
-                              "GASTOWN_GITHUB_API_URL": f"{self.forge_url}/api/v3", **(worker_env_extra or {})})
+                              "GASTOWN_GITHUB_API_URL": f"{self.forge_url}/api/v3",
+                              "GASTOWN_SNAPSHOT_URL": f"s3://{self.bucket}/gastown", **s3_env(self.s3, self.bucket),
+                              **(worker_env_extra or {})})
         await _until_http(f"{self.worker_url}/alive", worker, "worker")
 
     async def start(self, *, merge_strategy: str = "direct", container_env_extra: dict[str, str] | None = None,
@@ -97,7 +101,6 @@ class TownProcs:
                                    {"github_token": FORGE_TOKEN, "merge_strategy": merge_strategy,
                                     "auto_merge_delay_minutes": 0})
         assert code == 200, scm
-        self.bucket = new_bucket(self.s3)
         self.container_env_extra = container_env_extra or {}
         await self.start_container()
         return self
@@ -111,9 +114,9 @@ class TownProcs:
             shutil.rmtree(data)
         data.mkdir(parents=True)
         env = container_env(_WorkerUrl(self.worker_url), self.llm, self.town_id, self.container_token, data,
-                            GASTOWN_SNAPSHOT_URL=f"s3://{self.bucket}/gastown",
+                            GASTOWN_SNAPSHOT_URL="worker:",
                             **{"GASTOWN_IDLE_TIMEOUT_S": "5", "GASTOWN_REFINERY_IDLE_TIMEOUT_S": "5",
-                               **s3_env(self.s3, self.bucket), **self.container_env_extra})
+                               **self.container_env_extra})
         self.container = ContainerProc(env, port=self.container_port)
         self.procs.append(self.container.proc)
         await self.container.wait_ready()

@@ -147,22 +147,26 @@ async def _model_provider(town: Town, env: dict[str, str]) -> tuple[dict[str, st
     return {"GASTOWN_KILO_PROVIDERS": json.dumps(provider_config_for(base_url, ("m1", "m2")))}, "fake/m1"
 
 
-async def _object_store(town: Town, state: TownState) -> dict[str, str]:
-    """A local SeaweedFS (the real S3 server the tests use) when installed, else the file store."""
+async def _object_store(town: Town, state: TownState) -> tuple[dict[str, str], dict[str, str]]:
+    """A local SeaweedFS (the real S3 server the tests use) when installed, else the file store.
+    The worker's env and the container's: with SeaweedFS only the worker holds the store's keys and
+    the container asks it for presigned requests (``worker:``)."""
     from gastown.local import s3servers
 
     if not (s3servers.BIN_DIR / "weed").exists():
         store = town.dir / "store"
         store.mkdir(exist_ok=True)
         town.out.say(f"snapshots: file store {store} (SeaweedFS not installed)")
-        return {"GASTOWN_SNAPSHOT_URL": f"file://{store}"}
+        return {}, {"GASTOWN_SNAPSHOT_URL": f"file://{store}"}
     server = s3servers.start_seaweedfs(town.dir / "s3", base_port=state.s3_base_port, wait=False)
     town.children.adopt("seaweedfs", server.proc)
     state.s3_base_port = server.ports[0]
     await asyncio.to_thread(s3servers.wait_ready, server, 60)
     created = await asyncio.to_thread(s3servers.ensure_bucket, server, "gastown")
-    town.out.say(f"snapshots: SeaweedFS S3 at {server.endpoint}, bucket gastown ({'created' if created else 'reused'})")
-    return {**s3servers.s3_env(server, "gastown"), "GASTOWN_SNAPSHOT_URL": "s3://gastown/snapshots"}
+    town.out.say(f"snapshots: SeaweedFS S3 at {server.endpoint}, bucket gastown ({'created' if created else 'reused'}),"
+                 " through the worker (the container holds no store key)")
+    return ({**s3servers.s3_env(server, "gastown"), "GASTOWN_SNAPSHOT_URL": "s3://gastown/snapshots"},
+            {"GASTOWN_SNAPSHOT_URL": "worker:"})
 
 
 async def _forge(town: Town, state: TownState, env: dict[str, str]) -> tuple[str, str]:
@@ -267,12 +271,12 @@ async def _bring_up(town: Town) -> None:
     town.out.say(f"gastown up: state in {town.dir}")
     state = town.state = await _load_or_new_state(town)
     provider_env, model = await _model_provider(town, base_env)
-    store_env = await _object_store(town, state)
+    worker_store_env, store_env = await _object_store(town, state)
     repo_url, forge_api = await _forge(town, state, base_env)
     state.save(town.dir)
     town.out.say("starting worker API …")
-    worker_env = {**base_env, "GASTOWN_ADMIN_TOKEN": state.admin_token, "GASTOWN_JWT_SECRET": state.jwt_secret,
-                  "GASTOWN_GITHUB_API_URL": forge_api}
+    worker_env = {**base_env, **worker_store_env, "GASTOWN_ADMIN_TOKEN": state.admin_token,
+                  "GASTOWN_JWT_SECRET": state.jwt_secret, "GASTOWN_GITHUB_API_URL": forge_api}
     await town.children.spawn("worker", [*gastown, "worker", "--port", str(state.worker_port),
                                          "--db", str(town.dir / "worker.db")], worker_env)
     await town.wait_http(f"{state.worker_url}/alive")

@@ -164,11 +164,12 @@ def test_stages_are_multi_stage_pinned_and_slim() -> None:
     assert BY_NAME["build"].image == FINAL.image and FINAL.image.startswith("python:3.11")
 
 
-def test_final_stage_runs_non_root_under_tini_with_health_and_signals() -> None:
+def test_final_stage_starts_the_runtime_as_root_so_each_agent_gets_its_own_uid_under_tini() -> None:
+    """A single non-root USER made agents share the runtime's uid: an agent's bash read the
+    runtime's environment (control token, worker token). The runtime starts as root and drops each
+    agent to a uid of its own (supervisor/isolation.py), so the image has no USER line."""
     keywords = [kw for kw, _ in FINAL.instructions]
-    user = FINAL.last("USER").split(":")[0]
-    assert user.isdigit() and int(user) != 0, "USER must be a numeric non-root uid"
-    assert keywords.index("USER") < keywords.index("CMD") and keywords.count("USER") == 1
+    assert "USER" not in keywords
     assert exec_form(FINAL.last("ENTRYPOINT")) == ["/usr/bin/tini", "--"]
     assert re.search(r"apt-get install [^&]*\btini\b", " ".join(FINAL.all("RUN")))
     assert exec_form(FINAL.last("CMD")) == ["gastown", "container"]

@@ -24,8 +24,10 @@ import shutil
 import stat
 import zlib
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
+from gastown.contract.git import local_git_allowed
+from gastown.core import gitops
 from gastown.core.jsonlog import get_logger
 
 log = get_logger("supervisor.isolation")
@@ -72,6 +74,19 @@ def runnable_by_others(program: str) -> bool:
             return False
         return runnable_by_others(interpreter[0].decode(errors="replace"))
     return True
+
+
+def mirror_git_env(agent_git_env: Mapping[str, str], data_dir: Path) -> dict[str, str]:
+    """The env the runtime (root) fetches a rig's mirror with: the hardened env of the runtime's own
+    git (``gastown.core.gitops``: no system or agent config — the agent's ``$HOME/.gitconfig`` is
+    the agent's to write —, no hooks, listed protocols) plus the credential helper and the identity
+    it asks the worker with."""
+    pairs = [(agent_git_env[f"GIT_CONFIG_KEY_{i}"], agent_git_env.get(f"GIT_CONFIG_VALUE_{i}", ""))
+             for i in range(int(agent_git_env.get("GIT_CONFIG_COUNT", "0") or 0))
+             if agent_git_env.get(f"GIT_CONFIG_KEY_{i}", "").startswith("credential.")]
+    extra = {k: v for k, v in agent_git_env.items() if k.startswith(("GASTOWN_", "GIT_AUTHOR_", "GIT_COMMITTER_"))}
+    protocols = "http:https:file" if local_git_allowed() else "http:https"
+    return gitops.safe_env(data_dir / "rigs" / ".git-home", protocols=protocols, extra_config=pairs, extra=extra)
 
 
 def local_origin(git_url: str | None) -> str | None:

@@ -44,7 +44,7 @@ from supervisor.prewarm import PrewarmPool
 from supervisor.states import AgentState, Change, Transition
 from supervisor.tasks import TaskOwner
 from supervisor.worker_client import WorkerClient
-from supervisor.isolation import AgentUsers
+from supervisor.isolation import AgentUsers, mirror_git_env
 from supervisor.workspace import prepare_workspace
 
 log = get_logger("supervisor")
@@ -249,7 +249,7 @@ class Supervisor:
                                     credential_helper=self.cfg.credential_helper)}
         mirror = self.cfg.data_dir / "rigs" / req.rig_id / "mirror.git"
         await asyncio.to_thread(prepare_workspace, req, rec.paths.workdir, git_env, mirror,
-                                self.users.prefix(rec.agent_id))
+                                self.users.prefix(rec.agent_id), mirror_git_env(git_env, self.cfg.data_dir))
 
     async def _bring_up(self, rec: AgentRecord, warm: Server | None) -> None:
         async with BringUp(self, rec, warm) as up:

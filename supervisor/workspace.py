@@ -79,15 +79,17 @@ def refresh_mirror(mirror: Path, git_url: str, env: GitEnv) -> None:
 
 
 def prepare_workspace(req: StartAgentRequest, workdir: Path, env: Mapping[str, str],
-                      mirror: Path | None = None, run_as: Sequence[str] = ()) -> Path:
+                      mirror: Path | None = None, run_as: Sequence[str] = (),
+                      mirror_env: Mapping[str, str] | None = None) -> Path:
     """The agent's repo on the requested branch. A new workspace is cloned (borrowing the rig
     ``mirror``'s objects when given) or initialised when there is no ``git_url``; a reused one
     (restart, re-dispatch) is fetched first. Committed work on the branch is never thrown away
-    (see :func:`switch_branch`). Every git in ``workdir`` runs as ``run_as`` (the agent)."""
+    (see :func:`switch_branch`). Every git in ``workdir`` runs as ``run_as`` (the agent); the mirror
+    is the runtime's, fetched with ``mirror_env`` (hardened: nothing of the agent's config)."""
     workdir.mkdir(parents=True, exist_ok=True)
     remote = bool(req.git_url) and not req.lightweight
     if remote and mirror is not None:
-        refresh_mirror(mirror, str(req.git_url), GitEnv(env))
+        refresh_mirror(mirror, str(req.git_url), GitEnv(env if mirror_env is None else mirror_env))
     return _prepare(req, workdir, GitEnv(env, tuple(run_as)), mirror if remote else None)
 
 

@@ -1,0 +1,47 @@
+"""The git the runtime runs for an agent's workspace, with agents as users of their own
+(``supervisor.isolation``; the runtime must be root, as in the image and CI)."""
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from supervisor.config import RuntimeConfig
+from supervisor.models import StartAgentRequest
+from supervisor.supervisor import Supervisor
+from supervisor.worker_client import WorkerClient
+from supervisor.workspace import WorkspaceError
+from tests.conftest import start_body
+from tests.gitrepos import bare_origin, push_branch
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="agents get uids of their own only when the runtime is root")
+
+
+def _head(git_dir: Path, ref: str = "main") -> str:
+    return subprocess.run(["git", "--git-dir", str(git_dir), "rev-parse", ref], capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
+async def test_an_agents_git_config_never_steers_the_rigs_mirror_fetched_as_root(tmp_path: Path) -> None:
+    """The mirror was fetched as root with the agent's HOME: the agent's own git config (here a
+    url.insteadOf) pointed every agent of the rig at another repository, and a config running a
+    command would have run it as root."""
+    origin = bare_origin(tmp_path / "o")
+    evil = bare_origin(tmp_path / "evil", {"EVIL": "planted\n"})
+    sup = Supervisor(RuntimeConfig(data_dir=tmp_path / "data"), WorkerClient(None, None, None))
+    assert sup.users.enabled
+    req = StartAgentRequest.model_validate(start_body(git_url=str(origin), branch="work", default_branch="main"))
+    rec = sup.new_record(req)
+    await sup.prepare_workspace(rec)
+    assert (rec.paths.workdir / ".git").stat().st_uid == sup.users.uid("polecat-1")  # cloned as the agent
+    config = rec.paths.home / ".config" / "git" / "config"
+    config.parent.mkdir(parents=True, exist_ok=True)
+    config.write_text(f'[url "{evil}"]\n\tinsteadOf = {origin}\n[core]\n\tfsmonitor = touch {tmp_path}/PWNED\n')
+    push_branch(origin, tmp_path / "seed2", "main", {"NEW": "new\n"})
+    with pytest.raises(WorkspaceError):  # a restart: the mirror is fetched again (as root, hardened),
+        await sup.prepare_workspace(sup.new_record(req))  # then the agent's own fetch follows its config
+    mirror = tmp_path / "data" / "rigs" / "rig-1" / "mirror.git"
+    assert _head(mirror) == _head(origin) != _head(evil)
+    assert not (tmp_path / "PWNED").exists()

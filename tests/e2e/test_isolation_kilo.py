@@ -33,15 +33,20 @@ echo "== done"
 """
 
 
-def _kilo_env(agent_id: str) -> dict[str, str]:
+def _kilo(agent_id: str) -> tuple[psutil.Process, dict[str, str]]:
+    """The agent's kilo process and its environment (read as root, as no agent can)."""
     for p in psutil.process_iter(["name"]):
         try:
             env = p.environ()
         except psutil.Error:
             continue
         if env.get("GASTOWN_AGENT_ID") == agent_id and "KILO_SERVER_PASSWORD" in env:
-            return env
+            return p, env
     raise AssertionError(f"no kilo of {agent_id}")
+
+
+def _kilo_env(agent_id: str) -> dict[str, str]:
+    return _kilo(agent_id)[1]
 
 
 async def test_an_agents_bash_reads_no_secret_of_the_runtime_or_of_another_agent(fake_llm, seaweedfs, tmp_path: Path):
@@ -98,11 +103,4 @@ async def _has_done(path: Path) -> bool:
 
 
 def _proc_uid(agent_id: str) -> int:
-    for p in psutil.process_iter(["name"]):
-        try:
-            env = p.environ()
-        except psutil.Error:
-            continue
-        if env.get("GASTOWN_AGENT_ID") == agent_id and "KILO_SERVER_PASSWORD" in env:
-            return p.uids().real
-    raise AssertionError(f"no kilo of {agent_id}")
+    return _kilo(agent_id)[0].uids().real

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sqlite3
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -21,19 +20,10 @@ from supervisor.snapshots import AgentSnapshots, StaleWriter
 from supervisor.worker_bridge import WorkerBridge
 from supervisor.worker_client import WorkerClient
 from tests.conftest import ADMIN_TOKEN, JWT_SECRET, Worker
+from tests.integration.test_snapshot_seals import _db
 from tests.s3servers import new_bucket, seaweedfs  # noqa: F401
 from worker_api.app import create_app
 from worker_api.snapshot_access import SnapshotBroker
-
-
-def _db(path: Path, tag: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    c = sqlite3.connect(path)
-    c.execute("CREATE TABLE IF NOT EXISTS t(tag TEXT)")
-    c.execute("INSERT INTO t VALUES (?)", (tag,))
-    c.commit()
-    c.close()
-    return path
 
 
 @pytest.fixture

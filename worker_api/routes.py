@@ -47,6 +47,7 @@ ERRORS = {
     404: "Unknown town, agent, bead, rig, convoy or nudge (*_NOT_FOUND)",
     409: "Conflict (e.g. *_EXISTS, INVALID_TRANSITION, DEPENDENCY_CYCLE, AGENT_BUSY, CONVOY_FINISHED)",
     413: "Body too large (PAYLOAD_TOO_LARGE)",
+    503: "A service behind the worker did not answer (STORE_UNAVAILABLE: the snapshot store)",
 }
 Q_BEADS = (
     {"name": "status", "in": "query", "schema": {"type": "string", "enum": list(bx.BEAD_STATUSES)}},

@@ -68,5 +68,6 @@ class Runner(web.AppRunner):
         super().__init__(app, **kwargs)
         self.max_connections = max_connections or max_connections_from_env()
 
-    async def _make_server(self) -> Any:
-        return _CappedServer(await super()._make_server(), self.max_connections)
+    async def setup(self) -> None:
+        await super().setup()
+        self._server = _CappedServer(self._server, self.max_connections)  # what its sites listen with

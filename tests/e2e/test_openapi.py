@@ -27,11 +27,14 @@ from control_server.app import build_openapi as control_openapi
 from control_server.app import create_app as create_control_app
 from supervisor.config import RuntimeConfig
 from supervisor.runtime import ContainerRuntime
+from gastown.local.s3servers import new_bucket, s3_env
 from tests.conftest import ADMIN_TOKEN, CONTROL_TOKEN, JWT_SECRET, start_body
+from tests.s3servers import seaweedfs  # noqa: F401 - fixture
 from worker_api import beads as bx
 from worker_api.app import create_app as create_worker_app
 from worker_api.appkeys import AUTH_POLICIES, DB
 from worker_api.routes import build_openapi as worker_openapi
+from worker_api.snapshot_access import SnapshotBroker
 
 METHODS = {"get", "post", "put", "patch", "delete"}
 
@@ -175,8 +178,11 @@ async def test_documents_are_served_without_auth(aiohttp_client, tmp_path: Path)
 # ---------------------------------------------------------------- worker: every operation, valid input
 
 
-async def test_worker_responses_match_document(aiohttp_client, tmp_path: Path) -> None:
-    app = create_worker_app(tmp_path / "w.db", admin_token=ADMIN_TOKEN, jwt_secret=JWT_SECRET, run_reconciler=False)
+async def test_worker_responses_match_document(aiohttp_client, tmp_path: Path, seaweedfs) -> None:  # noqa: ANN001
+    bucket = new_bucket(seaweedfs)
+    broker = SnapshotBroker.from_env({"GASTOWN_SNAPSHOT_URL": f"s3://{bucket}/g", **s3_env(seaweedfs, bucket)})
+    app = create_worker_app(tmp_path / "w.db", admin_token=ADMIN_TOKEN, jwt_secret=JWT_SECRET, run_reconciler=False,
+                            snapshot_broker=broker)
     client = await aiohttp_client(app)
     doc = worker_openapi()
     conf = Conformance(doc)
@@ -317,6 +323,15 @@ async def test_worker_responses_match_document(aiohttp_client, tmp_path: Path) -
         await ws.receive(timeout=10)  # upgraded (101), then closed: the town's container does not answer here
         assert ws.close_code == 1011
         conf.ok.add(("GET", f"{A}/pty"))
+    manifest = {"format": 1, "generation": 1, "key": "generations/0000000001-x-ab.db"}
+    seal = (await do("POST", f"{A}/snapshot-seal", 200, token=ctok, ids={"a": "polecat-1"},
+                     json={"manifest": manifest}))["seal"]
+    assert (await do("POST", f"{A}/snapshot-verify", 200, token=ctok, ids={"a": "polecat-1"},
+                     json={"manifest": manifest, "seal": seal}))["valid"] is True
+    access = await do("POST", f"{A}/snapshot-access", 200, token=ctok, ids={"a": "polecat-1"},
+                      json={"op": "put", "key": "manifest.json", "if_none_match": True})
+    assert access["method"] == "PUT" and access["headers"] == {"If-None-Match": "*"}
+    assert (await do("GET", f"{T}/snapshot-store", 200, token=ctok))["conditional_writes"] is True
     agent_token = await do("POST", f"{A}/token", 200, token=ctok, ids={"a": "polecat-1"})
     assert agent_token["token"] != ctok
     rotated = await do("POST", f"{T}/rotate-tokens", 200)  # last: it revokes ctok

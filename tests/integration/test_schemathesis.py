@@ -41,9 +41,12 @@ from control_server.app import build_openapi as control_openapi
 from control_server.app import create_app as create_control_app
 from supervisor.config import RuntimeConfig
 from supervisor.runtime import ContainerRuntime
+from gastown.local.s3servers import new_bucket, s3_env
 from tests.conftest import ADMIN_TOKEN, CONTROL_TOKEN, JWT_SECRET
+from tests.s3servers import seaweedfs  # noqa: F401 - fixture
 from worker_api.app import create_app as create_worker_app
 from worker_api.routes import build_openapi as worker_openapi
+from worker_api.snapshot_access import SnapshotBroker
 
 MAX_EXAMPLES = int(os.environ.get("GASTOWN_FUZZ_EXAMPLES", "25"))
 MIN_EXAMPLES = min(MAX_EXAMPLES, 5)
@@ -293,12 +296,15 @@ def test_control_server_conforms(control: dict[str, Any], budget: Budget, label:
 
 
 @pytest.fixture(scope="module")
-def worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+def worker(tmp_path_factory: pytest.TempPathFactory, seaweedfs: Any) -> Iterator[dict[str, Any]]:
     root: Path = tmp_path_factory.mktemp("fuzz-worker")
     lt = LoopThread()
+    bucket = new_bucket(seaweedfs)  # the snapshot broker's routes reach their handlers
+    broker = SnapshotBroker.from_env({"GASTOWN_SNAPSHOT_URL": f"s3://{bucket}/fuzz", **s3_env(seaweedfs, bucket)})
 
     async def up() -> TestServer:
-        app = create_worker_app(root / "worker.db", admin_token=ADMIN_TOKEN, jwt_secret=JWT_SECRET, run_reconciler=False)
+        app = create_worker_app(root / "worker.db", admin_token=ADMIN_TOKEN, jwt_secret=JWT_SECRET, run_reconciler=False,
+                                snapshot_broker=broker)
         server = TestServer(app, host="127.0.0.1")
         await server.start_server()
         return server

@@ -49,6 +49,10 @@ def test_child_env_does_not_inherit_runtime_secrets(tmp_path: Path):
     env = build_child_env(req, paths=AgentPaths.for_agent(tmp_path, "polecat-1"), kilo_bin="/k/bin/kilo", config_json="{}",
                           password="pw", parent_pid=42, api_url="http://w", kilocode_token=None, base_env=base)
     assert "GASTOWN_CONTROL_TOKEN" not in env and "AWS_SECRET_ACCESS_KEY" not in env
+    # the agent's own token is a file it reads; the runtime's token is never in an agent's env
+    assert "GASTOWN_CONTAINER_TOKEN" not in env
+    assert env["GASTOWN_AGENT_TOKEN_FILE"] == str(tmp_path / "agents" / "polecat-1" / "home" / ".gastown" / "token")
+    assert env["TMPDIR"] == str(tmp_path / "agents" / "polecat-1" / "home" / "tmp")
     assert env["PATH"] == "/usr/bin" and env["CUSTOM"] == "1"
     assert env["HOME"] == str(tmp_path / "agents" / "polecat-1" / "home")
     assert env["GASTOWN_AGENT_ID"] == "polecat-1"

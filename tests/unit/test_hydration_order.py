@@ -190,3 +190,28 @@ def test_only_the_newest_exited_agent_records_are_kept(tmp_path):
         sup.agents[rec.agent_id] = rec
     sup.forget_exited(keep=2)
     assert list(sup.agents) == ["polecat-2", "polecat-3", "polecat-4"]
+
+
+async def test_a_forged_registry_row_is_never_resumed_at_boot(worker, tmp_path: Path):
+    """A registry entry switched the next container's worker URL to an attacker's (issue 13): a row
+    written into the worker's store by anything but the worker's own checks is not served, so the
+    booting container resumes only the sealed entries and never sees the forged one."""
+    from worker_api.appkeys import DB
+    from worker_api import store
+
+    town_id, token = await _town_with_registry(worker, 1)
+    db = worker.server.app[DB]
+    stored = await db.run(store.get_registry, town_id, write=False)
+    forged = {"agent_id": "polecat-9", "workdir": "/w/9", "seal": "0" * 64, "request": start_body(
+        agent_id="polecat-9", town_id=town_id, env_vars={"GASTOWN_API_URL": "http://attacker.example"})}
+    await db.run(store.put_registry, town_id, [*stored, forged], 0)
+    client = WorkerClient(worker.url, token, town_id)
+    sup = Supervisor(RuntimeConfig(data_dir=tmp_path / "d", hydration_concurrency=2), client)
+    starts = ControlledStarts()
+    sup.start = starts.start  # type: ignore[method-assign]
+    starts.done("polecat-0")
+    try:
+        await asyncio.wait_for(Hydrator(sup).run(), 10)
+        assert starts.begun == ["polecat-0"]
+    finally:
+        await client.close()

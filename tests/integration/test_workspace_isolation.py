@@ -45,3 +45,22 @@ async def test_an_agents_git_config_never_steers_the_rigs_mirror_fetched_as_root
     mirror = tmp_path / "data" / "rigs" / "rig-1" / "mirror.git"
     assert _head(mirror) == _head(origin) != _head(evil)
     assert not (tmp_path / "PWNED").exists()
+
+
+async def test_a_tree_left_by_an_earlier_runtime_is_not_readable_by_whoever_gets_its_uid(tmp_path: Path) -> None:
+    """uids are handed out in start order: on a kept volume, the agent that got another's old uid
+    could read its workspace and token file."""
+    old = tmp_path / "data" / "agents" / "polecat-old"
+    (old / "home" / ".gastown").mkdir(parents=True)
+    (old / "home" / ".gastown" / "token").write_text("old-agent-token")
+    sup = Supervisor(RuntimeConfig(data_dir=tmp_path / "data"), WorkerClient(None, None, None))
+    uid = sup.users.uid("polecat-1")
+    for path in (old, *old.rglob("*")):
+        os.chown(path, uid, uid)
+    os.chmod(old, 0o700)
+    req = StartAgentRequest.model_validate(start_body())
+    await sup.prepare_workspace(sup.new_record(req))
+    read = subprocess.run(["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--",
+                           "cat", str(old / "home" / ".gastown" / "token")], capture_output=True, text=True)
+    assert read.returncode != 0 and "old-agent-token" not in read.stdout
+    assert old.stat().st_uid == 0

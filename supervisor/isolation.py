@@ -109,7 +109,6 @@ class AgentUsers:
         self.enabled = enabled
         self.base = base
         self._uids: dict[str, int] = {}
-        self._claimed_at_start = False
 
     @classmethod
     def create(cls, mode: str, base: int | None, town_id: str | None, programs: Sequence[str] = ()) -> "AgentUsers":
@@ -181,10 +180,14 @@ class AgentUsers:
         os.chown(root, *owner, follow_symlinks=False)
         os.chmod(root, 0o700)
 
-    def _lock_up_old_trees(self, agents: Path) -> None:
+    def lock_up_old_trees(self, data_dir: Path) -> None:
         """Trees an earlier runtime left (a kept volume) belong to uids this runtime hands out in
         its own order: each is the runtime's (0700) until its agent starts and takes it back, or
-        the agent that now has that uid could read another's workspace and token."""
+        the agent that now has that uid could read another's workspace and token. Called once,
+        before any start (a start in progress would lose its tree)."""
+        agents = data_dir / "agents"
+        if not self.enabled or not agents.is_dir():
+            return
         for tree in agents.iterdir():
             if tree.is_dir() and not tree.is_symlink():
                 os.chown(tree, 0, 0, follow_symlinks=False)
@@ -199,9 +202,6 @@ class AgentUsers:
         agents.mkdir(parents=True, exist_ok=True)
         for path in (agents, data_dir):  # ours: searchable, not listable (agent ids are not for agents)
             os.chmod(path, (stat.S_IMODE(path.stat().st_mode) & ~0o066) | 0o711)
-        if not self._claimed_at_start:
-            self._claimed_at_start = True
-            self._lock_up_old_trees(agents)
         for path in data_dir.parents:
             mode = stat.S_IMODE(path.stat().st_mode)
             if not mode & stat.S_IXOTH:

@@ -84,6 +84,7 @@ class Supervisor:
         self.prepare_hooks: list[Callable[[AgentRecord], Awaitable[None]]] = []
         self.users = AgentUsers.create(cfg.agent_uids, cfg.agent_uid_base, cfg.town_id,
                                        (cfg.kilo_bin, cfg.plugin_command[0], cfg.credential_helper[0]))
+        self.users.lock_up_old_trees(cfg.data_dir)
 
     # -- plumbing -------------------------------------------------------------------------------
     def lock(self, agent_id: str) -> asyncio.Lock:

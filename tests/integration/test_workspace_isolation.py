@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from supervisor.config import RuntimeConfig
+from supervisor.isolation import AgentUsers
 from supervisor.models import StartAgentRequest
 from supervisor.supervisor import Supervisor
 from supervisor.worker_client import WorkerClient
@@ -53,11 +54,12 @@ async def test_a_tree_left_by_an_earlier_runtime_is_not_readable_by_whoever_gets
     old = tmp_path / "data" / "agents" / "polecat-old"
     (old / "home" / ".gastown").mkdir(parents=True)
     (old / "home" / ".gastown" / "token").write_text("old-agent-token")
-    sup = Supervisor(RuntimeConfig(data_dir=tmp_path / "data"), WorkerClient(None, None, None))
-    uid = sup.users.uid("polecat-1")
+    uid = AgentUsers.create("auto", None, "town-test").uid("polecat-1")  # what this runtime will hand out
     for path in (old, *old.rglob("*")):
         os.chown(path, uid, uid)
     os.chmod(old, 0o700)
+    sup = Supervisor(RuntimeConfig(data_dir=tmp_path / "data", town_id="town-test"), WorkerClient(None, None, None))
+    assert sup.users.uid("polecat-1") == uid
     req = StartAgentRequest.model_validate(start_body())
     await sup.prepare_workspace(sup.new_record(req))
     read = subprocess.run(["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--",

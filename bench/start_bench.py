@@ -31,7 +31,7 @@ from bench.common import (
     abba, assert_no_kilo_left, bare_start, configure_runtime_log, emit, fake_llm, log, machine, median, ms, ms_list,
     my_kilos, pct, prepare_bare, rmtree, runtime_config, settle, start_body, start_container, start_worker, tail,
 )
-from supervisor.hydration import mayor_rig_id
+from supervisor.hydration import PREWARM_FIELDS, mayor_rig_id
 from supervisor.models import StartAgentRequest
 
 COLD_PAIRS = int(os.environ.get("BENCH_COLD_PAIRS", "4"))
@@ -135,6 +135,8 @@ async def warm(tmp: Path) -> dict:
                 boot_prewarm_s = time.monotonic() - t0
                 if "mayor" not in sup.prewarm_pool.entries:
                     raise RuntimeError(f"mayor was not prewarmed during hydration\n{tail(tmp / 'runtime.log')}")
+                status, ctx = await worker.request("GET", f"/api/towns/{town_id}/prewarm-context")
+                start_fields = {k: v for k, v in ctx.items() if k in PREWARM_FIELDS and v is not None and k != "agent_id"}
                 runs: dict[str, list[float]] = {"first_start": [], "resume": []}
                 settles: list[float] = []
                 prewarm_s: list[float] = []
@@ -150,9 +152,10 @@ async def warm(tmp: Path) -> dict:
                     settles.append(await settle(proc.pids()))
                     prompt = f"warm {i}"
                     t1 = time.perf_counter()
+                    # The start the worker's desk sends: the prewarm context's fields (identity, system prompt...).
                     status, body = await container.start_agent(
-                        agent_id="mayor", town_id=town_id, rig_id=mayor_rig_id(town_id), role="mayor", name="Mayor",
-                        prompt=prompt)
+                        **start_fields, agent_id="mayor", town_id=town_id, rig_id=mayor_rig_id(town_id),
+                        role="mayor", prompt=prompt)
                     elapsed = time.perf_counter() - t1
                     if status != 201:
                         raise RuntimeError(f"mayor start returned {status}: {body}")

@@ -74,8 +74,8 @@ async def main() -> None:
         s3 = start_seaweedfs(tmp / "s3")
         try:
             async with FakeLLM() as llm:
-                town = TownProcs(tmp / "town", llm, s3)
                 (tmp / "town").mkdir()
+                town = TownProcs(tmp / "town", llm, s3)  # its forge makes a directory in it at once
                 try:
                     await town.start()
                     runs, hands = [], []

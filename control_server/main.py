@@ -11,9 +11,9 @@ from aiohttp import web
 
 from control_server.app import create_app
 from gastown.core import jsonlog
+from gastown.core.procs import make_undumpable
 from gastown.core.serving import Runner
 from supervisor.config import ConfigError, RuntimeConfig
-from supervisor.isolation import make_undumpable
 from supervisor.runtime import ContainerRuntime
 
 log = jsonlog.get_logger("container")
@@ -82,7 +82,7 @@ def run_container(host: str, port: int, insecure: bool = False) -> int:
     if not cfg.control_token and not insecure:
         print("gastown container: GASTOWN_CONTROL_TOKEN is required (or pass --insecure)", file=sys.stderr)
         return 2
-    # Agents run hostile code: /proc/<runtime>/{environ,mem} closed to them (supervisor.isolation),
+    # Agents run hostile code: /proc/<runtime>/{environ,mem} closed to them (gastown.core.procs),
     # and the tokens no longer in os.environ, so no child we spawn can inherit them by accident.
     log.info("container.hardened", undumpable=make_undumpable())
     for key in ("GASTOWN_CONTROL_TOKEN", "GASTOWN_CONTAINER_TOKEN", "KILOCODE_TOKEN"):

@@ -1,7 +1,8 @@
 """Hot swaps: restart a running agent's kilo with a new config and resume the same session.
 
 A child's env and config are frozen at spawn, so a new model needs a new process. The new server
-starts beside the old one (same data dir: kilo shares its DB between processes), is verified, and only then replaces it; on any failure the old process keeps serving.
+starts beside the old one (same data dir: kilo shares its DB between processes), is verified, and
+only then replaces it; on any failure the old process keeps serving.
 A spawn that outlives its timeout is reaped when it finishes, so a swap never leaks a kilo.
 """
 from __future__ import annotations

@@ -7,7 +7,7 @@ uid/gid of its own (no passwd entry needed) and its kilo, its tools and the git 
 in its workspace are started through util-linux ``setpriv`` with that uid, no supplementary
 groups and ``no_new_privs`` (no setuid escalation). Its tree (``agents/<id>``) is its own, mode
 0700; the runtime's data dir is traversable but not listable; a rig's mirror stays readable
-(every agent of the rig may read the repository). The runtime itself is made non-dumpable, which
+(every agent of the rig may read the repository). The runtime itself is made non-dumpable (``gastown.core.procs``), which
 also guards its ``/proc`` files from same-uid processes when it is not root (then agents share its
 uid and only that guard applies: see the README).
 
@@ -18,7 +18,6 @@ on one host rarely share uids; one town per container is the production layout).
 """
 from __future__ import annotations
 
-import ctypes
 import os
 import shutil
 import stat
@@ -29,20 +28,11 @@ from typing import Mapping, Sequence
 from gastown.contract.git import local_git_allowed
 from gastown.core import gitops
 from gastown.core.jsonlog import get_logger
+from supervisor.kilo_env import credential_wiring
 
 log = get_logger("supervisor.isolation")
 
-_PR_SET_DUMPABLE = 4
 MAX_AGENTS = 1000
-
-
-def make_undumpable() -> bool:
-    """No core dumps, and ``/proc/<pid>/{environ,mem,...}`` closed to anything without
-    CAP_SYS_PTRACE, including processes of the same uid."""
-    try:
-        return ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0) == 0
-    except (OSError, AttributeError):
-        return False
 
 
 def _reachable(path: Path, bit: int) -> bool:
@@ -81,10 +71,7 @@ def mirror_git_env(agent_git_env: Mapping[str, str], data_dir: Path) -> dict[str
     git (``gastown.core.gitops``: no system or agent config — the agent's ``$HOME/.gitconfig`` is
     the agent's to write —, no hooks, listed protocols) plus the credential helper and the identity
     it asks the worker with."""
-    pairs = [(agent_git_env[f"GIT_CONFIG_KEY_{i}"], agent_git_env.get(f"GIT_CONFIG_VALUE_{i}", ""))
-             for i in range(int(agent_git_env.get("GIT_CONFIG_COUNT", "0") or 0))
-             if agent_git_env.get(f"GIT_CONFIG_KEY_{i}", "").startswith("credential.")]
-    extra = {k: v for k, v in agent_git_env.items() if k.startswith(("GASTOWN_", "GIT_AUTHOR_", "GIT_COMMITTER_"))}
+    pairs, extra = credential_wiring(agent_git_env)
     protocols = "http:https:file" if local_git_allowed() else "http:https"
     return gitops.safe_env(data_dir / "rigs" / ".git-home", protocols=protocols, extra_config=pairs, extra=extra)
 

@@ -208,6 +208,22 @@ def credential_helper_env(command: list[str]) -> dict[str, str]:
             "GIT_CONFIG_KEY_1": "credential.useHttpPath", "GIT_CONFIG_VALUE_1": "true"}
 
 
+_IDENTITY_KEYS = ("GIT_AUTHOR_NAME", "GIT_AUTHOR_EMAIL", "GIT_COMMITTER_NAME", "GIT_COMMITTER_EMAIL")
+
+
+def credential_wiring(git_env: Mapping[str, str]) -> tuple[list[tuple[str, str]], dict[str, str]]:
+    """Read back from an agent's git env (the inverse of :func:`credential_helper_env`): its
+    ``credential.*`` config pairs, and the identity env the helper asks the worker with plus the
+    commit identity. What the runtime's own hardened git (drain save, mirror fetch) borrows."""
+    pairs = []
+    for i in range(int(git_env.get("GIT_CONFIG_COUNT", "0") or 0)):
+        key, value = git_env.get(f"GIT_CONFIG_KEY_{i}"), git_env.get(f"GIT_CONFIG_VALUE_{i}")
+        if key and value is not None and key.startswith("credential."):
+            pairs.append((key, value))
+    extra = {k: v for k, v in git_env.items() if k.startswith("GASTOWN_") or k in _IDENTITY_KEYS}
+    return pairs, extra
+
+
 def git_access_env(req: StartAgentRequest, *, api_url: str | None, container_token: str | None = None,
                    token_file: Path | None = None, credential_helper: list[str] | None) -> dict[str, str]:
     """What git needs to reach the rig's repository as this agent: the identity, the token the

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import secrets
 import threading
+from typing import Any
 
 from gastown.core.jsonlog import get_logger
 
@@ -38,6 +39,17 @@ class TooLarge(ObjectStoreError):
 
 class StoreUnavailable(ObjectStoreError):
     """Transient: connection refused/reset, timeout, 5xx. Worth retrying."""
+
+
+def copy_capped(src: Any, dst: Any, key: str, max_bytes: int | None) -> None:
+    """Copy ``src`` to ``dst`` in chunks; TooLarge as soon as it holds more than ``max_bytes``
+    (nothing past the cap is written)."""
+    copied = 0
+    while chunk := src.read(CHUNK):
+        copied += len(chunk)
+        if max_bytes is not None and copied > max_bytes:
+            raise TooLarge(f"{key}: more than {max_bytes} bytes")
+        dst.write(chunk)
 
 
 def check_key(key: str, *, allow_prefix: bool = False) -> str:

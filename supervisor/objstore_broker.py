@@ -18,7 +18,6 @@ from typing import Any
 from xml.etree import ElementTree
 
 from supervisor.objstore_base import (
-    CHUNK,
     NotFound,
     ObjectStore,
     ObjectStoreError,
@@ -26,8 +25,10 @@ from supervisor.objstore_base import (
     StoreUnavailable,
     TooLarge,
     check_key,
+    copy_capped,
 )
-from supervisor.worker_bridge import BridgeError, WorkerBridge
+from supervisor.worker_bridge import WorkerBridge
+from supervisor.worker_client import WorkerError
 
 HTTP_TIMEOUT_S = 60.0
 _AGENT_KEY = re.compile(r"^towns/(?P<town>[^/]+)/agents/(?P<agent>[^/]+)/(?P<rel>.*)$")
@@ -49,7 +50,7 @@ class BrokeredStore(ObjectStore):
             raise ValueError(f"not an agent's snapshot key: {key!r}")
         try:
             data = self.bridge.call("POST", f"/agents/{m['agent']}/snapshot-access", {"op": op, "key": m["rel"], **extra})
-        except BridgeError as e:
+        except WorkerError as e:
             if e.status is not None and 400 <= e.status < 500:
                 raise ObjectStoreError(f"{key}: the worker refused {op} ({e.status})") from None
             raise StoreUnavailable(f"{key}: no presigned {op}: {e}") from None
@@ -60,7 +61,7 @@ class BrokeredStore(ObjectStore):
     def _probe(self) -> bool:
         try:
             data = self.bridge.call("GET", "/snapshot-store")
-        except BridgeError as e:
+        except WorkerError as e:
             raise StoreUnavailable(f"snapshot store info: {e}") from None
         return bool(isinstance(data, dict) and data.get("conditional_writes"))
 
@@ -108,13 +109,8 @@ class BrokeredStore(ObjectStore):
             length = resp.headers.get("Content-Length")
             if max_bytes is not None and length is not None and int(length) > max_bytes:
                 raise TooLarge(f"{key}: {length} bytes, at most {max_bytes} expected")
-            copied = 0
             with open(path, "wb") as out:
-                while chunk := resp.read(CHUNK):
-                    copied += len(chunk)
-                    if max_bytes is not None and copied > max_bytes:
-                        raise TooLarge(f"{key}: more than {max_bytes} bytes")
-                    out.write(chunk)
+                copy_capped(resp, out, key, max_bytes)
 
     def head(self, key):
         try:

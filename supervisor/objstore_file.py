@@ -14,8 +14,8 @@ from supervisor.objstore_base import (
     NotFound,
     ObjectStore,
     PreconditionFailed,
-    TooLarge,
     check_key,
+    copy_capped,
     same_etag,
 )
 
@@ -123,12 +123,7 @@ class FileStore(ObjectStore):
         src = self._path(key)
         try:
             with open(src, "rb") as fin, open(path, "wb") as fout:
-                copied = 0
-                while chunk := fin.read(CHUNK):
-                    copied += len(chunk)
-                    if max_bytes is not None and copied > max_bytes:
-                        raise TooLarge(f"{key}: more than {max_bytes} bytes")
-                    fout.write(chunk)
+                copy_capped(fin, fout, key, max_bytes)
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             raise NotFound(key) from None
 

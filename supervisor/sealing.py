@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from supervisor.worker_bridge import BridgeError, WorkerBridge
+from supervisor.worker_bridge import WorkerBridge
+from supervisor.worker_client import WorkerError
 
 
 class SealUnavailable(Exception):
@@ -31,7 +32,7 @@ class WorkerSealer:
     def _call(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         try:
             data = self.bridge.call("POST", path, body)
-        except BridgeError as e:
+        except WorkerError as e:
             raise SealUnavailable(str(e)) from None
         if not isinstance(data, dict):
             raise SealUnavailable("the worker gave no answer")

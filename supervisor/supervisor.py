@@ -249,8 +249,9 @@ class Supervisor:
                                     container_token=None if own or self.users.enabled else self.worker.token,
                                     credential_helper=self.cfg.credential_helper)}
         mirror = self.cfg.data_dir / "rigs" / req.rig_id / "mirror.git"
+        mirror_env = mirror_git_env(git_env, self.cfg.data_dir) if req.git_url and not req.lightweight else None
         await asyncio.to_thread(prepare_workspace, req, rec.paths.workdir, git_env, mirror,
-                                self.users.prefix(rec.agent_id), mirror_git_env(git_env, self.cfg.data_dir))
+                                self.users.prefix(rec.agent_id), mirror_env)
 
     async def _bring_up(self, rec: AgentRecord, warm: Server | None) -> None:
         async with BringUp(self, rec, warm) as up:

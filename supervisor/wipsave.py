@@ -19,24 +19,10 @@ from typing import Mapping
 
 from gastown.contract.git import check_git_ref
 from gastown.core import gitops
+from supervisor.kilo_env import credential_wiring
 
 WIP_MESSAGE = "WIP: container eviction save"
 PUSH_TIMEOUT_S = 60.0
-_IDENTITY_KEYS = ("GIT_AUTHOR_NAME", "GIT_AUTHOR_EMAIL", "GIT_COMMITTER_NAME", "GIT_COMMITTER_EMAIL")
-
-
-def _helper(child_env: Mapping[str, str]) -> tuple[list[tuple[str, str]], dict[str, str]]:
-    """The agent's git credential wiring (config pairs the runtime set, and the identity env the
-    helper asks the worker with) and its commit identity."""
-    pairs = []
-    for i in range(int(child_env.get("GIT_CONFIG_COUNT", "0") or 0)):
-        key, value = child_env.get(f"GIT_CONFIG_KEY_{i}"), child_env.get(f"GIT_CONFIG_VALUE_{i}")
-        if key and value is not None and key.startswith("credential."):
-            pairs.append((key, value))
-    extra = {k: v for k, v in child_env.items() if k.startswith("GASTOWN_") or k in _IDENTITY_KEYS}
-    return pairs, extra
-
-
 def _head(agent_git: Path, env: Mapping[str, str]) -> tuple[str | None, str | None]:
     """The workspace's HEAD commit and branch (read only: neither runs anything of its config)."""
     commit = gitops.run(["--git-dir", str(agent_git), "rev-parse", "--verify", "-q", "HEAD^{commit}"], env=env,
@@ -56,7 +42,7 @@ def save_workspace(workdir: Path, *, git_url: str | None, branch: str | None, ch
         return None
     with tempfile.TemporaryDirectory(prefix="gastown-wip-", dir=scratch_parent) as tmp:
         home = Path(tmp)
-        pairs, extra = _helper(child_env)
+        pairs, extra = credential_wiring(child_env)
         env = gitops.safe_env(home, protocols="http:https:file", extra_config=pairs, extra=extra)
         head, head_branch = _head(agent_git, env)
         target = check_git_ref(branch or head_branch or "")

@@ -15,14 +15,6 @@ from supervisor.worker_client import WorkerClient, WorkerError
 TIMEOUT_S = 15.0
 
 
-class BridgeError(Exception):
-    """The worker could not answer now (not configured, unreachable, or refused: ``status``)."""
-
-    def __init__(self, message: str, status: int | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-
-
 class WorkerBridge:
     def __init__(self, worker: WorkerClient) -> None:
         self.worker = worker
@@ -33,23 +25,22 @@ class WorkerBridge:
         return self.worker.configured and self.loop is not None
 
     def call(self, method: str, path: str, body: Any = None, timeout: float = TIMEOUT_S) -> Any:
+        """The worker's answer; :class:`WorkerError` (``status`` when it refused) when there is none."""
         loop = self.loop
         if loop is None:
-            raise BridgeError("no event loop bound")
+            raise WorkerError("no event loop bound")
         try:
             running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
             running = None
         if running is loop:
-            raise BridgeError("called on the event loop's thread (it would wait on itself)")
+            raise WorkerError("called on the event loop's thread (it would wait on itself)")
         future = asyncio.run_coroutine_threadsafe(self.worker.call(method, path, body, timeout=timeout), loop)
         try:
             data = future.result(timeout + 5)
-        except WorkerError as e:
-            raise BridgeError(str(e), e.status) from None
         except concurrent.futures.TimeoutError:
             future.cancel()
-            raise BridgeError("the worker did not answer in time") from None
+            raise WorkerError("the worker did not answer in time") from None
         if data is None:
-            raise BridgeError("the worker gave no answer (not configured?)")
+            raise WorkerError("the worker gave no answer (not configured?)")
         return data

@@ -9,15 +9,12 @@ what was removed are reported and logged, never the values.
 """
 from __future__ import annotations
 
-import hmac
 import json
 from typing import Any
 
-from pydantic import ValidationError
-
 from gastown.contract.env import is_reserved_env_key
 from gastown.contract.start import StartAgentRequest
-from gastown.core.http import ApiError
+from gastown.core.http import ApiError, parse_model
 from gastown.core.jsonlog import get_logger
 from gastown.core.secrets import strip_secrets
 from worker_api.models import RegistryEntry
@@ -42,11 +39,9 @@ def _check_shape(i: int, entry: RegistryEntry) -> None:
 def _check_contract(i: int, agent_id: str, request: dict[str, Any], town_id: str) -> None:
     """A start request of this town's agent by the contract's model (what boot hydration resumes)."""
     try:
-        req = StartAgentRequest.model_validate(request)
-    except ValidationError as e:
-        first = e.errors()[0]
-        where = ".".join(str(p) for p in first.get("loc", ()))
-        raise ApiError(400, "INVALID_REQUEST", f"entry [{i}]: request.{where}: {first.get('msg', 'invalid')}") from None
+        req = parse_model(StartAgentRequest, request)
+    except ApiError as e:
+        raise ApiError(e.status, e.code, f"entry [{i}]: request: {e.message}") from None
     if req.town_id != town_id or req.agent_id != agent_id:
         raise ApiError(400, "INVALID_REQUEST", f"entry [{i}]: request names another town or agent")
 
@@ -79,9 +74,7 @@ def sealed_entries(stored: list[Any], town_id: str, tokens: ContainerTokens) -> 
         if not isinstance(entry, dict):
             continue
         body = {k: entry.get(k) for k in ("agent_id", "request", "workdir")}
-        seal = entry.get("seal")
-        expected = tokens.seal(PURPOSE, town_id, body)
-        if not isinstance(seal, str) or not seal.isascii() or not hmac.compare_digest(seal.encode(), expected.encode()):
+        if not tokens.seal_matches(PURPOSE, town_id, body, entry.get("seal")):
             log.warning("registry.forged_entry", town=town_id, agent_id=str(body["agent_id"])[:64])
             continue
         out.append(body)

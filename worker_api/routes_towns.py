@@ -131,7 +131,12 @@ async def refresh_container_token(request: web.Request) -> web.Response:
     tokens, claims = request.app[TOKENS], request[PRINCIPAL].claims
     token = tokens.mint(town["town_id"], generation=town["token_generation"]) if claims is None else tokens.refreshed(claims)
     log.info("token.refreshed", town=town["town_id"], by=request[PRINCIPAL].kind, agent_id=request[PRINCIPAL].agent_id)
-    return web.json_response({"token": token, "expires_at": int(request.app[CLOCK]()) + tokens.ttl_s})
+    return _token_answer(request, token)
+
+
+def _token_answer(request: web.Request, token: str) -> web.Response:
+    """A token just minted and when it expires (epoch seconds)."""
+    return web.json_response({"token": token, "expires_at": int(request.app[CLOCK]()) + request.app[TOKENS].ttl_s})
 
 
 def _agent_role_tx(conn: sqlite3.Connection, town_id: str, agent_id: str) -> str:
@@ -146,9 +151,8 @@ async def agent_token(request: web.Request) -> web.Response:
     never holds the runtime's token. The runtime asks again before it expires (a new chain)."""
     town, agent_id = request[TOWN], request.match_info["a"]
     role = await request.app[DB].run(_agent_role_tx, town["town_id"], agent_id, write=False)
-    tokens = request.app[TOKENS]
-    token = tokens.mint_agent(town["town_id"], agent_id, role, generation=town["token_generation"])
-    return web.json_response({"token": token, "expires_at": int(request.app[CLOCK]()) + tokens.ttl_s})
+    return _token_answer(request, request.app[TOKENS].mint_agent(town["town_id"], agent_id, role,
+                                                                 generation=town["token_generation"]))
 
 
 async def rotate_tokens(request: web.Request) -> web.Response:

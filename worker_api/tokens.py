@@ -87,6 +87,12 @@ class ContainerTokens:
         blob = json.dumps([town_id, data], sort_keys=True, separators=(",", ":")).encode()
         return hmac.new(key, blob, hashlib.sha256).hexdigest()
 
+    def seal_matches(self, purpose: str, town_id: str, data: Any, seal: Any) -> bool:
+        """Whether ``seal`` is :meth:`seal` of ``data``, in constant time. A non-ASCII or non-str
+        seal is simply wrong (``compare_digest`` raised on non-ASCII str: a 500)."""
+        expected = self.seal(purpose, town_id, data)
+        return isinstance(seal, str) and seal.isascii() and hmac.compare_digest(seal.encode(), expected.encode())
+
     def mint(self, town_id: str, *, generation: int = 0) -> str:
         """A runtime token starting a new chain."""
         return self._encode(TokenClaims(town_id, 0, 0, gen=generation))

@@ -26,6 +26,7 @@ from gastown.core.jsonlog import get_logger
 log = get_logger("gastown.procs")
 
 _PR_SET_PDEATHSIG = 1
+_PR_SET_DUMPABLE = 4
 _SETPRIV = shutil.which("setpriv")
 _warned = False
 
@@ -45,15 +46,28 @@ def die_with_parent(argv: list[str], sig: signal.Signals = signal.SIGKILL, *, se
     return [_SETPRIV, f"--pdeathsig={sig.name[3:]}", *setpriv, "--", *argv]
 
 
+def _prctl(option: int, arg: int) -> int | None:
+    """prctl(2) on this process: 0 on success, -1 (errno logged by the caller), None without libc."""
+    try:
+        return int(ctypes.CDLL(None, use_errno=True).prctl(option, arg, 0, 0, 0))
+    except (OSError, AttributeError):
+        return None
+
+
+def make_undumpable() -> bool:
+    """No core dumps, and ``/proc/<pid>/{environ,mem,...}`` closed to anything without
+    CAP_SYS_PTRACE, processes of the same uid included (the runtime, whose agents run hostile code)."""
+    return _prctl(_PR_SET_DUMPABLE, 0) == 0
+
+
 def exit_with_parent(sig: signal.Signals = signal.SIGTERM) -> None:
     """Ask the kernel to send ``sig`` to this process when its parent dies; exit now if it already has."""
     parent = os.getppid()
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0) != 0:
-            log.warning("procs.pdeathsig_failed", errno=ctypes.get_errno())
-            return
-    except (OSError, AttributeError):
+    result = _prctl(_PR_SET_PDEATHSIG, int(sig))
+    if result is None:
+        return
+    if result != 0:
+        log.warning("procs.pdeathsig_failed", errno=ctypes.get_errno())
         return
     if os.getppid() != parent:  # it died before the signal was armed
         os._exit(0)

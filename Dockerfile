@@ -6,10 +6,16 @@
 #            --stop-timeout 330 gastown-runtime
 # SIGTERM starts a drain of up to GASTOWN_DRAIN_TIMEOUT_S (300 s): give `docker stop` / Kubernetes'
 # terminationGracePeriodSeconds more than that, or agents are killed mid-turn.
-# tests/test_dockerfile.py lints this file and runs `gastown container` from the same layout.
+# The base images are build arguments so the same file builds here, where no registry is reachable:
+# `make image` (deploy/podman/build-image) passes local Debian bases made with mmdebstrap.
+# tests/integration/test_dockerfile.py lints this file; tests/image/ builds it with podman and runs it.
+ARG NODE_BASE=node:20-bookworm-slim
+ARG PYTHON_BASE=python:3.11-slim-bookworm
 
 # --- stage 1: the pinned kilo CLI (package-lock.json fixes version and integrity) ---------------
-FROM node:20-bookworm-slim AS kilo
+FROM ${NODE_BASE} AS kilo
+# Where TLS is inspected, the build mounts the host's CA bundle and names it here (never baked in).
+ARG NODE_EXTRA_CA_CERTS
 WORKDIR /opt/kilo
 COPY package.json package-lock.json ./
 # The wrapper package's postinstall only copies the native binary we take directly: skip scripts.
@@ -20,10 +26,11 @@ RUN npm install --omit=dev --ignore-scripts --no-audit --no-fund \
  && node_modules/@kilocode/cli-linux-x64/bin/kilo --version
 
 # --- stage 2: the runtime and its dependencies in a venv (copied whole into the final image) -----
-FROM python:3.11-slim-bookworm AS build
+FROM ${PYTHON_BASE} AS build
+ARG PIP_CERT
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
-RUN python -m venv /opt/venv
+RUN python3 -m venv /opt/venv
 WORKDIR /src
 COPY pyproject.toml ./
 COPY gastown ./gastown
@@ -36,7 +43,7 @@ RUN /opt/venv/bin/pip install . \
  && /opt/venv/bin/gastown --help >/dev/null
 
 # --- stage 3: runtime image -----------------------------------------------------------------------
-FROM python:3.11-slim-bookworm
+FROM ${PYTHON_BASE}
 # git + ssh for the agents' clones and pushes; tini as PID 1 forwards SIGTERM and reaps the tool
 # processes kilo leaves behind. Debian point releases replace exact versions, so the bookworm base
 # tag is the pin here (exact apt pins would break rebuilds).
@@ -62,6 +69,6 @@ VOLUME ["/workspace"]
 EXPOSE 8080
 STOPSIGNAL SIGTERM
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
-  CMD ["python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8080/alive', timeout=4).status != 200)"]
+  CMD ["python3", "-c", "import os, sys, urllib.request as u; p = os.environ.get('GASTOWN_PORT', '8080'); sys.exit(u.urlopen(f'http://127.0.0.1:{p}/alive', timeout=4).status != 200)"]
 ENTRYPOINT ["/usr/bin/tini", "--"]
 CMD ["gastown", "container"]

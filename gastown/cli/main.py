@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from gastown.cli.localtown import DEFAULT_DIR, state_dir
@@ -12,8 +13,9 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", required=True)
 
     c = sub.add_parser("container", help="control server + agent supervisor (in-container process)")
-    c.add_argument("--host", default="0.0.0.0")
-    c.add_argument("--port", type=int, default=8080)
+    # From the env too: a container on the host's network needs a port of its own (deploy/podman).
+    c.add_argument("--host", default=os.environ.get("GASTOWN_HOST", "0.0.0.0"))
+    c.add_argument("--port", type=int, default=int(os.environ.get("GASTOWN_PORT", "8080")))
     c.add_argument("--insecure", action="store_true", help="allow running without GASTOWN_CONTROL_TOKEN")
 
     w = sub.add_parser("worker", help="worker API (control plane) with its reconcilers")

@@ -16,8 +16,10 @@ from aiohttp import web
 from gastown.core.http import MAX_BODY_BYTES, error_middleware
 from gastown.core.jsonlog import get_logger, register_secret
 from worker_api import routes
-from worker_api.appkeys import ADMIN_TOKEN, CLOCK, DB, TOKENS
+from worker_api.appkeys import ADMIN_TOKEN, CLOCK, CONTAINERS, DB, TOKENS
 from worker_api.auth import auth_middleware
+from worker_api.containers.base import ContainerProvider
+from worker_api.containers.service import LaunchSettings, TownContainers
 from worker_api.db import Database
 from worker_api.front import mayor
 from worker_api.reconciler import service as reconciler_service
@@ -42,6 +44,12 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     await app[DB].aclose()
 
 
+async def _containers_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Closed after the desk and the reconciler loops (contexts unwind in reverse), before the store."""
+    yield
+    await app[CONTAINERS].aclose()
+
+
 def create_app(
     db_path: str | Path,
     *,
@@ -51,7 +59,8 @@ def create_app(
     run_reconciler: bool | None = None,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     container_client: Any = None,
-    container_provider: Any = None,
+    container_provider: ContainerProvider | None = None,
+    launch: LaunchSettings | None = None,
     scm_provider: ScmProvider | None = None,
     snapshot_broker: SnapshotBroker | None = None,
 ) -> web.Application:
@@ -68,6 +77,9 @@ def create_app(
     ``scm_provider`` (e.g. ``worker_api.scm.GitHubProvider.from_env()``) polls and merges the PRs of
     merge requests; ``None`` leaves them alone (a PR merge request then fails after R4's timeout
     unless a poll marked it awaiting approval). Rig tokens are set with ``PUT .../rigs/{r}/scm``.
+
+    ``container_provider`` (worker_api/containers/) lets the worker start a town's container when work
+    or a user's message arrives and stop it when idle; ``launch`` is what every container is given.
     """
     if not admin_token:
         raise ValueError("admin_token must not be empty")
@@ -81,9 +93,13 @@ def create_app(
         app[BROKER] = snapshot_broker  # presigned snapshot access for the towns' containers
     routes.install(app)
     app.cleanup_ctx.append(_store_ctx)
+    if container_provider is not None:
+        app[CONTAINERS] = TownContainers(app[DB], container_provider, app[TOKENS], launch or LaunchSettings(""),
+                                         clock_ms=lambda: int(now() * 1000))
+        app.cleanup_ctx.append(_containers_ctx)
     mayor.install(app, lambda: int(now() * 1000))  # after the store: contexts unwind in reverse
     reconciler_service.install(
         app, run=run_reconciler if run_reconciler is not None else now is time.time, clock=now, sleep=sleep,
-        container=container_client, provider=container_provider, scm=scm_provider,
+        container=container_client, containers=app.get(CONTAINERS), scm=scm_provider,
     )
     return app

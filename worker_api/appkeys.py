@@ -5,6 +5,7 @@ from typing import Any, Callable
 
 from aiohttp import web
 
+from worker_api.containers.service import TownContainers
 from worker_api.db import Database
 from worker_api.tokens import ContainerTokens
 
@@ -12,6 +13,8 @@ DB = web.AppKey("worker_db", Database)
 TOKENS = web.AppKey("worker_tokens", ContainerTokens)
 ADMIN_TOKEN = web.AppKey("worker_admin_token", str)
 CLOCK = web.AppKey("worker_clock", Callable[[], float])
+# Present when the worker starts and stops the towns' containers itself (worker_api/containers/).
+CONTAINERS = web.AppKey("worker_containers", TownContainers)
 # aiohttp route → the auth policy its declaration names (worker_api.routes).
 AUTH_POLICIES = web.AppKey("worker_auth_policies", dict)
 

@@ -1,4 +1,4 @@
-"""Calls from the worker to a town's container, and the ContainerProvider interface.
+"""Calls from the worker to a town's container.
 
 ``ContainerClient`` speaks the control-server API (docs/contract.md §4) with ``Authorization: Bearer <control
 token>``; every call has a timeout. Results are classified, never raised, because the reconciler
@@ -6,14 +6,12 @@ must decide from them, and one rule matters above all (#1358): a *timeout* or tr
 ``/agents/start`` does not mean the agent did not start. The caller leaves the agent ``working`` and
 lets heartbeats decide.
 
-``ContainerProvider`` owns the container's lifecycle (state, stop) for the idle stop. Only a local
-process provider exists now; Docker/Kubernetes providers implement the same two methods.
+Starting and stopping the container itself is a provider's job (worker_api/containers/).
 """
 from __future__ import annotations
 
 import asyncio
 import json
-import signal
 import sqlite3
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -164,46 +162,3 @@ class HttpContainerClient:
         except (asyncio.TimeoutError, aiohttp.ClientError):
             return False
         return status == 202
-
-
-class ContainerProvider(Protocol):
-    """Lifecycle of a town's container, for the idle stop (docs/original-system.md §5.6)."""
-
-    async def state(self, town_id: str) -> str: ...   # running | healthy | stopped | unknown
-    async def stop(self, town_id: str) -> None: ...     # raises on failure
-
-
-class LocalProcessProvider:
-    """Containers run as local processes (``gastown up``); whoever starts one registers its pid.
-
-    Unregistered towns report ``unknown`` and are never stopped: we do not guess at processes.
-    """
-
-    def __init__(self) -> None:
-        self._pids: dict[str, int] = {}
-
-    def register(self, town_id: str, pid: int) -> None:
-        self._pids[town_id] = pid
-
-    async def state(self, town_id: str) -> str:
-        pid = self._pids.get(town_id)
-        if pid is None:
-            return "unknown"
-        try:
-            import os
-
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return "stopped"
-        except PermissionError:
-            return "unknown"
-        return "running"
-
-    async def stop(self, town_id: str) -> None:
-        import os
-
-        pid = self._pids.get(town_id)
-        if pid is None:
-            raise RuntimeError("no container process registered for this town")
-        os.kill(pid, signal.SIGTERM)  # the container drains on SIGTERM (docs/contract.md §2)
-        log.info("container.stop_requested", town=town_id, pid=pid)

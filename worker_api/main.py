@@ -7,6 +7,7 @@ import signal
 import sqlite3
 import sys
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
@@ -14,6 +15,7 @@ from gastown.core import jsonlog
 from gastown.core.serving import Runner
 from worker_api.snapshot_access import SnapshotBroker
 from worker_api.app import create_app
+from worker_api.containers import config as container_config
 from worker_api.db import SchemaTooNewError
 from worker_api.front.archive import Retention
 from worker_api.scm.github import GitHubProvider
@@ -25,9 +27,10 @@ REQUIRED_ENV = ("GASTOWN_ADMIN_TOKEN", "GASTOWN_JWT_SECRET")
 
 
 async def _serve(host: str, port: int, db_path: str, admin_token: str, jwt_secret: str,
-                 broker: SnapshotBroker | None) -> None:
+                 broker: SnapshotBroker | None, containers: tuple[Any, Any]) -> None:
+    provider, launch = containers
     app = create_app(db_path, admin_token=admin_token, jwt_secret=jwt_secret, scm_provider=GitHubProvider.from_env(),
-                     snapshot_broker=broker)
+                     snapshot_broker=broker, container_provider=provider, launch=launch)
     runner = Runner(app, handle_signals=False)
     await runner.setup()
     stop = asyncio.Event()
@@ -48,7 +51,8 @@ async def _serve(host: str, port: int, db_path: str, admin_token: str, jwt_secre
 MIN_JWT_SECRET_BYTES = 32
 
 
-def run_worker(host: str, port: int, db_path: str | None) -> int:
+def run_worker(host: str, port: int, db_path: str | None, *, containers: str = "none", image: str | None = None,
+               public_url: str | None = None) -> int:
     jsonlog.configure()
     missing = [name for name in REQUIRED_ENV if not os.environ.get(name)]
     if missing:
@@ -74,9 +78,18 @@ def run_worker(host: str, port: int, db_path: str | None) -> int:
     for key in ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
         jsonlog.register_secret(os.environ.get(key))
     path = db_path or DEFAULT_DB_PATH
+    try:
+        provided = container_config.from_args(containers, image=image, db_path=path, env=os.environ,
+                                              worker_url=public_url or f"http://{host}:{port}")
+    except ValueError as e:
+        print(f"gastown worker: {e}", file=sys.stderr)
+        return 2
+    for key, value in (provided[1].base_env.items() if provided[1] else ()):
+        if jsonlog.is_secret_key(key) or key == "GASTOWN_KILO_PROVIDERS":  # the model providers' keys
+            jsonlog.register_secret(value)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     try:
-        asyncio.run(_serve(host, port, path, admin_token, jwt_secret, broker))
+        asyncio.run(_serve(host, port, path, admin_token, jwt_secret, broker, provided))
     except (OSError, sqlite3.Error, SchemaTooNewError) as e:
         log.error("worker.failed", error=str(e))
         print(f"gastown worker: {e}", file=sys.stderr)

@@ -48,9 +48,11 @@ ContainerStatus = AgentStateName
 
 
 class CreateTown(Body):
+    """``container_url`` and ``control_token`` name a container someone else runs; a worker that
+    starts containers itself (a container provider) picks both when they are left out."""
     name: ShortText
-    container_url: HttpUrl
-    control_token: Annotated[str, Field(min_length=8, max_length=4096)]
+    container_url: Optional[HttpUrl] = None
+    control_token: Optional[Annotated[str, Field(min_length=8, max_length=4096)]] = None
     default_model: Optional[ShortText] = None
     small_model: Optional[ShortText] = None
     organization_id: Optional[ShortText] = None

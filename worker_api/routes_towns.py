@@ -14,7 +14,7 @@ from aiohttp import web
 from gastown.core.http import ApiError, read_json, read_model
 from gastown.core.jsonlog import get_logger, register_secret
 from worker_api import drain, store
-from worker_api.appkeys import CLOCK, DB, PRINCIPAL, TOKENS, TOWN, now_ms
+from worker_api.appkeys import CLOCK, CONTAINERS, DB, PRINCIPAL, TOKENS, TOWN, now_ms
 from worker_api.dispatch import HttpContainerClient, town_target
 from worker_api.front.desk import mayor_fields
 from worker_api.models import CreateAgent, CreateTown, parse_registry
@@ -37,14 +37,22 @@ async def alive(request: web.Request) -> web.Response:
 
 async def create_town(request: web.Request) -> web.Response:
     body = await read_model(request, CreateTown)
-    register_secret(body.control_token)
+    control_token, container_url = body.control_token, body.container_url
+    if control_token is None or container_url is None:
+        if CONTAINERS not in request.app:
+            raise ApiError(400, "CONTAINER_REQUIRED", "this worker starts no containers: give container_url and"
+                           " control_token")
+        if control_token is not None or container_url is not None:
+            raise ApiError(400, "CONTAINER_REQUIRED", "give both container_url and control_token, or neither")
+        control_token, container_url = "ctl_" + secrets.token_urlsafe(32), ""  # the URL: set at each start
+    register_secret(control_token)
     town_id = new_town_id()
     await request.app[DB].run(
         store.create_town,
         town_id=town_id,
         name=body.name,
-        container_url=body.container_url,
-        control_token=body.control_token,
+        container_url=container_url,
+        control_token=control_token,
         default_model=body.default_model,
         small_model=body.small_model,
         organization_id=body.organization_id,

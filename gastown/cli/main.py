@@ -23,6 +23,12 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument("--port", type=int, default=8787)
     w.add_argument("--db", default=None, type=_sqlite_path,
                    help="SQLite file path (default: ./.gastown/worker.db); no database URLs yet")
+    w.add_argument("--containers", choices=("none", "local", "docker"), default="none",
+                   help="start and stop the towns' containers: none (run elsewhere), local processes, or the"
+                        " runtime image through the Docker API ($DOCKER_HOST)")
+    w.add_argument("--image", default=None, help="runtime image for --containers docker")
+    w.add_argument("--public-url", default=None,
+                   help="the worker's URL as the towns' containers reach it (default http://HOST:PORT)")
 
     sub.add_parser("plugin", help="MCP stdio server with the gt_* tools (spawned by kilo)")
     g = sub.add_parser("git-credential", help="git credential helper of an agent (git runs it; asks the worker)")
@@ -101,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "worker":
         from worker_api.main import run_worker
 
-        return run_worker(host=args.host, port=args.port, db_path=args.db)
+        return run_worker(host=args.host, port=args.port, db_path=args.db, containers=args.containers,
+                          image=args.image, public_url=args.public_url)
     if args.cmd == "plugin":
         from plugin.server import run_plugin
 

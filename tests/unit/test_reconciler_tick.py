@@ -306,33 +306,3 @@ async def test_gupp_nudge_is_queued_and_pushed(h: Harness) -> None:
     await h.tick()
     assert h.container.messages and h.container.messages[0][0] == agent_id
     assert "quiet" in h.container.messages[0][1]
-
-
-class FakeProvider:
-    def __init__(self) -> None:
-        self.stops = 0
-        self.state_value = "running"
-
-    async def state(self, town_id: str) -> str:
-        return self.state_value
-
-    async def stop(self, town_id: str) -> None:
-        self.stops += 1
-
-
-async def test_idle_container_stop_with_throttle_and_mayor_guard(h: Harness) -> None:
-    provider = FakeProvider()
-    h.deps.provider = provider
-    h.sync(lambda c: c.execute("UPDATE agents SET last_activity_at = ? WHERE agent_id = 'mayor-1'", (h.clock.ms,)))
-    await h.tick()
-    assert provider.stops == 0  # the mayor was active less than 5 min ago
-    h.clock.advance(6 * 60)
-    await h.tick()
-    assert provider.stops == 1
-    h.clock.advance(60)
-    await h.tick()
-    assert provider.stops == 1  # throttled: at most once per 2 min
-    h.clock.advance(61)
-    h.sling()
-    await h.tick()
-    assert provider.stops == 1  # active work

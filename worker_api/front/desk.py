@@ -24,6 +24,7 @@ from typing import Any, Callable
 from gastown.core.jsonlog import get_logger
 from worker_api import nudges, settings, store
 from worker_api.db import Database
+from worker_api.containers.service import TownContainers, touch_activity
 from worker_api.dispatch import HttpContainerClient, Target, town_target
 from worker_api.reconciler.prompts import DEFAULT_MODEL
 
@@ -73,6 +74,7 @@ def enqueue_tx(conn: sqlite3.Connection, town_id: str, text: str, now: int) -> t
         mayor = store.create_agent(conn, town_id, agent_id=MAYOR_ID, role="mayor", name="Mayor", rig_id=None,
                                    now_ms=now)
     cur = conn.execute("INSERT INTO mayor_messages (town_id, text, created_at) VALUES (?, ?, ?)", (town_id, text, now))
+    touch_activity(conn, town_id, now)  # a user's message keeps (or brings) the town's container up
     return int(cur.lastrowid or 0), str(mayor["agent_id"])
 
 
@@ -136,11 +138,13 @@ class MayorDesk:
     """One delivery task per town with something to deliver, and the sweep; owned by the app."""
 
     def __init__(self, db: Database, clock_ms: Callable[[], int], client: HttpContainerClient | None = None, *,
+                 containers: TownContainers | None = None,
                  wall_ms: Callable[[], int] = lambda: int(time.time() * 1000), sweep_s: float = SWEEP_S) -> None:
         self.db = db
         self.clock_ms = clock_ms
         self.wall_ms = wall_ms  # the container's clock is wall time: what its events and callbacks are compared to
         self.client = client or HttpContainerClient()
+        self.containers = containers  # starts a stopped container for a user's message
         self.sweep_s = sweep_s
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._again: set[str] = set()
@@ -230,6 +234,8 @@ class MayorDesk:
                 if town_id in self._again:
                     continue
                 return
+            if turns[0].kind == "message" and self.containers is not None:
+                target = await self.containers.ensure_running(town_id) or target
             running = await self._ensure_running(target, town, mayor_id, start=turns[0].kind == "message")
             if running is None:
                 if town_id in self._again:

@@ -13,7 +13,7 @@ from pydantic import Field
 
 from gastown.core.http import ApiError, read_model
 from worker_api import store
-from worker_api.appkeys import DB, TOWN, now_ms
+from worker_api.appkeys import CONTAINERS, DB, TOWN, now_ms
 from worker_api.db import from_json
 from worker_api.dispatch import Target, town_target
 from worker_api.front.desk import MayorDesk, enqueue_tx
@@ -100,7 +100,7 @@ async def get_messages(request: web.Request) -> web.Response:
 
 def install(app: web.Application, clock_ms: Callable[[], int]) -> None:
     async def _desk(app: web.Application):  # noqa: ANN202
-        app[DESK] = MayorDesk(app[DB], clock_ms)
+        app[DESK] = MayorDesk(app[DB], clock_ms, containers=app.get(CONTAINERS))
         app[DESK].start()
         yield
         await app[DESK].close()

@@ -52,8 +52,6 @@ GUPP_TIER_REPEAT_MS = HOUR               # each tier fires at most once per hour
 REESCALATE_MS = _seconds_env("GASTOWN_REESCALATE_S", 30 * MINUTE)  # ours: an unacknowledged escalation comes back
 MAX_REESCALATIONS = 3                    # ... at most this often, one severity higher each time (up to critical)
 
-CONTAINER_IDLE_STOP_MS = 5 * MINUTE      # the mayor must be quiet this long before the container stops
-CONTAINER_IDLE_STOP_THROTTLE_MS = 2 * MINUTE
 EVENT_MAX_ATTEMPTS = 5                   # an event that keeps failing is marked processed with its error
 EVENT_RETENTION_MS = 7 * 24 * HOUR
 EVENTS_PER_TICK = 500

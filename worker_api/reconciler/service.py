@@ -14,7 +14,8 @@ from typing import AsyncIterator, Awaitable, Callable
 from aiohttp import web
 
 from worker_api.appkeys import DB, QUIET
-from worker_api.dispatch import ContainerClient, ContainerProvider, HttpContainerClient
+from worker_api.containers.service import TownContainers
+from worker_api.dispatch import ContainerClient, HttpContainerClient
 from worker_api.reconciler.loop import (
     CALLBACK_DELAY_S,
     NEW_WORK_DELAY_S,
@@ -46,10 +47,10 @@ async def arm_middleware(request: web.Request, handler: Callable[[web.Request], 
 
 def install(app: web.Application, *, run: bool, clock: Callable[[], float] = time.time,
             sleep: Callable[[float], Awaitable[None]] = asyncio.sleep, container: ContainerClient | None = None,
-            provider: ContainerProvider | None = None, scm: ScmProvider | None = None) -> ReconcilerService:
+            containers: TownContainers | None = None, scm: ScmProvider | None = None) -> ReconcilerService:
     """Create the service (always: routes use it) and, when ``run``, run its loops in a cleanup
     context of the app (install after the store's context: contexts unwind in reverse)."""
-    deps = TickDeps(container=container or HttpContainerClient(), provider=provider, scm=scm)
+    deps = TickDeps(container=container or HttpContainerClient(), containers=containers, scm=scm)
     service = ReconcilerService(app[DB], deps, clock=clock, sleep=sleep)
     app[RECONCILER] = service
     if run:

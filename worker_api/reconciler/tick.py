@@ -5,6 +5,9 @@
 2. one write transaction: drain events → load state → ``reconcile`` → ``apply_action`` each;
 3. run the collected side effects concurrently (each with its own timeout), then record results;
 4. check invariants; housekeeping (prune old events); idle container stop.
+
+With a container provider (``deps.containers``), a town whose work needs its container gets it
+started first (worker_api/containers/service.py), and an idle one is stopped.
 """
 from __future__ import annotations
 
@@ -20,11 +23,10 @@ from worker_api import beads as bx
 from worker_api import events as ev
 from worker_api import nudges, store
 from worker_api.db import Database, to_json
-from worker_api.dispatch import ContainerClient, ContainerProvider, StartResult, Target, town_target
+from worker_api.containers.service import TownContainers, touch_activity
+from worker_api.dispatch import ContainerClient, StartResult, Target, town_target
 from worker_api.reconciler.apply import ApplyContext, Effect, apply_actions
 from worker_api.reconciler.constants import (
-    CONTAINER_IDLE_STOP_MS,
-    CONTAINER_IDLE_STOP_THROTTLE_MS,
     EVENT_RETENTION_MS,
     EVENTS_PER_TICK,
     HOUR,
@@ -42,12 +44,13 @@ log = get_logger("worker_api.reconciler")
 
 K_LAST_IDLE_STOP = "container:last_idle_stop_at"
 K_LAST_PRUNE = "reconciler:last_prune_at"
+CONTAINER_EFFECTS = frozenset({"start", "message"})  # effects that need the town's container up
 
 
 @dataclass
 class TickDeps:
     container: ContainerClient
-    provider: ContainerProvider | None = None
+    containers: TownContainers | None = None  # None: containers are started and stopped by others
     scm: ScmProvider | None = None   # None: PR-based merge requests are neither polled nor merged
     ids: bx.IdFactory = bx.new_id
     merger: Merger = merge_branch    # the direct strategy's merge through git
@@ -94,6 +97,8 @@ def _main_tx(conn: sqlite3.Connection, town_id: str, now: int, ids: bx.IdFactory
     for a in actions:
         kinds[a.kind] = kinds.get(a.kind, 0) + 1
     active = has_active_work(state) or bool(actions) or applied + bad >= EVENTS_PER_TICK
+    if active:
+        touch_activity(conn, town_id, now)  # work keeps the town's container up (idle stop)
     mayor = next((a for a in state.agents.values() if a.role == "mayor"), None)
     return TickResult(active, applied + bad, len(actions), len(ctx.effects), kinds=kinds), ctx.effects, (state.draining, mayor)
 
@@ -117,20 +122,24 @@ async def run_tick(db: Database, town_id: str, deps: TickDeps, clock_ms: Callabl
     if prep is None:
         return None
     target, working = prep
+    if working and deps.containers is not None:  # agents at work: their container must run (restart it)
+        target = await deps.containers.ensure_running(town_id) or target
     if working:
         statuses = await deps.container.agent_statuses(target, working)
         dead = {a: s for a, s in statuses.items() if s in DEAD_STATUSES}
         if dead:
             await db.run(_record_statuses_tx, town_id, dead, clock_ms())
     result, effects, (draining, mayor) = await db.run(_main_tx, town_id, clock_ms(), deps.ids)
+    if deps.containers is not None and any(e.kind in CONTAINER_EFFECTS for e in effects):
+        target = await deps.containers.ensure_running(town_id) or target
     if effects:
         await asyncio.gather(*(_run_effect(db, town_id, target, deps, e, clock_ms) for e in effects))
     result.violations = await db.run(check_invariants, town_id, write=False)
     if result.violations:
         log.warning("invariants.violated", town=town_id, violations=result.violations[:20])
     await _housekeeping(db, town_id, clock_ms())
-    if not result.active and deps.provider is not None:
-        await _maybe_stop_container(db, town_id, deps.provider, draining, mayor, clock_ms())
+    if not result.active and not draining and deps.containers is not None:
+        await _maybe_stop_container(db, town_id, deps.containers, mayor, clock_ms())
     result.duration_ms = (time.perf_counter() - t0) * 1000
     log.debug("reconciler.tick", town=town_id, events=result.events, actions=result.actions,
               effects=result.effects, ms=round(result.duration_ms, 2))
@@ -170,24 +179,10 @@ async def _housekeeping(db: Database, town_id: str, now: int) -> None:
     await db.run(_prune_tx, town_id, now)
 
 
-async def _maybe_stop_container(db: Database, town_id: str, provider: ContainerProvider, draining: bool,
-                                mayor: Any, now: int) -> None:
+async def _maybe_stop_container(db: Database, town_id: str, containers: TownContainers, mayor: Any, now: int) -> None:
     """Stop an idle town's container (docs/original-system.md §5.6); the throttle is recorded only on success."""
-    if draining or (mayor is not None and mayor.status in ("working", "stalled")):
-        return
-    if mayor is not None and mayor.last_activity_at is not None and now - mayor.last_activity_at < CONTAINER_IDLE_STOP_MS:
-        return
-    last = await db.run(store.kv_get, town_id, K_LAST_IDLE_STOP, 0, write=False)
-    if now - int(last or 0) < CONTAINER_IDLE_STOP_THROTTLE_MS:
-        return
-    try:
-        if await provider.state(town_id) not in ("running", "healthy"):
-            return
-        await provider.stop(town_id)
-    except Exception as e:  # noqa: BLE001
-        log.warning("container.idle_stop", town=town_id, error=repr(e)[:300])
-        return
-    await db.run(store.kv_set, town_id, K_LAST_IDLE_STOP, now)
-    reason = f"mayor_idle_{(now - mayor.last_activity_at) // 60000}m" if mayor and mayor.last_activity_at \
-        else "no_active_work"
-    log.info("container.idle_stop", town=town_id, reason=reason)
+    last = int(await db.run(store.kv_get, town_id, K_LAST_IDLE_STOP, 0, write=False) or 0)
+    busy = mayor is not None and mayor.status in ("working", "stalled")
+    if await containers.stop_if_idle(town_id, now, active=False, mayor_busy=busy, last_stop_at=last):
+        await db.run(store.kv_set, town_id, K_LAST_IDLE_STOP, now)
+        log.info("container.idle_stop", town=town_id)

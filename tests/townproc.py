@@ -66,7 +66,7 @@ class TownProcs:
         return proc
 
     async def start_servers_only(self, *, worker_env_extra: dict[str, str] | None = None,
-                                 repo_settings: dict[str, Any] | None = None) -> None:
+                                 repo_settings: dict[str, Any] | None = None, worker_args: tuple[str, ...] = ()) -> None:
         """The forge (with the repo) and the worker, no town yet."""
         self.forge.create_repo(REPO, files={"README.md": "# app\n"}, **(repo_settings or {}))
         # Only the worker holds the store's keys; the container's snapshots go through it (``worker:``).
@@ -75,7 +75,7 @@ class TownProcs:
                                       "--port", str(self.forge_port)], {"GASTOWN_FORGE_TOKEN": FORGE_TOKEN})
         await _until_http(f"{self.forge_url}/api/v3/repos/{REPO}", forge, "forge")
         worker = self._spawn("worker", [sys.executable, "-m", "gastown.cli", "worker", "--port", str(self.worker_port),
-                                        "--db", str(self.tmp / "worker.db")],
+                                        "--db", str(self.tmp / "worker.db"), *worker_args],
                              {"GASTOWN_ADMIN_TOKEN": ADMIN, "GASTOWN_JWT_SECRET": JWT,
                               "GASTOWN_GITHUB_API_URL": f"{self.forge_url}/api/v3",
                               "GASTOWN_SNAPSHOT_URL": f"s3://{self.bucket}/gastown", **s3_env(self.s3, self.bucket),

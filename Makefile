@@ -7,9 +7,9 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 KILO   := node_modules/@kilocode/cli-linux-x64/bin/kilo
-PYTEST_ARGS ?= -n 3 -q
+PYTEST_ARGS ?= -n 3 -q --dist loadgroup
 
-.PHONY: run test bench fuzz deps clean
+.PHONY: run test bench fuzz deps clean image image-tools
 
 deps: $(STAMP) $(KILO)
 
@@ -29,7 +29,15 @@ $(KILO): package.json package-lock.json
 run: deps
 	$(VENV)/bin/gastown up
 
-test: deps
+# The per-town image (podman, from the Dockerfile; deploy/podman/build-image): cached after the first
+# build (~3 min uncached, seconds cached). `make test` builds it for tests/image.
+image-tools:
+	deploy/podman/install-tools
+
+image: image-tools
+	deploy/podman/build-image
+
+test: deps image
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: deps

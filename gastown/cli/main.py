@@ -36,6 +36,9 @@ def _parser() -> argparse.ArgumentParser:
 
     u = sub.add_parser("up", help="run a whole local town: S3 store + worker + container")
     u.add_argument("--dir", default=None, help=f"state directory (default $GASTOWN_TOWN_DIR or {DEFAULT_DIR})")
+    u.add_argument("--image", nargs="?", const="localhost/gastown-runtime:dev", default=None,
+                   help="run the town's container from this image with podman (`make image` builds it) instead of"
+                        " a local process")
 
     ch = sub.add_parser("chat", help="talk to a town's mayor through the worker (one line per message, Ctrl-D leaves)")
     ch.add_argument("--town", default=None, help="town id (default $GASTOWN_TOWN_ID, else the local town's)")
@@ -120,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "up":
         from gastown.cli.up import run_up
 
-        return run_up(state_dir=str(state_dir(args.dir)))
+        return run_up(state_dir=str(state_dir(args.dir)), image=args.image)
     if args.cmd == "chat":
         return _chat(args)
     if args.cmd in ("agents", "logs", "town"):

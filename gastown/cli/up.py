@@ -25,6 +25,7 @@ from typing import Any
 
 import aiohttp
 
+from gastown.cli import upimage
 from gastown.cli.localtown import STATE_FILE, TownState
 from gastown.cli.upprocs import Children, Output
 from gastown.contract.git import ALLOW_LOCAL_ENV
@@ -41,9 +42,10 @@ class UpError(Exception):
 
 
 class Town:
-    def __init__(self, state_dir: Path, out: Output) -> None:
+    def __init__(self, state_dir: Path, out: Output, image: str | None = None) -> None:
         self.dir = state_dir.resolve()
         self.out = out
+        self.image = image  # run the container from this image (gastown.cli.upimage)
         self.children = Children(self.dir)
         self.http = aiohttp.ClientSession()
         self.state: TownState | None = None
@@ -69,6 +71,8 @@ class Town:
             return r.status, data
 
     async def close(self) -> None:
+        if self.image and self.state is not None and self.state.town_id:
+            await upimage.stop_town_container(self.state.town_id)  # drains while the worker still runs
         await self.children.stop_all()
         await self.http.close()
 
@@ -203,9 +207,9 @@ async def _ensure_town(town: Town, state: TownState, model: str) -> tuple[str, s
             _, tok = await town.call("POST", f"{worker}/api/towns/{state.town_id}/refresh-container-token", admin)
             town.out.say(f"town {state.town_id}: reused")
             return state.town_id, tok["token"]
+    where = {} if town.image else {"container_url": state.container_url, "control_token": state.control_token}
     _, created = await town.call("POST", f"{worker}/api/towns", state.user_token, {
-        "name": "local town", "container_url": state.container_url, "control_token": state.control_token,
-        "default_model": model})
+        "name": "local town", **where, "default_model": model})
     town.out.say(f"town {created['town_id']}: created")
     return created["town_id"], created["container_token"]
 
@@ -277,24 +281,23 @@ async def _bring_up(town: Town) -> None:
     town.out.say("starting worker API …")
     worker_env = {**base_env, **worker_store_env, "GASTOWN_ADMIN_TOKEN": state.admin_token,
                   "GASTOWN_JWT_SECRET": state.jwt_secret, "GASTOWN_GITHUB_API_URL": forge_api}
+    worker_args: list[str] = []
+    if town.image:  # the worker starts the container from the image when the greeting arrives
+        shared = {**provider_env, ALLOW_LOCAL_ENV: "1"}
+        worker_env.update({"DOCKER_HOST": await upimage.start_engine(town.children, town.dir, base_env),
+                           "GASTOWN_CONTAINER_ENV_FILE": str(upimage.container_env_file(town.dir, shared))})
+        worker_args = ["--containers", "docker", "--image", town.image]
+        town.out.say(f"container: image {town.image} through podman (started by the worker on the first message)")
     await town.children.spawn("worker", [*gastown, "worker", "--port", str(state.worker_port),
-                                         "--db", str(town.dir / "worker.db")], worker_env)
+                                         "--db", str(town.dir / "worker.db"), *worker_args], worker_env)
     await town.wait_http(f"{state.worker_url}/alive")
     await _ensure_user(town, state)
     first = not state.town_id
     state.town_id, container_token = await _ensure_town(town, state, model)
     state.save(town.dir)
     await _ensure_rig(town, state, repo_url)
-    container_env = {
-        **base_env, **provider_env, **store_env,
-        "GASTOWN_TOWN_ID": state.town_id, "GASTOWN_API_URL": state.worker_url, "GASTOWN_CONTAINER_TOKEN": container_token,
-        "GASTOWN_CONTROL_TOKEN": state.control_token, "GASTOWN_DATA_DIR": str(town.dir / "data"),
-    }
-    town.out.say("starting container runtime …")
-    # SIGKILL on parent death: a drain needs the worker, which dies with us too.
-    await town.children.spawn("container", [*gastown, "container", "--host", "127.0.0.1", "--port", str(state.container_port)],
-                              container_env, death_signal=signal.SIGKILL)
-    await town.wait_http(f"{state.container_url}/ready", timeout=600)
+    if not town.image:
+        await _start_container_process(town, state, {**base_env, **provider_env, **store_env}, container_token)
     town.out.say("starting the mayor (kilo takes a few seconds) …")
     t0 = time.monotonic()
     reply = await _greet(town, state, first)
@@ -303,7 +306,21 @@ async def _bring_up(town: Town) -> None:
     await asyncio.get_running_loop().create_future()
 
 
-async def up(state_dir: Path) -> int:
+async def _start_container_process(town: Town, state: TownState, env: dict[str, str], container_token: str) -> None:
+    gastown = [sys.executable, "-m", "gastown.cli"]
+    container_env = {
+        **env,
+        "GASTOWN_TOWN_ID": state.town_id, "GASTOWN_API_URL": state.worker_url, "GASTOWN_CONTAINER_TOKEN": container_token,
+        "GASTOWN_CONTROL_TOKEN": state.control_token, "GASTOWN_DATA_DIR": str(town.dir / "data"),
+    }
+    town.out.say("starting container runtime …")
+    # SIGKILL on parent death: a drain needs the worker, which dies with us too.
+    await town.children.spawn("container", [*gastown, "container", "--host", "127.0.0.1", "--port", str(state.container_port)],
+                              container_env, death_signal=signal.SIGKILL)
+    await town.wait_http(f"{state.container_url}/ready", timeout=600)
+
+
+async def up(state_dir: Path, image: str | None = None) -> int:
     state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     out = Output(state_dir / "up.log")
     try:
@@ -311,7 +328,7 @@ async def up(state_dir: Path) -> int:
     except UpError as e:
         out.say(f"gastown up: {e}")
         return 2
-    town = Town(state_dir, out)
+    town = Town(state_dir, out, image)
     task = asyncio.ensure_future(_bring_up(town))
     stopping = False
 
@@ -344,5 +361,5 @@ async def up(state_dir: Path) -> int:
     return code
 
 
-def run_up(state_dir: str) -> int:
-    return asyncio.run(up(Path(state_dir)))
+def run_up(state_dir: str, image: str | None = None) -> int:
+    return asyncio.run(up(Path(state_dir), image))

@@ -51,8 +51,10 @@ class Stage:
 
 
 def parse_dockerfile(text: str) -> list[Stage]:
-    """Instructions per stage, continuation lines joined and comments dropped."""
+    """Instructions per stage, continuation lines joined and comments dropped; ``ARG``s before the
+    first ``FROM`` are substituted into ``FROM`` lines with their defaults (the production build)."""
     stages: list[Stage] = []
+    global_args: dict[str, str] = {}
     logical = ""
     for raw in text.splitlines():
         line = raw.strip()
@@ -63,8 +65,11 @@ def parse_dockerfile(text: str) -> list[Stage]:
             continue
         keyword, _, args = logical.partition(" ")
         keyword, args, logical = keyword.upper(), args.strip(), ""
-        if keyword == "FROM":
-            parts = args.split()
+        if keyword == "ARG" and not stages:
+            name, _, default = args.partition("=")
+            global_args[name] = default
+        elif keyword == "FROM":
+            parts = re.sub(r"\$\{(\w+)\}", lambda m: global_args[m.group(1)], args).split()
             stages.append(Stage(parts[0], parts[2] if len(parts) == 3 and parts[1].upper() == "AS" else None))
         else:
             assert stages, f"{keyword} before the first FROM"
@@ -178,8 +183,8 @@ def test_final_stage_starts_the_runtime_as_root_so_each_agent_gets_its_own_uid_u
     assert exec_form(FINAL.last("VOLUME")) == ["/workspace"] and FINAL.last("WORKDIR") == "/workspace"
     health = FINAL.last("HEALTHCHECK")
     assert "--interval=" in health and "--timeout=" in health
-    probe = exec_form(health[health.index("CMD") + 3:].strip())
-    assert "http://127.0.0.1:8080/alive" in " ".join(probe)
+    probe = " ".join(exec_form(health[health.index("CMD") + 3:].strip()))
+    assert "http://127.0.0.1:{p}/alive" in probe and "'GASTOWN_PORT', '8080'" in probe, probe
 
 
 def test_env_points_at_the_data_volume_the_copied_kilo_and_the_venv() -> None:
@@ -329,8 +334,8 @@ def test_gastown_container_runs_from_the_image_layout(tmp_path: Path) -> None:
         status, health = get_json(f"http://127.0.0.1:{port}/health", TOKEN)
         assert status == 200 and health["hydrated"] is True and health["agents"] == 0
         health_cmd = FINAL.last("HEALTHCHECK")
-        probe = [a.replace(":8080/", f":{port}/") for a in exec_form(health_cmd[health_cmd.index("CMD") + 3:].strip())]
-        assert subprocess.run(probe, env=env, cwd=workdir, timeout=10).returncode == 0
+        probe = exec_form(health_cmd[health_cmd.index("CMD") + 3:].strip())
+        assert subprocess.run(probe, env={**env, "GASTOWN_PORT": str(port)}, cwd=workdir, timeout=10).returncode == 0
     finally:
         proc.send_signal(signal.SIGTERM)
         try:

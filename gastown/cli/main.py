@@ -23,10 +23,10 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument("--port", type=int, default=8787)
     w.add_argument("--db", default=None, type=_sqlite_path,
                    help="SQLite file path (default: ./.gastown/worker.db); no database URLs yet")
-    w.add_argument("--containers", choices=("none", "local", "docker"), default="none",
-                   help="start and stop the towns' containers: none (run elsewhere), local processes, or the"
-                        " runtime image through the Docker API ($DOCKER_HOST)")
-    w.add_argument("--image", default=None, help="runtime image for --containers docker")
+    w.add_argument("--containers", choices=("none", "local", "docker", "kubernetes"), default="none",
+                   help="start and stop the towns' containers: none (run elsewhere), local processes, the"
+                        " runtime image through the Docker API ($DOCKER_HOST), or one Pod per town")
+    w.add_argument("--image", default=None, help="runtime image for --containers docker or kubernetes")
     w.add_argument("--public-url", default=None,
                    help="the worker's URL as the towns' containers reach it (default http://HOST:PORT)")
 

@@ -11,7 +11,12 @@ from typing import Protocol
 
 # What ``state`` answers. ``healthy`` is ``running`` with a passing engine health check.
 RUNNING_STATES = frozenset({"running", "healthy"})
-STATES = RUNNING_STATES | {"starting", "stopped", "unknown"}
+STATES = RUNNING_STATES | {"starting", "stopping", "stopped", "unknown"}
+
+# What the runtime, root in its container, needs and nothing more: setpriv to each agent's uid
+# (SETUID, SETGID), the agents' trees made theirs (CHOWN, FOWNER), their kilo.db read for snapshots
+# (DAC_OVERRIDE, DAC_READ_SEARCH), their processes signalled (KILL). Every provider drops the rest.
+CAPABILITIES = ("CHOWN", "DAC_OVERRIDE", "DAC_READ_SEARCH", "FOWNER", "KILL", "SETGID", "SETUID")
 
 
 class ProviderError(Exception):

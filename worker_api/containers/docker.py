@@ -22,7 +22,7 @@ import aiohttp
 
 from gastown.core.jsonlog import get_logger
 from gastown.core.ports import free_port
-from worker_api.containers.base import Launch, ProviderError
+from worker_api.containers.base import CAPABILITIES, Launch, ProviderError
 
 log = get_logger("worker_api.containers.docker")
 
@@ -67,7 +67,8 @@ class DockerProvider:
     def config(self, launch: Launch, port: int) -> dict[str, Any]:
         """The engine's create body (a pure function: tests validate it without an engine)."""
         s = self.settings
-        host_config: dict[str, Any] = {"NetworkMode": "host", "Init": False}
+        host_config: dict[str, Any] = {"NetworkMode": "host", "Init": False, "CapDrop": ["ALL"],
+                                       "CapAdd": list(CAPABILITIES), "SecurityOpt": ["no-new-privileges"]}
         if s.userns:
             host_config["UsernsMode"] = s.userns
             # sysfs cannot be mounted in a user namespace that does not own the (host) network namespace

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -125,7 +126,8 @@ async def bench(n: int) -> dict:
 
 
 def main() -> int:
-    sizes = [int(a) for a in sys.argv[1:]] or [1_000, 10_000, 50_000]
+    env = os.environ.get("BENCH_RECONCILER_SIZES", "")  # e.g. "200" for the smoke test
+    sizes = [int(a) for a in sys.argv[1:]] or [int(a) for a in env.split(",") if a] or [1_000, 10_000, 50_000]
     for n in sizes:
         print(json.dumps(asyncio.run(bench(n))), flush=True)
     return 0

@@ -18,8 +18,8 @@ from gastown.local.s3servers import new_bucket, s3_client, s3_env, start_seaweed
 from supervisor.objstore import open_store
 from supervisor.snapshots import AgentSnapshots
 
-TARGET_BYTES = 64 * 1024 * 1024
-REPS = 3
+TARGET_BYTES = int(os.environ.get("BENCH_SNAPSHOT_MB", "64")) * 1024 * 1024  # 64 MB: the README figure
+REPS = int(os.environ.get("BENCH_SNAPSHOT_REPS", "3"))
 
 
 def build_db(path: str, target: int = TARGET_BYTES) -> int:

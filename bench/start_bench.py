@@ -35,7 +35,7 @@ from supervisor.hydration import PREWARM_FIELDS, mayor_rig_id
 from supervisor.models import StartAgentRequest
 
 COLD_PAIRS = int(os.environ.get("BENCH_COLD_PAIRS", "4"))
-WARM_RUNS = int(os.environ.get("BENCH_WARM_RUNS", "6"))
+WARM_RUNS = max(2, int(os.environ.get("BENCH_WARM_RUNS", "6")))  # at least one first start and one resume
 
 
 async def cold(tmp: Path) -> dict:

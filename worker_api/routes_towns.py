@@ -38,13 +38,13 @@ async def alive(request: web.Request) -> web.Response:
 async def create_town(request: web.Request) -> web.Response:
     body = await read_model(request, CreateTown)
     control_token, container_url = body.control_token, body.container_url
-    if control_token is None or container_url is None:
+    if container_url is None:  # the worker's provider runs the container: it sets the URL at each start
         if CONTAINERS not in request.app:
             raise ApiError(400, "CONTAINER_REQUIRED", "this worker starts no containers: give container_url and"
                            " control_token")
-        if control_token is not None or container_url is not None:
-            raise ApiError(400, "CONTAINER_REQUIRED", "give both container_url and control_token, or neither")
-        control_token, container_url = "ctl_" + secrets.token_urlsafe(32), ""  # the URL: set at each start
+        control_token, container_url = control_token or "ctl_" + secrets.token_urlsafe(32), ""
+    elif control_token is None:
+        raise ApiError(400, "CONTAINER_REQUIRED", "a container_url needs its control_token")
     register_secret(control_token)
     town_id = new_town_id()
     await request.app[DB].run(

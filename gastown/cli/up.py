@@ -207,7 +207,9 @@ async def _ensure_town(town: Town, state: TownState, model: str) -> tuple[str, s
             _, tok = await town.call("POST", f"{worker}/api/towns/{state.town_id}/refresh-container-token", admin)
             town.out.say(f"town {state.town_id}: reused")
             return state.town_id, tok["token"]
-    where = {} if town.image else {"container_url": state.container_url, "control_token": state.control_token}
+    # With --image the worker's provider picks the container's URL; the control token stays ours (operator commands).
+    where = {"control_token": state.control_token} if town.image else {"container_url": state.container_url,
+                                                                          "control_token": state.control_token}
     _, created = await town.call("POST", f"{worker}/api/towns", state.user_token, {
         "name": "local town", **where, "default_model": model})
     town.out.say(f"town {created['town_id']}: created")
@@ -302,6 +304,10 @@ async def _bring_up(town: Town) -> None:
     t0 = time.monotonic()
     reply = await _greet(town, state, first)
     town.out.say(f"mayor replied after {time.monotonic() - t0:.1f}s: {reply}")
+    if town.image:  # where the provider put it (an idle stop and a restart may move it: rerun to refresh)
+        _, info = await town.call("GET", f"{state.worker_url}/api/towns/{state.town_id}", state.admin_token)
+        state.container_port = int(str(info["container_url"]).rsplit(":", 1)[1])
+        state.save(town.dir)
     _banner(town, state)
     await asyncio.get_running_loop().create_future()
 

@@ -37,6 +37,9 @@ def test_gastown_up_image_runs_the_town_from_the_image_and_ctrl_c_drains_it(tmp_
         name = f"gastown-town-{town_id}"
         running = inspect(name)
         assert running["State"]["Status"] == "running" and private_addresses(running) == []
+        agents = subprocess.run([str(GASTOWN), "agents", "--dir", str(root)], env=_env(), capture_output=True,
+                                text=True, timeout=60)
+        assert agents.returncode == 0 and "mayor" in agents.stdout, agents.stdout + agents.stderr
         tree = psutil.Process(proc.pid).children(recursive=True)
 
         os.killpg(proc.pid, signal.SIGINT)

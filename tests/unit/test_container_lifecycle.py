@@ -154,7 +154,7 @@ def test_docker_create_body_keeps_secrets_out_of_labels_and_uses_the_host_networ
 async def test_town_without_a_container_url_needs_a_worker_that_starts_containers(worker) -> None:
     code, body = await worker.request("POST", "/api/towns", json={"name": "t"})
     assert code == 400 and body["error"]["code"] == "CONTAINER_REQUIRED"
-    code, body = await worker.request("POST", "/api/towns", json={"name": "t", "control_token": "x" * 20})
+    code, body = await worker.request("POST", "/api/towns", json={"name": "t", "container_url": "http://127.0.0.1:9"})
     assert code == 400 and body["error"]["code"] == "CONTAINER_REQUIRED"
 
 

@@ -22,6 +22,7 @@ from gastown.core.jsonlog import get_logger
 from worker_api import drain, events, nudges, store
 from worker_api.appkeys import DB, TOWN, now_ms
 from worker_api.auth import acting_agent, require_sender
+from worker_api.containers.service import touch_activity
 from worker_api.db import to_json
 from worker_api.models import (
     Completed,
@@ -135,6 +136,7 @@ def _waiting_tx(conn: sqlite3.Connection, town_id: str, agent_id: str, fired_at:
     if agent["role"] == "mayor" and agent["status"] == "working":
         if since is None or fired_at >= since:
             store.set_agent_status(conn, town_id, agent_id, "waiting", now)
+            touch_activity(conn, town_id, now)  # the idle window counts from the end of the mayor's answer
             applied = True
         else:
             log.info("mayor.stale_waiting_ignored", town=town_id, agent_id=agent_id, fired_at=fired_at,

@@ -13,6 +13,7 @@ from worker_api.containers.base import Launch, ProviderError
 from worker_api.containers.docker import DockerProvider, DockerSettings
 from worker_api.containers.service import LaunchSettings, TownContainers
 from worker_api.front.desk import enqueue_tx
+from worker_api.routes_container import _waiting_tx
 from worker_api.tokens import ContainerTokens
 
 SECRET = "lifecycle-jwt-secret-0123456789abcdef0123"
@@ -194,3 +195,21 @@ async def test_stop_if_idle_spares_a_busy_mayor(lifecycle) -> None:
     now = h.clock.ms + 3600_000
     assert not await containers.stop_if_idle(h.town_id, now, active=False, mayor_busy=True, last_stop_at=0)
     assert await containers.stop_if_idle(h.town_id, now, active=False, mayor_busy=False, last_stop_at=0)
+
+
+async def test_a_long_answer_does_not_shorten_the_idle_window(lifecycle) -> None:
+    """The window counts from the end of the mayor's answer, not from the question: a 4-minute turn
+    followed by one quiet minute was 'idle for 5 minutes' and the container stopped under the user."""
+    h, provider, _ = lifecycle
+    provider.state_value = "running"
+    h.sync(enqueue_tx, h.town_id, "hello", h.clock.ms)
+    h.sync(lambda c: c.execute("UPDATE agents SET status = 'working', working_since = ? WHERE agent_id = 'mayor-1'",
+                               (h.clock.ms,)))
+    h.clock.advance(4 * 60)
+    assert h.sync(_waiting_tx, h.town_id, "mayor-1", h.clock.ms, h.clock.ms)  # the answer ends
+    h.clock.advance(2 * 60)
+    await h.tick()
+    assert provider.stops == 0, "two minutes after the answer"
+    h.clock.advance(3 * 60 + 1)
+    await h.tick()
+    assert provider.stops == 1

@@ -8,8 +8,8 @@ One start per town at a time (a lock), and after a failed start none for ``RETRY
 
 Idle: a town's container may stop when it has no active work and no *user or work* activity for the
 idle window. The watermark (:data:`K_LAST_ACTIVITY`) is set by a user's mayor message, by every
-tick that finds work, by a start and by the end of a mayor's answer; agents' heartbeats do not touch it (they say a process is alive, not that
-anyone needs it).
+tick that finds work, by a start and by the end of a mayor's answer; agents' heartbeats do not
+touch it (they say a process is alive, not that anyone needs it).
 """
 from __future__ import annotations
 

@@ -8,7 +8,8 @@ resumes, and resumes not yet begun wait for it). Once some resumes run and other
 second start is timed too (``mid_hydration_ratio``: it shares the CPU with the boots in flight).
 Idle runs: the same start on the idle container. Order: idle, hydrating, idle (the idle baseline
 is the median of the runs around it). Target: ratio ≤ 1.2. ``hydration_vs_serial_starts`` is the
-whole hydration against N idle starts one after another.
+whole hydration against N real starts one after another on the idle container (measured last, in
+the same run, the same N as the hydration).
 
 Each kilo holds ~0.75 GB, so the bench checks free memory first and uses fewer agents when 21 would
 not fit (the JSON says how many). ``BENCH_HYDRATION_AGENTS`` / ``BENCH_HYDRATION_CONCURRENCY`` /
@@ -142,10 +143,27 @@ async def bench(tmp: Path) -> dict:
                     log(f"hydration: start during hydration of {n} {ms(elapsed):8.1f} ms "
                         f"(hydration {hydration_s:.1f} s, {kilos} kilos, ~{mem_used_gb:.1f} GB)")
 
+                async def serial_starts(n: int) -> float:
+                    """The baseline of the whole hydration: n real starts one after another on the idle
+                    container (each until its 201, all kept running as resumes are), then stopped."""
+                    await assert_no_kilo_left()
+                    t0 = time.perf_counter()
+                    for i in range(n):
+                        status, body = await idle.start_agent(agent_id=f"serial-{i}", town_id=town_i,
+                                                              prompt=f"serial {i}")
+                        if status != 201:
+                            raise RuntimeError(f"serial start {i} returned {status}: {body}")
+                    total = time.perf_counter() - t0
+                    for i in range(n):
+                        await idle.request("POST", f"/agents/serial-{i}/stop")
+                    log(f"hydration: {n} serial starts {total:.1f} s")
+                    return total
+
                 await idle_run("0")
                 for r in range(ROUNDS):
                     await hydrating_run(str(r))
                     await idle_run(str(r + 1))
+                serial_s = await serial_starts(hyd_runs[-1]["agents"])
             finally:
                 await idle.close()
         finally:
@@ -167,7 +185,9 @@ async def bench(tmp: Path) -> dict:
         "agents_hydrated": last["agents"],
         "hydration_concurrency": CONCURRENCY,
         "hydration_total_s": round(last["hydration_s"], 1),
-        "hydration_vs_serial_starts": round(last["hydration_s"] / (last["agents"] * idle_med), 2),
+        "serial_starts_s": round(serial_s, 1),
+        "hydration_vs_serial_starts": round(last["hydration_s"] / serial_s, 2),
+        "serial_baseline": f"{last['agents']} real starts one after another on the idle container, same run",
         "resumes_starting_at_201": last["resumes_starting_at_201"],
         "resumes_running_at_201": last["resumes_running_at_201"],
         "kilos_alive_after_hydration": last["kilos_alive"],

@@ -1,8 +1,9 @@
 """Benchmark: what does a consistent, verified snapshot cost compared with a plain upload?
 
 Builds a 64 MB WAL-mode SQLite db, starts SeaweedFS, and times (a) ``AgentSnapshots.snapshot``
-(backup API copy + quick_check + sha256 + upload + manifest) and (b) a bare boto3 ``upload_file`` of
-the same bytes. Prints one JSON object. Run: ``python -m bench.snapshot_bench``.
+(backup API copy + quick_check + sha256 + upload + manifest), (b) one boto3 ``put_object`` of the
+same bytes — what the snapshot itself does, so the ratio's baseline — and (c) a boto3 ``upload_file``
+(multipart), reported beside it. Prints one JSON object. Run: ``python -m bench.snapshot_bench``.
 """
 from __future__ import annotations
 
@@ -68,13 +69,16 @@ def main() -> int:
                 put_times.append(time.perf_counter() - t0)
         finally:
             server.stop()
-    snap_s, raw_s = statistics.median(snap_times), statistics.median(raw_times)
+    snap_s, raw_s, put_s = statistics.median(snap_times), statistics.median(raw_times), statistics.median(put_times)
     print(json.dumps({
         "benchmark": "snapshot_64mb",
         "snapshot_s": round(snap_s, 3),
         "raw_upload_s": round(raw_s, 3),
-        "ratio": round(snap_s / raw_s, 2),
-        "raw_put_object_s": round(statistics.median(put_times), 3),
+        # The snapshot does one put_object: that is the physical limit it is held to (issue 15: <= 1.10).
+        "ratio": round(snap_s / put_s, 2),
+        "ratio_of": "snapshot / one put_object of the same bytes (same run)",
+        "ratio_vs_upload_file": round(snap_s / raw_s, 2),
+        "raw_put_object_s": round(put_s, 3),
         "db_bytes": size,
         "snapshot_bytes": info.bytes,
         "reps": REPS,

@@ -34,3 +34,25 @@ def test_a_rerun_that_cannot_reuse_the_town_moves_the_old_state_aside_not_away(t
     assert sorted(p.name for p in aside.iterdir()) == ["data", "town.json", "worker.db"]
     assert (aside / "worker.db").read_text() == "db" and (tmp_path / "up.log").exists()
     assert _set_aside(tmp_path) is None  # nothing left to move
+
+
+@pytest.mark.parametrize("args, env, message", [
+    (["--containers", "docker"], {}, "needs --image"),
+    (["--containers", "kubernetes"], {}, "needs --image"),
+    (["--containers", "local"], {"GASTOWN_IDLE_STOP_S": "0"}, "GASTOWN_IDLE_STOP_S must be > 0"),
+    (["--containers", "local"], {"GASTOWN_IDLE_STOP_S": "soon"}, "must be a number of seconds"),
+    (["--containers", "local"], {"GASTOWN_IDLE_STOP_THROTTLE_S": "nan"}, "GASTOWN_IDLE_STOP_THROTTLE_S must be > 0"),
+    (["--containers", "local"], {"GASTOWN_CONTAINER_ENV_FILE": "{dir}/env.json"}, "JSON object of strings"),
+    (["--containers", "local"], {"GASTOWN_CONTAINER_ENV_FILE": "{dir}/missing.json"}, "GASTOWN_CONTAINER_ENV_FILE"),
+])
+def test_a_bad_container_provider_setting_stops_the_worker_with_a_message(tmp_path, monkeypatch, capsys, args, env,
+                                                                           message):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("GASTOWN_ADMIN_TOKEN", "a" * 16)
+    monkeypatch.setenv("GASTOWN_JWT_SECRET", "s" * 32)
+    (tmp_path / "env.json").write_text('{"GASTOWN_KILO_PROVIDERS": 7}')
+    for key, value in env.items():
+        monkeypatch.setenv(key, value.format(dir=tmp_path))
+    assert main(["worker", "--db", str(tmp_path / "w.db"), *args]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "w.db").exists()

@@ -19,9 +19,20 @@ from worker_api.containers.base import ContainerProvider
 from worker_api.containers.docker import DockerProvider, DockerSettings
 from worker_api.containers.kubernetes import KubeSettings, KubernetesProvider
 from worker_api.containers.local import LocalProcessProvider
-from worker_api.containers.service import IDLE_STOP_S, LaunchSettings
+from worker_api.containers.service import IDLE_STOP_S, IDLE_STOP_THROTTLE_S, LaunchSettings
 
 KINDS = ("none", "local", "docker", "kubernetes")
+
+
+def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    try:
+        value = float(raw) if raw is not None else default
+    except ValueError:
+        raise ValueError(f"{name} must be a number of seconds, not {raw!r}") from None
+    if not 0 < value < float("inf"):
+        raise ValueError(f"{name} must be > 0")
+    return value
 
 
 def _base_env(env: Mapping[str, str]) -> dict[str, str]:
@@ -42,12 +53,11 @@ def from_args(kind: str, *, image: str | None, db_path: str, worker_url: str,
     """The provider and launch settings, or ``(None, None)``; raises ValueError on a bad setting."""
     if kind == "none":
         return None, None
-    idle = float(env.get("GASTOWN_IDLE_STOP_S", IDLE_STOP_S))
-    if idle <= 0:
-        raise ValueError("GASTOWN_IDLE_STOP_S must be > 0")
+    idle = _seconds(env, "GASTOWN_IDLE_STOP_S", IDLE_STOP_S)
+    throttle = _seconds(env, "GASTOWN_IDLE_STOP_THROTTLE_S", IDLE_STOP_THROTTLE_S)
     launch = LaunchSettings(worker_url=worker_url, base_env=_base_env(env),
                             brokered_snapshots=bool(env.get("GASTOWN_SNAPSHOT_URL")), idle_stop_s=idle,
-                            idle_stop_throttle_s=min(idle, float(env.get("GASTOWN_IDLE_STOP_THROTTLE_S", 120))))
+                            idle_stop_throttle_s=min(idle, throttle))
     if kind == "local":
         return LocalProcessProvider(Path(db_path).resolve().parent / "containers"), launch
     if kind == "docker":

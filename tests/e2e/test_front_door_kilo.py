@@ -131,6 +131,7 @@ def mayor_turns(fake_llm: Any, prefix: str) -> list[str]:
             and "mayor of this Gas Town" in json.dumps([m for m in r.messages if m.get("role") == "system"])]
 
 
+@pytest.mark.timeout(600)  # a convoy through the refinery, a GUPP escalation and a model swap: ~4 min on a loaded CI box
 async def test_notices_reach_the_idle_mayor_as_one_turn_each_and_settings_reach_its_agents(fake_llm, seaweedfs,
                                                                                           tmp_path: Path):
     """Notices were queued for the mayor as nudges but its idle path only reported `waiting`, so

@@ -358,6 +358,19 @@ def test_gupp_each_tier_fires_at_most_once_an_hour() -> None:
     assert of(_gupp(61 * MINUTE, gupp={"escalate": NOW - 61 * MINUTE}), A.SendNudge)
 
 
+def test_gupp_waited_out_a_slow_start_as_if_the_agent_were_quiet(monkeypatch) -> None:
+    """Quiet was measured from the dispatch while the agent had reported no kilo event: a 30 s start
+    on a loaded CI box drew an escalation (8 s window) whose nudge broke the agent's first turn."""
+    from worker_api.reconciler import gupp
+
+    monkeypatch.setattr(gupp, "GUPP_ESCALATE_MS", 8000)  # the e2e test's window
+    starting = agent("p1", status="working", hook="b1", activity=NOW - 30_000, event_at=None)
+    assert not of(reconcile(town([bead("b1", status="in_progress", updated=NOW)], [starting])), A.SendNudge)
+    started = agent("p1", status="working", hook="b1", activity=NOW, event_at=NOW - 30_000)
+    assert [a.tier for a in of(reconcile(town([bead("b1", status="in_progress", updated=NOW)], [started])),
+                               A.SendNudge)] == ["escalate"]
+
+
 def test_gupp_is_skipped_while_draining_and_for_stalled_agents_past_release() -> None:
     assert reconcile(town([bead("b1", status="in_progress", updated=NOW)],
                           [agent("p1", status="working", hook="b1", activity=NOW, event_at=NOW - 3 * 60 * MINUTE)],

@@ -1,7 +1,10 @@
 """GUPP ("keep working or say why"): nudge, escalate, then force-stop agents that went quiet.
 
-Activity is the agent's last kilo event (``last_event_at``), else its watermark. Heartbeats keep
-arriving from a hung session, so they cannot be the measure. Each tier fires at most once per hour
+Activity is the agent's last kilo event (``last_event_at``, cleared by each dispatch). Heartbeats keep
+arriving from a hung session, so they cannot be the measure. An agent with no event since its
+dispatch is still starting: a slow start is not silence (measured from the dispatch, a 30 s start on
+a loaded box drew an escalation whose nudge broke the agent's first turn), and a start that never
+reports is the heartbeat rules' case (rules_agents). Each tier fires at most once per hour
 per agent (``gupp_fired``). Skipped while draining (heartbeats and events freeze), and stalled
 agents past the 2.5 h release are left to the release rule (docs/original-system.md bug 30).
 """
@@ -39,10 +42,9 @@ def reconcile_gupp(plan: Plan) -> None:
             continue
         if a.status == "stalled" and a.stalled_at is not None and now - a.stalled_at > STALLED_RELEASE_MS:
             continue
-        last = a.last_event_at or a.last_activity_at
-        if last is None:
-            continue
-        quiet = now - last
+        if a.last_event_at is None:
+            continue  # no kilo event reported since the dispatch: still starting, not quiet (see module doc)
+        quiet = now - a.last_event_at
         if quiet > GUPP_FORCE_STOP_MS:
             tier = "force_stop"
         elif quiet > GUPP_ESCALATE_MS:

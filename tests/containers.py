@@ -80,7 +80,10 @@ class ContainerProc:
     def sigkill_everything(self) -> None:
         tree = [psutil.Process(self.proc.pid), *psutil.Process(self.proc.pid).children(recursive=True)]
         for p in tree:
-            p.kill()
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:  # already gone: its parent's death took it (parent-death signal)
+                pass
         psutil.wait_procs(tree, timeout=10)
         self.proc.wait()
 

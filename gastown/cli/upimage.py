@@ -15,9 +15,9 @@ import os
 from pathlib import Path
 
 from gastown.cli.upprocs import Children
+from worker_api.containers.base import DRAIN_GRACE_S, container_name
 
 CONF = Path(__file__).resolve().parents[2] / "deploy" / "podman" / "containers.conf"
-DRAIN_GRACE_S = 330
 
 
 def engine_env() -> dict[str, str]:
@@ -49,6 +49,6 @@ def container_env_file(directory: Path, env: dict[str, str]) -> Path:
 async def stop_town_container(town_id: str) -> None:
     """Drain the town's container (SIGTERM, then up to the grace) before the worker goes away."""
     proc = await asyncio.create_subprocess_exec(
-        "podman", "stop", "-t", str(DRAIN_GRACE_S), f"gastown-town-{town_id}", env={**os.environ, **engine_env()},
+        "podman", "stop", "-t", str(DRAIN_GRACE_S), container_name(town_id), env={**os.environ, **engine_env()},
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
     await proc.wait()

@@ -13,6 +13,17 @@ from typing import Protocol
 RUNNING_STATES = frozenset({"running", "healthy"})
 STATES = RUNNING_STATES | {"starting", "stopping", "stopped", "unknown"}
 
+# The runtime drains for up to 300 s on SIGTERM (GASTOWN_DRAIN_TIMEOUT_S, docs/contract.md §2); every
+# provider gives it that plus a margin before a SIGKILL.
+DRAIN_S = 300
+DRAIN_GRACE_S = DRAIN_S + 30
+
+
+def container_name(town_id: str) -> str:
+    """A town's container (or Pod) name, the same under every provider and for ``gastown up --image``."""
+    return f"gastown-town-{town_id}"
+
+
 # What the runtime, root in its container, needs and nothing more: setpriv to each agent's uid
 # (SETUID, SETGID), the agents' trees made theirs (CHOWN, FOWNER), their kilo.db read for snapshots
 # (DAC_OVERRIDE, DAC_READ_SEARCH), their processes signalled (KILL). Every provider drops the rest.

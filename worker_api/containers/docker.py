@@ -22,13 +22,11 @@ import aiohttp
 
 from gastown.core.jsonlog import get_logger
 from gastown.core.ports import free_port
-from worker_api.containers.base import CAPABILITIES, Launch, ProviderError
+from worker_api.containers.base import CAPABILITIES, DRAIN_GRACE_S, Launch, ProviderError, container_name
 
 log = get_logger("worker_api.containers.docker")
 
-NAME_PREFIX = "gastown-town-"
 CALL_TIMEOUT_S = 30.0
-DRAIN_GRACE_S = 330          # the runtime drains for up to 300 s on SIGTERM (docs/contract.md §2)
 DEFAULT_USERNS = "auto:size=65536"
 
 
@@ -83,7 +81,7 @@ class DockerProvider:
                 "StopTimeout": s.drain_grace_s, "StopSignal": "SIGTERM", "HostConfig": host_config}
 
     async def start(self, launch: Launch) -> str:
-        name = NAME_PREFIX + launch.town_id
+        name = container_name(launch.town_id)
         port = free_port(self.settings.host)
         docker = self._client()
         try:
@@ -106,7 +104,7 @@ class DockerProvider:
 
     async def state(self, town_id: str) -> str:
         try:
-            info = await (await self._client().containers.get(NAME_PREFIX + town_id)).show()
+            info = await (await self._client().containers.get(container_name(town_id))).show()
         except aiodocker.DockerError as e:
             return "stopped" if e.status == 404 else "unknown"
         except (aiohttp.ClientError, asyncio.TimeoutError):
@@ -123,7 +121,7 @@ class DockerProvider:
         """SIGTERM and wait for the drain (up to the grace, then the engine kills)."""
         grace = self.settings.drain_grace_s
         try:
-            container = await self._client().containers.get(NAME_PREFIX + town_id)
+            container = await self._client().containers.get(container_name(town_id))
             await container.stop(t=grace, timeout=grace + CALL_TIMEOUT_S)
         except aiodocker.DockerError as e:
             if e.status in (304, 404):  # already stopped / gone

@@ -22,13 +22,11 @@ from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
 
 from gastown.core.jsonlog import get_logger
-from worker_api.containers.base import CAPABILITIES, Launch, ProviderError
+from worker_api.containers.base import CAPABILITIES, DRAIN_S, Launch, ProviderError, container_name
 
 log = get_logger("worker_api.containers.kubernetes")
 
-NAME_PREFIX = "gastown-town-"
 PORT = 8080
-DRAIN_S = 300
 REQUEST_TIMEOUT = (5, 30)  # connect, read (seconds)
 
 
@@ -45,7 +43,7 @@ class KubeSettings:
 
 
 def _names(town_id: str) -> tuple[str, str]:
-    return NAME_PREFIX + town_id, f"{NAME_PREFIX}{town_id}-env"
+    return container_name(town_id), f"{container_name(town_id)}-env"
 
 
 def secret_manifest(s: KubeSettings, launch: Launch) -> dict[str, Any]:

@@ -17,15 +17,13 @@ from pathlib import Path
 from gastown.core.jsonlog import get_logger
 from gastown.core.ports import free_port
 from gastown.core.procs import die_with_parent
-from worker_api.containers.base import Launch, ProviderError
+from worker_api.containers.base import DRAIN_GRACE_S, Launch, ProviderError
 
 log = get_logger("worker_api.containers.local")
 
-STOP_GRACE_S = 330.0
-
 
 class LocalProcessProvider:
-    def __init__(self, root: Path, *, host: str = "127.0.0.1", stop_grace_s: float = STOP_GRACE_S) -> None:
+    def __init__(self, root: Path, *, host: str = "127.0.0.1", stop_grace_s: float = DRAIN_GRACE_S) -> None:
         self.root = root
         self.host = host
         self.stop_grace_s = stop_grace_s

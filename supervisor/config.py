@@ -84,7 +84,7 @@ class RuntimeConfig:
     memory_log_interval_s: float = 30.0
     kilo_start_timeout_s: float = 60.0
     kilo_request_timeout_s: float = 10.0
-    hot_swap_timeout_s: float = 20.0
+    hot_swap_timeout_s: float = 60.0  # a new kilo server boots as slowly as a first start on a busy box
     hydration_concurrency: int = field(default_factory=default_hydration_concurrency)
     health_interval_s: float = 10.0
     health_timeout_s: float = 2.0
@@ -126,7 +126,7 @@ class RuntimeConfig:
             heartbeat_interval_s=_float(env, "GASTOWN_HEARTBEAT_INTERVAL_S", 30.0),
             memory_log_interval_s=_float(env, "GASTOWN_MEMORY_LOG_INTERVAL_S", 30.0),
             kilo_start_timeout_s=_float(env, "GASTOWN_KILO_START_TIMEOUT_S", 60.0),
-            hot_swap_timeout_s=_float(env, "GASTOWN_HOT_SWAP_TIMEOUT_S", 20.0),
+            hot_swap_timeout_s=_float(env, "GASTOWN_HOT_SWAP_TIMEOUT_S", 60.0),
             hydration_concurrency=max(1, int(_float(env, "GASTOWN_HYDRATION_CONCURRENCY", default_hydration_concurrency()))),
             health_interval_s=_float(env, "GASTOWN_HEALTH_INTERVAL_S", 10.0),
             health_timeout_s=_float(env, "GASTOWN_HEALTH_TIMEOUT_S", 2.0),

@@ -21,7 +21,7 @@ from supervisor.supervisor import Supervisor
 
 log = get_logger("supervisor.hotswap")
 
-DEFAULT_SWAP_TIMEOUT_S = 20.0
+DEFAULT_SWAP_TIMEOUT_S = 60.0
 
 
 class ModelRejected(ModelUpdateFailed):

@@ -2,10 +2,14 @@
 is over is seen as waiting (the delivery itself runs end to end in tests/e2e/test_front_door_kilo.py)."""
 from __future__ import annotations
 
+from typing import Any
+
 from tests.test_worker_api_support import ADMIN_TOKEN, Worker, clock, town, worker  # noqa: F401
 from worker_api import lifecycle as lc
 from worker_api import store
-from worker_api.front.desk import _pending_tx, _working_tx, enqueue_tx
+from worker_api.dispatch import Target
+from worker_api.front import desk as desk_mod
+from worker_api.front.desk import MayorDesk, _pending_tx, _working_tx, enqueue_tx
 
 
 async def test_a_users_message_goes_before_older_notices(worker: Worker, town: tuple[str, str]) -> None:
@@ -42,3 +46,47 @@ async def test_a_working_mayor_whose_heartbeat_shows_its_turn_over_is_waiting(wo
     dead = {**hb, "status": "fatal", "last_event_type": "message.part.delta", "last_event_at": since + 11}
     assert (await worker.call("POST", path, token=token, json=dead))[0] == 200
     assert (await worker.db.run(store.get_agent, town_id, "mayor"))["status"] == "waiting"
+
+
+class SwapClient:
+    """A container whose first hot swaps fail (the new kilo server slow to boot: the container
+    rolls back and answers 502), then succeed; the mayor runs and is idle throughout."""
+
+    def __init__(self, answers: list[int | None]) -> None:
+        self.answers = answers
+        self.pushed: list[str] = []
+
+    async def agent_statuses(self, target: Target, agent_ids: list[str]) -> dict[str, str]:
+        return dict.fromkeys(agent_ids, "running")
+
+    async def agent_status(self, target: Target, agent_id: str) -> dict[str, Any]:
+        return {"status": "running", "started_at": 0, "message_count": 0}
+
+    async def patch_model(self, target: Target, agent_id: str, model: str, small_model: str | None) -> int | None:
+        self.pushed.append(model)
+        return self.answers.pop(0) if self.answers else 200
+
+    async def aclose(self) -> None:
+        pass
+
+
+async def test_a_model_swap_that_failed_once_is_pushed_again(worker: Worker,
+                                                             town: tuple[str, str]) -> None:
+    """A swap whose new kilo outlasted the container's 20 s on a loaded CI box answered 502; the
+    desk logged it and gave up, so the mayor kept the old model while the town said the new one."""
+    town_id, _ = town
+    await worker.db.run(enqueue_tx, town_id, "hi", worker.clock.ms)  # makes the mayor
+    client = SwapClient([502, None, 200])
+    desk = MayorDesk(worker.db, lambda: worker.clock.ms, client, backoff=_no_wait)  # type: ignore[arg-type]
+    desk.push_model(town_id, "fake/m2", None)
+    await desk._model_tasks[town_id]
+    assert client.pushed == ["fake/m2"] * 3
+    client2 = SwapClient([502] * 10)
+    desk2 = MayorDesk(worker.db, lambda: worker.clock.ms, client2, backoff=_no_wait)  # type: ignore[arg-type]
+    desk2.push_model(town_id, "fake/m3", None)
+    await desk2._model_tasks[town_id]
+    assert client2.pushed == ["fake/m3"] * desk_mod.MODEL_PUSH_ATTEMPTS  # bounded: a broken container is not pushed forever
+
+
+async def _no_wait(delay: float) -> None:
+    pass

@@ -19,7 +19,7 @@ import asyncio
 import sqlite3
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 from gastown.core.jsonlog import get_logger
 from worker_api import nudges, settings, store
@@ -42,6 +42,7 @@ MAYOR_STARTUP = "You are on duty as the mayor. Wait for the user's messages."
 START_WAIT_S = 90.0
 TURN_WAIT_S = 600.0      # a turn that runs longer than this no longer holds the next message back
 MAX_BACKOFF_S = 30.0
+MODEL_PUSH_ATTEMPTS = 6   # ~1 min of retries (1+2+4+8+16 s) before a model push gives up
 SWEEP_S = 2.0
 NOT_UP_RECHECK_S = 60.0  # a town whose mayor was not running is looked at again for notices after this
 IDLE_EVENTS = frozenset({"session.idle", "session.turn.close"})
@@ -139,13 +140,15 @@ class MayorDesk:
 
     def __init__(self, db: Database, clock_ms: Callable[[], int], client: HttpContainerClient | None = None, *,
                  containers: TownContainers | None = None,
-                 wall_ms: Callable[[], int] = lambda: int(time.time() * 1000), sweep_s: float = SWEEP_S) -> None:
+                 wall_ms: Callable[[], int] = lambda: int(time.time() * 1000), sweep_s: float = SWEEP_S,
+                 backoff: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
         self.db = db
         self.clock_ms = clock_ms
         self.wall_ms = wall_ms  # the container's clock is wall time: what its events and callbacks are compared to
         self.client = client or HttpContainerClient()
         self.containers = containers  # starts a stopped container for a user's message
         self.sweep_s = sweep_s
+        self.backoff = backoff  # the wait between model pushes (tests pass one that does not wait)
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._again: set[str] = set()
         self._sent_at: dict[str, int] = {}     # town -> when its mayor was last sent a turn (wall ms)
@@ -182,14 +185,29 @@ class MayorDesk:
                                                          name=f"mayor-desk:model:{town_id}")
 
     async def _push_model(self, town_id: str, model: str, small_model: str | None) -> None:
+        """Pushes until the container took the model or the mayor is no longer running (it starts
+        on the new model later). A swap that failed (its new server slow to boot on a busy box: the
+        container rolls back to the old model) is tried again: the setting is what the user asked."""
+        delay = 1.0
+        for _ in range(MODEL_PUSH_ATTEMPTS):
+            code = await self._push_model_once(town_id, model, small_model)
+            log.info("mayor.model_pushed", town=town_id, model=model, status=code)
+            if code is not None and code < 500 and code != 409:
+                return
+            await self.backoff(delay)
+            delay = min(delay * 2, MAX_BACKOFF_S)
+        log.warning("mayor.model_push_gave_up", town=town_id, model=model)
+
+    async def _push_model_once(self, town_id: str, model: str, small_model: str | None) -> int | None:
+        """The container's answer to one push; 200 also when there is no running mayor to push to."""
         target, _, mayor_id, _ = await self.db.run(_pending_tx, town_id, self.clock_ms(), write=False)
         if target is None or mayor_id is None:
-            return
+            return 200
         status = (await self.client.agent_statuses(target, [mayor_id]))[mayor_id]
         if status in ("starting", "recycling", "backoff") and not await self._wait_running(target, mayor_id):
-            return
+            return None
         if status not in ("running", "starting", "recycling", "backoff"):
-            return
+            return None if status == "unknown" else 200
         async with self._lock(town_id):
             await self._wait_idle(target, mayor_id)
             code = await self.client.patch_model(target, mayor_id, model, small_model)
@@ -197,7 +215,7 @@ class MayorDesk:
                 # Its turn had ended and a swap runs none, but the swap's own events (the noReply model
                 # push) are not an idle one: without this the next prompt waited out TURN_WAIT_S.
                 self._quiet.add(town_id)
-        log.info("mayor.model_pushed", town=town_id, model=model, status=code)
+        return code
 
     async def close(self) -> None:
         tasks = [t for t in (self._sweeper, *self._tasks.values(), *self._model_tasks.values()) if t is not None]

@@ -8,12 +8,11 @@ cycle checks); *decisions* (what a status change implies for agents, MRs, convoy
 from __future__ import annotations
 
 import secrets
-import sqlite3
 from collections import defaultdict, deque
 from typing import Any, Callable, Iterable
 
 from gastown.core.http import ApiError
-from worker_api.db import from_json, to_json
+from worker_api.db import Conn, Row, from_json, to_json
 
 BEAD_TYPES = ("issue", "message", "escalation", "merge_request", "convoy", "agent")
 BEAD_STATUSES = ("open", "in_progress", "in_review", "closed", "failed")
@@ -42,34 +41,33 @@ def not_found(kind: str, ident: str) -> ApiError:
 # ---------------------------------------------------------------- rigs
 
 
-def _rig_row(row: sqlite3.Row) -> dict[str, Any]:
+def _rig_row(row: Row) -> dict[str, Any]:
     d = dict(row)
     d["config"] = from_json(d.get("config"), {})
     d.pop("town_id", None)
     return d
 
 
-def create_rig(conn: sqlite3.Connection, town_id: str, *, rig_id: str, name: str, git_url: str,
+def create_rig(conn: Conn, town_id: str, *, rig_id: str, name: str, git_url: str,
                default_branch: str, now_ms: int, config: dict[str, Any] | None = None) -> dict[str, Any]:
-    try:
-        conn.execute(
-            "INSERT INTO rigs (town_id, rig_id, name, git_url, default_branch, config, created_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (town_id, rig_id, name, git_url, default_branch, to_json(config or {}), now_ms),
-        )
-    except sqlite3.IntegrityError:
-        raise ApiError(409, "RIG_EXISTS", f"rig {rig_id} already exists") from None
+    cur = conn.execute(
+        "INSERT INTO rigs (town_id, rig_id, name, git_url, default_branch, config, created_at)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+        (town_id, rig_id, name, git_url, default_branch, to_json(config or {}), now_ms),
+    )
+    if cur.rowcount == 0:  # not an IntegrityError: on PostgreSQL that would abort the transaction
+        raise ApiError(409, "RIG_EXISTS", f"rig {rig_id} already exists")
     rig = get_rig(conn, town_id, rig_id)
     assert rig is not None
     return rig
 
 
-def get_rig(conn: sqlite3.Connection, town_id: str, rig_id: str) -> dict[str, Any] | None:
+def get_rig(conn: Conn, town_id: str, rig_id: str) -> dict[str, Any] | None:
     row = conn.execute("SELECT * FROM rigs WHERE town_id = ? AND rig_id = ?", (town_id, rig_id)).fetchone()
     return _rig_row(row) if row else None
 
 
-def list_rigs(conn: sqlite3.Connection, town_id: str) -> list[dict[str, Any]]:
+def list_rigs(conn: Conn, town_id: str) -> list[dict[str, Any]]:
     rows = conn.execute("SELECT * FROM rigs WHERE town_id = ? ORDER BY created_at, rig_id", (town_id,))
     return [_rig_row(r) for r in rows]
 
@@ -77,7 +75,7 @@ def list_rigs(conn: sqlite3.Connection, town_id: str) -> list[dict[str, Any]]:
 # ---------------------------------------------------------------- beads
 
 
-def bead_row(row: sqlite3.Row) -> dict[str, Any]:
+def bead_row(row: Row) -> dict[str, Any]:
     d = dict(row)
     d["labels"] = from_json(d.get("labels"), [])
     d["metadata"] = from_json(d.get("metadata"), {})
@@ -85,7 +83,7 @@ def bead_row(row: sqlite3.Row) -> dict[str, Any]:
     return d
 
 
-def record(conn: sqlite3.Connection, town_id: str, bead_id: str, event_type: str, now_ms: int,
+def record(conn: Conn, town_id: str, bead_id: str, event_type: str, now_ms: int,
            agent_id: str | None = None, **payload: Any) -> None:
     """Append to the bead audit log (``bead_events``)."""
     conn.execute(
@@ -95,7 +93,7 @@ def record(conn: sqlite3.Connection, town_id: str, bead_id: str, event_type: str
     )
 
 
-def create_bead(conn: sqlite3.Connection, town_id: str, *, type: str, title: str, now_ms: int,
+def create_bead(conn: Conn, town_id: str, *, type: str, title: str, now_ms: int,
                 body: str = "", rig_id: str | None = None, priority: str = "medium",
                 labels: Iterable[str] = (), metadata: dict[str, Any] | None = None,
                 created_by: str | None = None, status: str = "open", parent_bead_id: str | None = None,
@@ -117,19 +115,19 @@ def create_bead(conn: sqlite3.Connection, town_id: str, *, type: str, title: str
     return bead
 
 
-def get_bead(conn: sqlite3.Connection, town_id: str, bead_id: str) -> dict[str, Any] | None:
+def get_bead(conn: Conn, town_id: str, bead_id: str) -> dict[str, Any] | None:
     row = conn.execute("SELECT * FROM town_beads WHERE town_id = ? AND bead_id = ?", (town_id, bead_id)).fetchone()
     return bead_row(row) if row else None
 
 
-def require_bead(conn: sqlite3.Connection, town_id: str, bead_id: str) -> dict[str, Any]:
+def require_bead(conn: Conn, town_id: str, bead_id: str) -> dict[str, Any]:
     bead = get_bead(conn, town_id, bead_id)
     if bead is None:
         raise not_found("bead", bead_id)
     return bead
 
 
-def list_beads(conn: sqlite3.Connection, town_id: str, *, status: str | None = None, rig_id: str | None = None,
+def list_beads(conn: Conn, town_id: str, *, status: str | None = None, rig_id: str | None = None,
                type: str | None = None, limit: int = 500) -> list[dict[str, Any]]:
     sql, params = "SELECT * FROM town_beads WHERE town_id = ?", [town_id]
     for col, val in (("status", status), ("rig_id", rig_id), ("type", type)):
@@ -141,7 +139,7 @@ def list_beads(conn: sqlite3.Connection, town_id: str, *, status: str | None = N
     return [bead_row(r) for r in conn.execute(sql, params)]
 
 
-def update_fields(conn: sqlite3.Connection, town_id: str, bead_id: str, now_ms: int, **fields: Any) -> None:
+def update_fields(conn: Conn, town_id: str, bead_id: str, now_ms: int, **fields: Any) -> None:
     """Set plain columns (title, body, priority, assignee_agent_id, ...) and bump ``updated_at``."""
     if not fields:
         return
@@ -150,7 +148,7 @@ def update_fields(conn: sqlite3.Connection, town_id: str, bead_id: str, now_ms: 
                  (*fields.values(), now_ms, town_id, bead_id))
 
 
-def merge_metadata(conn: sqlite3.Connection, town_id: str, bead_id: str, patch: dict[str, Any]) -> None:
+def merge_metadata(conn: Conn, town_id: str, bead_id: str, patch: dict[str, Any]) -> None:
     """Shallow-merge ``patch`` into the bead's metadata (``None`` values delete keys)."""
     row = conn.execute("SELECT metadata FROM town_beads WHERE town_id = ? AND bead_id = ?", (town_id, bead_id)).fetchone()
     if row is None:
@@ -164,7 +162,7 @@ def merge_metadata(conn: sqlite3.Connection, town_id: str, bead_id: str, patch: 
     conn.execute("UPDATE town_beads SET metadata = ? WHERE town_id = ? AND bead_id = ?", (to_json(meta), town_id, bead_id))
 
 
-def set_status(conn: sqlite3.Connection, town_id: str, bead_id: str, status: str, now_ms: int, *,
+def set_status(conn: Conn, town_id: str, bead_id: str, status: str, now_ms: int, *,
                reason: str = "", actor: str | None = None) -> str | None:
     """Change the status (audited); return the previous one, or None when the bead is missing."""
     if status not in BEAD_STATUSES:
@@ -181,7 +179,7 @@ def set_status(conn: sqlite3.Connection, town_id: str, bead_id: str, status: str
     return str(row[0])
 
 
-def delete_bead(conn: sqlite3.Connection, town_id: str, bead_id: str) -> bool:
+def delete_bead(conn: Conn, town_id: str, bead_id: str) -> bool:
     """Delete the bead, its edges, metadata, audit and **queued events** (an event for a deleted bead
     would otherwise be retried); agents hooked to it are unhooked."""
     if get_bead(conn, town_id, bead_id) is None:
@@ -197,7 +195,7 @@ def delete_bead(conn: sqlite3.Connection, town_id: str, bead_id: str) -> bool:
     return True
 
 
-def bead_history(conn: sqlite3.Connection, town_id: str, bead_id: str, limit: int = 200) -> list[dict[str, Any]]:
+def bead_history(conn: Conn, town_id: str, bead_id: str, limit: int = 200) -> list[dict[str, Any]]:
     rows = conn.execute("SELECT event_type, agent_id, payload, created_at FROM bead_events"
                         " WHERE town_id = ? AND bead_id = ? ORDER BY id LIMIT ?", (town_id, bead_id, limit))
     return [{**dict(r), "payload": from_json(r["payload"], {})} for r in rows]
@@ -227,7 +225,7 @@ def find_cycle(edges: Iterable[tuple[Any, Any]], nodes: Iterable[Any]) -> bool:
     return seen != len(indeg)
 
 
-def add_dependency(conn: sqlite3.Connection, town_id: str, bead_id: str, depends_on: str, dep_type: str) -> None:
+def add_dependency(conn: Conn, town_id: str, bead_id: str, depends_on: str, dep_type: str) -> None:
     """Add an edge; a ``blocks`` edge that would close a cycle is a 409 (a cycle never unblocks)."""
     if dep_type not in DEP_TYPES:
         raise ValueError(f"unknown dependency type {dep_type!r}")
@@ -235,11 +233,11 @@ def add_dependency(conn: sqlite3.Connection, town_id: str, bead_id: str, depends
         raise ApiError(409, "DEPENDENCY_CYCLE", "a bead cannot depend on itself")
     if dep_type == "blocks" and _reaches(conn, town_id, depends_on, bead_id):
         raise ApiError(409, "DEPENDENCY_CYCLE", f"{bead_id} -> {depends_on} would create a cycle")
-    conn.execute("INSERT OR IGNORE INTO bead_dependencies (town_id, bead_id, depends_on_bead_id, dep_type)"
-                 " VALUES (?, ?, ?, ?)", (town_id, bead_id, depends_on, dep_type))
+    conn.execute("INSERT INTO bead_dependencies (town_id, bead_id, depends_on_bead_id, dep_type)"
+                 " VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING", (town_id, bead_id, depends_on, dep_type))
 
 
-def _reaches(conn: sqlite3.Connection, town_id: str, start: str, target: str) -> bool:
+def _reaches(conn: Conn, town_id: str, start: str, target: str) -> bool:
     seen, stack = {start}, [start]
     while stack:
         node = stack.pop()
@@ -253,14 +251,14 @@ def _reaches(conn: sqlite3.Connection, town_id: str, start: str, target: str) ->
     return False
 
 
-def dependents(conn: sqlite3.Connection, town_id: str, bead_id: str, dep_type: str) -> list[str]:
+def dependents(conn: Conn, town_id: str, bead_id: str, dep_type: str) -> list[str]:
     """Beads that depend on ``bead_id`` with ``dep_type`` (e.g. the MRs tracking a source)."""
     rows = conn.execute("SELECT bead_id FROM bead_dependencies WHERE town_id = ? AND depends_on_bead_id = ?"
                         " AND dep_type = ? ORDER BY bead_id", (town_id, bead_id, dep_type))
     return [r[0] for r in rows]
 
 
-def dependencies(conn: sqlite3.Connection, town_id: str, bead_id: str, dep_type: str) -> list[str]:
+def dependencies(conn: Conn, town_id: str, bead_id: str, dep_type: str) -> list[str]:
     rows = conn.execute("SELECT depends_on_bead_id FROM bead_dependencies WHERE town_id = ? AND bead_id = ?"
                         " AND dep_type = ? ORDER BY depends_on_bead_id", (town_id, bead_id, dep_type))
     return [r[0] for r in rows]
@@ -269,32 +267,35 @@ def dependencies(conn: sqlite3.Connection, town_id: str, bead_id: str, dep_type:
 # ---------------------------------------------------------------- review / convoy metadata
 
 
-def put_review(conn: sqlite3.Connection, town_id: str, bead_id: str, *, branch: str | None, target_branch: str,
+def put_review(conn: Conn, town_id: str, bead_id: str, *, branch: str | None, target_branch: str,
                pr_url: str | None = None) -> None:
-    conn.execute("INSERT OR REPLACE INTO review_metadata (town_id, bead_id, branch, target_branch, pr_url)"
-                 " VALUES (?, ?, ?, ?, ?)", (town_id, bead_id, branch, target_branch, pr_url))
+    """A fresh review of the bead: what an earlier one recorded (merge commit, retries, polls) is reset."""
+    conn.execute("INSERT INTO review_metadata (town_id, bead_id, branch, target_branch, pr_url) VALUES (?, ?, ?, ?, ?)"
+                 " ON CONFLICT (town_id, bead_id) DO UPDATE SET branch = excluded.branch, target_branch ="
+                 " excluded.target_branch, pr_url = excluded.pr_url, merge_commit = NULL, retry_count = 0,"
+                 " last_poll_at = NULL", (town_id, bead_id, branch, target_branch, pr_url))
 
 
-def get_review(conn: sqlite3.Connection, town_id: str, bead_id: str) -> dict[str, Any] | None:
+def get_review(conn: Conn, town_id: str, bead_id: str) -> dict[str, Any] | None:
     row = conn.execute("SELECT * FROM review_metadata WHERE town_id = ? AND bead_id = ?",
                        (town_id, bead_id)).fetchone()
     return dict(row) if row else None
 
 
-def update_review(conn: sqlite3.Connection, town_id: str, bead_id: str, **fields: Any) -> None:
+def update_review(conn: Conn, town_id: str, bead_id: str, **fields: Any) -> None:
     if fields:
         cols = ", ".join(f"{k} = ?" for k in fields)
         conn.execute(f"UPDATE review_metadata SET {cols} WHERE town_id = ? AND bead_id = ?",
                      (*fields.values(), town_id, bead_id))
 
 
-def get_convoy_meta(conn: sqlite3.Connection, town_id: str, bead_id: str) -> dict[str, Any] | None:
+def get_convoy_meta(conn: Conn, town_id: str, bead_id: str) -> dict[str, Any] | None:
     row = conn.execute("SELECT * FROM convoy_metadata WHERE town_id = ? AND bead_id = ?",
                        (town_id, bead_id)).fetchone()
     return dict(row) if row else None
 
 
-def update_convoy_meta(conn: sqlite3.Connection, town_id: str, bead_id: str, **fields: Any) -> None:
+def update_convoy_meta(conn: Conn, town_id: str, bead_id: str, **fields: Any) -> None:
     if fields:
         cols = ", ".join(f"{k} = ?" for k in fields)
         conn.execute(f"UPDATE convoy_metadata SET {cols} WHERE town_id = ? AND bead_id = ?",
@@ -304,13 +305,13 @@ def update_convoy_meta(conn: sqlite3.Connection, town_id: str, bead_id: str, **f
 # ---------------------------------------------------------------- agent hooks (bookkeeping only)
 
 
-def hooked_agents(conn: sqlite3.Connection, town_id: str, bead_id: str) -> list[str]:
+def hooked_agents(conn: Conn, town_id: str, bead_id: str) -> list[str]:
     rows = conn.execute("SELECT agent_id FROM agents WHERE town_id = ? AND current_hook_bead_id = ?"
                         " ORDER BY agent_id", (town_id, bead_id))
     return [r[0] for r in rows]
 
 
-def set_hook(conn: sqlite3.Connection, town_id: str, agent_id: str, bead_id: str | None, now_ms: int,
+def set_hook(conn: Conn, town_id: str, agent_id: str, bead_id: str | None, now_ms: int,
              *, clear_checkpoint: bool = False) -> str | None:
     """Hook (or with ``None`` unhook) an agent; return the previous hook. Audited on the bead."""
     row = conn.execute("SELECT current_hook_bead_id FROM agents WHERE town_id = ? AND agent_id = ?",
@@ -332,7 +333,7 @@ def set_hook(conn: sqlite3.Connection, town_id: str, agent_id: str, bead_id: str
 # ---------------------------------------------------------------- mail
 
 
-def send_mail(conn: sqlite3.Connection, town_id: str, *, from_agent_id: str, to_agent_id: str, subject: str,
+def send_mail(conn: Conn, town_id: str, *, from_agent_id: str, to_agent_id: str, subject: str,
               body: str, now_ms: int, ids: IdFactory = new_id) -> dict[str, Any]:
     mail_id = ids("mail")
     conn.execute("INSERT INTO mail (mail_id, town_id, from_agent_id, to_agent_id, subject, body, created_at)"
@@ -341,7 +342,7 @@ def send_mail(conn: sqlite3.Connection, town_id: str, *, from_agent_id: str, to_
             "body": body, "created_at": now_ms}
 
 
-def take_mail(conn: sqlite3.Connection, town_id: str, agent_id: str, now_ms: int, limit: int = 100) -> list[dict]:
+def take_mail(conn: Conn, town_id: str, agent_id: str, now_ms: int, limit: int = 100) -> list[dict]:
     """Undelivered mail of ``agent_id``, oldest first, marked delivered (delivery is at most once)."""
     rows = [dict(r) for r in conn.execute(
         "SELECT id, mail_id, from_agent_id, to_agent_id, subject, body, created_at FROM mail"
@@ -352,7 +353,7 @@ def take_mail(conn: sqlite3.Connection, town_id: str, agent_id: str, now_ms: int
     return rows
 
 
-def peek_mail(conn: sqlite3.Connection, town_id: str, agent_id: str, limit: int = 100) -> list[dict]:
+def peek_mail(conn: Conn, town_id: str, agent_id: str, limit: int = 100) -> list[dict]:
     rows = conn.execute("SELECT mail_id, from_agent_id, to_agent_id, subject, body, created_at FROM mail"
                         " WHERE town_id = ? AND to_agent_id = ? AND delivered_at IS NULL ORDER BY id LIMIT ?",
                         (town_id, agent_id, limit))

@@ -1,4 +1,5 @@
-"""SQLite store of the worker: connection setup, versioned migrations, and async access.
+"""The worker's store: SQLite (embedded, the default) or PostgreSQL (``worker_api.db_pg``, for
+several replicas), with versioned migrations and async access.
 
 Concurrency choice: **one dedicated thread owns the only connection** and every call
 (``await db.run(fn, ...)``) executes ``fn(conn, ...)`` there inside one transaction. Why:
@@ -10,6 +11,9 @@ Concurrency choice: **one dedicated thread owns the only connection** and every 
   town), so serialising reads costs nothing measurable at this scale.
 ``busy_timeout`` still covers *other* processes (an operator's ``sqlite3`` shell, a backup tool).
 
+On PostgreSQL a pool of connections serves the calls instead (``GASTOWN_DB_POOL`` threads), each
+call one serializable transaction: the database, not a thread, keeps them apart.
+
 Migrations: ``PRAGMA user_version`` counts the scripts of ``worker_api.migrations.MIGRATIONS``
 already applied; opening a database applies the missing ones, each in its own transaction, and
 refuses a database written by newer code.
@@ -19,18 +23,34 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import os
 import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Sequence, TypeVar
+from typing import Any, Callable, Iterable, Protocol, Sequence, TypeVar
 
 from gastown.core.jsonlog import get_logger
+from worker_api import db_pg
 from worker_api.migrations import MIGRATIONS, Migration
 
 log = get_logger("worker_api.db")
 T = TypeVar("T")
 
 BUSY_TIMEOUT_MS = 5000
+DEFAULT_PG_POOL = 4
+
+
+
+class Conn(Protocol):
+    """What a transaction function is given: a ``sqlite3.Connection`` or a ``db_pg.PgConnection``
+    (the same ``execute`` with ``?`` placeholders; rows read by index and by column name)."""
+
+    def execute(self, sql: str, parameters: Sequence[Any] = ..., /) -> Any: ...
+
+    def executemany(self, sql: str, parameters: Iterable[Sequence[Any]], /) -> Any: ...
+
+
+Row = Any  # a ``sqlite3.Row`` or a ``db_pg.Row``: ``row[0]``, ``row["name"]``, ``dict(row)``
 
 
 class SchemaTooNewError(RuntimeError):
@@ -128,33 +148,52 @@ def transaction(conn: sqlite3.Connection, fn: Callable[..., T], *args: Any, writ
 
 
 class Database:
-    """The worker's store: one file, one connection, one dedicated thread (see module doc).
+    """The worker's store: a SQLite file (one connection, one dedicated thread: see module doc) or a
+    ``postgresql://`` URL (a pool; ``worker_api.db_pg``).
 
     ``await db.run(fn, *args)`` runs ``fn(conn, *args)`` in a write transaction;
-    ``write=False`` takes a deferred (read) transaction instead. ``fn`` may raise (for example
-    ``ApiError``): the transaction is rolled back and the exception reaches the caller.
+    ``write=False`` takes a read transaction instead. ``fn`` may raise (for example
+    ``ApiError``): the transaction is rolled back and the exception reaches the caller. On
+    PostgreSQL ``fn`` may run more than once (a lost serialization race): it must keep its side
+    effects in the database.
     """
 
-    def __init__(self, path: str | Path, *, migrations: Sequence[Migration] = MIGRATIONS) -> None:
+    def __init__(self, path: str | Path, *, migrations: Sequence[Migration] = MIGRATIONS,
+                 pool_size: int | None = None) -> None:
         self.path = str(path)
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="worker-db")
+        self.postgres = db_pg.is_url(self.path)
+        size = (pool_size or int(os.environ.get("GASTOWN_DB_POOL") or DEFAULT_PG_POOL)) if self.postgres else 1
+        self._executor = ThreadPoolExecutor(max_workers=max(1, size), thread_name_prefix="worker-db")
         self._conn: sqlite3.Connection | None = None
+        self._pg: db_pg.PgStore | None = None
         self._closed = False
         try:
-            self._executor.submit(self._open, migrations).result()
+            if self.postgres:
+                self._pg = db_pg.PgStore(self.path, size=max(1, size), migrations=migrations, too_new=SchemaTooNewError)
+            else:
+                self._executor.submit(self._open, migrations).result()
         except BaseException:
             self._executor.shutdown(wait=False)
             raise
+
+    @property
+    def label(self) -> str:
+        """Where the store is, fit for a log line (a URL's password left out)."""
+        return db_pg.redact(self.path) if self.postgres else self.path
 
     def _open(self, migrations: Sequence[Migration]) -> None:
         self._conn = connect(self.path, migrations=migrations)
 
     def _call(self, fn: Callable[..., T], args: tuple, kwargs: dict, write: bool) -> T:
+        if self._pg is not None:
+            return self._pg.call(fn, args, kwargs, write)
         if self._conn is None:
             raise DatabaseClosedError("database is closed")
         return transaction(self._conn, fn, *args, write=write, **kwargs)
 
     async def run(self, fn: Callable[..., T], *args: Any, write: bool = True, **kwargs: Any) -> T:
+        if self._closed:
+            raise DatabaseClosedError("database is closed")
         loop = asyncio.get_running_loop()
         call = functools.partial(self._call, fn, args, kwargs, write)
         return await loop.run_in_executor(self._executor, call)
@@ -164,12 +203,14 @@ class Database:
         return self._executor.submit(self._call, fn, args, kwargs, write).result()
 
     def _close_conn(self) -> None:
+        if self._pg is not None:
+            self._pg.close()
         if self._conn is not None:
             conn, self._conn = self._conn, None
             conn.close()
 
     async def aclose(self) -> None:
-        """Close the connection and stop the thread (idempotent)."""
+        """Close the connection(s) and stop the thread(s) (idempotent)."""
         if self._closed:
             return
         self._closed = True

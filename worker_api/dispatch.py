@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sqlite3
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import aiohttp
 
 from gastown.core.jsonlog import get_logger
+from worker_api.db import Conn
 
 log = get_logger("worker_api.dispatch")
 
@@ -41,7 +41,7 @@ class Target:
         return f"Target(town_id={self.town_id!r}, url={self.url!r})"
 
 
-def town_target(conn: sqlite3.Connection, town_id: str) -> Target | None:
+def town_target(conn: Conn, town_id: str) -> Target | None:
     """Where the town's container listens and its control token (the only read of that secret)."""
     row = conn.execute("SELECT container_url, control_token FROM towns WHERE town_id = ?", (town_id,)).fetchone()
     return Target(town_id, row[0], row[1]) if row else None

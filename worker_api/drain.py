@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import hmac
 import secrets
-import sqlite3
 from typing import Any
 
 from gastown.core.jsonlog import get_logger
 from worker_api.store import kv_delete, kv_get, kv_set
+from worker_api.db import Conn
 
 log = get_logger("worker_api.drain")
 
@@ -29,7 +29,7 @@ K_STARTED_AT = "town:drain_started_at"
 K_INSTANCE = "town:container_instance_id"
 
 
-def start_drain(conn: sqlite3.Connection, town_id: str, now_ms: int) -> str:
+def start_drain(conn: Conn, town_id: str, now_ms: int) -> str:
     """Mark the town draining with a fresh nonce (a repeated eviction re-arms with a new one)."""
     nonce = secrets.token_hex(16)
     kv_set(conn, town_id, K_DRAINING, True)
@@ -39,12 +39,12 @@ def start_drain(conn: sqlite3.Connection, town_id: str, now_ms: int) -> str:
     return nonce
 
 
-def clear_drain(conn: sqlite3.Connection, town_id: str, reason: str) -> None:
+def clear_drain(conn: Conn, town_id: str, reason: str) -> None:
     kv_delete(conn, town_id, K_DRAINING, K_NONCE, K_STARTED_AT)
     log.info("drain.cleared", town=town_id, reason=reason)
 
 
-def drain_state(conn: sqlite3.Connection, town_id: str, now_ms: int) -> dict[str, Any] | None:
+def drain_state(conn: Conn, town_id: str, now_ms: int) -> dict[str, Any] | None:
     """``{"nonce", "started_at"}`` while draining, else None. Clears a drain older than 7 min."""
     if not kv_get(conn, town_id, K_DRAINING, False):
         return None
@@ -55,11 +55,11 @@ def drain_state(conn: sqlite3.Connection, town_id: str, now_ms: int) -> dict[str
     return {"nonce": kv_get(conn, town_id, K_NONCE), "started_at": started_at}
 
 
-def is_draining(conn: sqlite3.Connection, town_id: str, now_ms: int) -> bool:
+def is_draining(conn: Conn, town_id: str, now_ms: int) -> bool:
     return drain_state(conn, town_id, now_ms) is not None
 
 
-def acknowledge_ready(conn: sqlite3.Connection, town_id: str, nonce: str, now_ms: int) -> bool:
+def acknowledge_ready(conn: Conn, town_id: str, nonce: str, now_ms: int) -> bool:
     """Clear the drain if ``nonce`` matches the current one; a mismatch or no drain → False."""
     state = drain_state(conn, town_id, now_ms)
     if state is None or not isinstance(state["nonce"], str):
@@ -71,7 +71,7 @@ def acknowledge_ready(conn: sqlite3.Connection, town_id: str, nonce: str, now_ms
     return True
 
 
-def observe_container_instance(conn: sqlite3.Connection, town_id: str, instance_id: str | None, now_ms: int) -> bool:
+def observe_container_instance(conn: Conn, town_id: str, instance_id: str | None, now_ms: int) -> bool:
     """Record the heartbeat's container instance; return True if that cleared a drain."""
     if not instance_id:
         return False

@@ -7,10 +7,9 @@ one reconciler apply it, oldest first, keeps every state transition in one place
 """
 from __future__ import annotations
 
-import sqlite3
 from typing import Any
 
-from worker_api.db import from_json, to_json
+from worker_api.db import Conn, Row, from_json, to_json
 
 # Event types written by the container-facing routes.
 AGENT_COMPLETED = "agent_completed"
@@ -21,14 +20,14 @@ CONTAINER_TELEMETRY = "container_telemetry"
 CONTAINER_EVICTION = "container_eviction"
 
 
-def event_row(row: sqlite3.Row) -> dict[str, Any]:
+def event_row(row: Row) -> dict[str, Any]:
     d = dict(row)
     d["payload"] = from_json(d.get("payload"), {})
     return d
 
 
 def insert_event(
-    conn: sqlite3.Connection,
+    conn: Conn,
     town_id: str,
     event_type: str,
     *,
@@ -38,21 +37,21 @@ def insert_event(
     payload: dict[str, Any] | None = None,
 ) -> int:
     """Append an event; return its id (ids increase monotonically, never reused)."""
-    cur = conn.execute(
+    row = conn.execute(
         "INSERT INTO town_events (town_id, event_type, agent_id, bead_id, payload, created_at)"
-        " VALUES (?, ?, ?, ?, ?, ?)",
+        " VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
         (town_id, event_type, agent_id, bead_id, to_json(payload or {}), now_ms),
-    )
-    return int(cur.lastrowid)
+    ).fetchone()
+    return int(row[0])
 
 
-def get_event(conn: sqlite3.Connection, town_id: str, event_id: int) -> dict[str, Any] | None:
+def get_event(conn: Conn, town_id: str, event_id: int) -> dict[str, Any] | None:
     row = conn.execute("SELECT * FROM town_events WHERE town_id = ? AND id = ?", (town_id, event_id)).fetchone()
     return event_row(row) if row else None
 
 
 def list_events(
-    conn: sqlite3.Connection,
+    conn: Conn,
     town_id: str,
     *,
     unprocessed_only: bool = True,
@@ -73,7 +72,7 @@ def list_events(
     return [event_row(r) for r in conn.execute(sql, params)]
 
 
-def mark_event_processed(conn: sqlite3.Connection, town_id: str, event_id: int, now_ms: int) -> bool:
+def mark_event_processed(conn: Conn, town_id: str, event_id: int, now_ms: int) -> bool:
     cur = conn.execute(
         "UPDATE town_events SET processed_at = ? WHERE town_id = ? AND id = ? AND processed_at IS NULL",
         (now_ms, town_id, event_id),
@@ -81,7 +80,7 @@ def mark_event_processed(conn: sqlite3.Connection, town_id: str, event_id: int, 
     return cur.rowcount > 0
 
 
-def prune_processed_events(conn: sqlite3.Connection, town_id: str, older_than_ms: int) -> int:
+def prune_processed_events(conn: Conn, town_id: str, older_than_ms: int) -> int:
     """Delete processed events created before ``older_than_ms`` (housekeeping keeps 7 days)."""
     cur = conn.execute(
         "DELETE FROM town_events WHERE town_id = ? AND processed_at IS NOT NULL AND created_at < ?",

@@ -7,19 +7,18 @@ All functions run inside the caller's transaction.
 """
 from __future__ import annotations
 
-import sqlite3
 from typing import Any
 
 from gastown.core.http import ApiError
 from gastown.core.jsonlog import get_logger
 from worker_api import beads as bx
 from worker_api import store
-from worker_api.db import to_json
+from worker_api.db import Conn, to_json
 
 log = get_logger("worker_api.reconciler")
 
 
-def transition_bead(conn: sqlite3.Connection, town_id: str, bead_id: str, to: str, now: int, *, reason: str,
+def transition_bead(conn: Conn, town_id: str, bead_id: str, to: str, now: int, *, reason: str,
                     actor: str | None = None, clear_assignee: bool = False, from_status: str | None = None) -> bool:
     """Move a bead to ``to`` (only from ``from_status`` when given) and apply the consequences."""
     bead = bx.get_bead(conn, town_id, bead_id)
@@ -34,7 +33,7 @@ def transition_bead(conn: sqlite3.Connection, town_id: str, bead_id: str, to: st
     return True
 
 
-def _unhook_all(conn: sqlite3.Connection, town_id: str, bead_id: str, now: int) -> None:
+def _unhook_all(conn: Conn, town_id: str, bead_id: str, now: int) -> None:
     """Unhook every agent on the bead; a working one goes idle with it (invariant #7: a working agent
     has a hook). Its container process ends at its own idle timeout; a late gt_done finds no hook."""
     for agent_id in bx.hooked_agents(conn, town_id, bead_id):
@@ -43,7 +42,7 @@ def _unhook_all(conn: sqlite3.Connection, town_id: str, bead_id: str, now: int) 
                      " AND status IN ('working', 'stalled')", (town_id, agent_id))
 
 
-def _on_terminal(conn: sqlite3.Connection, town_id: str, bead: dict[str, Any], to: str, now: int, reason: str) -> None:
+def _on_terminal(conn: Conn, town_id: str, bead: dict[str, Any], to: str, now: int, reason: str) -> None:
     bead_id = bead["bead_id"]
     _unhook_all(conn, town_id, bead_id, now)
     if bead["type"] == "merge_request":
@@ -60,7 +59,7 @@ def _on_terminal(conn: sqlite3.Connection, town_id: str, bead: dict[str, Any], t
 QUIET_MR_REASONS = ("source_terminal", "convoy_closed", "convoy_failed")  # the cause has its own notice, or none
 
 
-def _mr_notice(conn: sqlite3.Connection, town_id: str, mr: dict[str, Any], to: str, now: int, reason: str) -> None:
+def _mr_notice(conn: Conn, town_id: str, mr: dict[str, Any], to: str, now: int, reason: str) -> None:
     """The mayor hears what became of each merge request: merged, or failed and why (a landing MR
     that merged is told as its convoy's landing instead)."""
     if reason in QUIET_MR_REASONS or (to == "closed" and mr["metadata"].get("landing")):
@@ -75,7 +74,7 @@ def _mr_notice(conn: sqlite3.Connection, town_id: str, mr: dict[str, Any], to: s
         notify_mayor(conn, town_id, f"Merge request failed ({reason}): {what} {ids}", now)
 
 
-def _on_mr_terminal(conn: sqlite3.Connection, town_id: str, mr: dict[str, Any], to: str, now: int) -> None:
+def _on_mr_terminal(conn: Conn, town_id: str, mr: dict[str, Any], to: str, now: int) -> None:
     meta = mr["metadata"]
     if meta.get("landing"):
         convoy_id = meta.get("convoy_id")
@@ -101,7 +100,7 @@ def _on_mr_terminal(conn: sqlite3.Connection, town_id: str, mr: dict[str, Any], 
         transition_bead(conn, town_id, source_id, "open", now, reason="mr_failed", clear_assignee=True)
 
 
-def finish_convoy(conn: sqlite3.Connection, town_id: str, convoy_id: str, to: str, now: int, *, reason: str) -> bool:
+def finish_convoy(conn: Conn, town_id: str, convoy_id: str, to: str, now: int, *, reason: str) -> bool:
     """Close or fail a convoy; its still-live beads are cancelled (failed) with it. The mayor hears
     of a convoy that landed (one the mayor or a user closed by hand needs no notice)."""
     convoy = bx.get_bead(conn, town_id, convoy_id)
@@ -125,7 +124,7 @@ def finish_convoy(conn: sqlite3.Connection, town_id: str, convoy_id: str, to: st
     return True
 
 
-def approve_mr(conn: sqlite3.Connection, town_id: str, mr_id: str, now: int, *, by: str, strategy: str) -> None:
+def approve_mr(conn: Conn, town_id: str, mr_id: str, now: int, *, by: str, strategy: str) -> None:
     """The MR may land: the worker merges exactly its branch (``direct``) or opens its PR (``pr``), R8."""
     bx.record(conn, town_id, mr_id, "review_completed", now, by, approved=True, strategy=strategy)
     bx.merge_metadata(conn, town_id, mr_id, {"approved_at": now, "approved_by": by, "merge_strategy": strategy,
@@ -135,7 +134,7 @@ def approve_mr(conn: sqlite3.Connection, town_id: str, mr_id: str, now: int, *, 
 MAX_REWORK_ROUNDS = 3  # ours: a merge request cannot be sent back for ever
 
 
-def send_back_for_rework(conn: sqlite3.Connection, town_id: str, mr: dict[str, Any], text: str, now: int, *,
+def send_back_for_rework(conn: Conn, town_id: str, mr: dict[str, Any], text: str, now: int, *,
                          actor: str, reason: str, max_rounds: int = MAX_REWORK_ROUNDS) -> str | None:
     """Send a merge request back: a ``gt:rework`` bead on the MR's branch that blocks it, the MR
     reopened without its approval (a new review follows the fix; an MR that skipped review keeps
@@ -162,17 +161,17 @@ def send_back_for_rework(conn: sqlite3.Connection, town_id: str, mr: dict[str, A
     return str(rework["bead_id"])
 
 
-def unhook_agent(conn: sqlite3.Connection, town_id: str, agent_id: str, now: int, *,
+def unhook_agent(conn: Conn, town_id: str, agent_id: str, now: int, *,
                  clear_checkpoint: bool = False) -> None:
     bx.set_hook(conn, town_id, agent_id, None, now, clear_checkpoint=clear_checkpoint)
 
 
-def set_agent_idle(conn: sqlite3.Connection, town_id: str, agent_id: str, now: int) -> None:
+def set_agent_idle(conn: Conn, town_id: str, agent_id: str, now: int) -> None:
     conn.execute("UPDATE agents SET status = 'idle', stalled_at = NULL WHERE town_id = ? AND agent_id = ?",
                  (town_id, agent_id))
 
 
-def create_escalation(conn: sqlite3.Connection, town_id: str, *, title: str, body: str, now: int,
+def create_escalation(conn: Conn, town_id: str, *, title: str, body: str, now: int,
                       agent_id: str | None = None, bead_id: str | None = None, severity: str = "medium",
                       ids: bx.IdFactory = bx.new_id) -> str:
     """An escalation bead for the mayor, plus a nudge so the mayor hears of it at its next idle."""
@@ -189,7 +188,7 @@ def create_escalation(conn: sqlite3.Connection, town_id: str, *, title: str, bod
 ACK_HINT = "When it is handled, acknowledge it with gt_escalation_ack (or close it), or it comes back."
 
 
-def re_escalate(conn: sqlite3.Connection, town_id: str, bead_id: str, severity: str, round_: int, now: int) -> bool:
+def re_escalate(conn: Conn, town_id: str, bead_id: str, severity: str, round_: int, now: int) -> bool:
     """Raise an open, unacknowledged escalation to ``severity`` and tell the mayor again."""
     esc = bx.get_bead(conn, town_id, bead_id)
     if esc is None or esc["type"] != "escalation" or esc["status"] != "open" or esc["metadata"].get("acknowledged_at"):
@@ -205,7 +204,7 @@ def re_escalate(conn: sqlite3.Connection, town_id: str, bead_id: str, severity: 
     return True
 
 
-def acknowledge_escalation(conn: sqlite3.Connection, town_id: str, bead_id: str, now: int, *, actor: str,
+def acknowledge_escalation(conn: Conn, town_id: str, bead_id: str, now: int, *, actor: str,
                            note: str | None = None) -> None:
     """Stop an escalation from coming back; it stays open until closed (idempotent: the first ack counts)."""
     esc = bx.require_bead(conn, town_id, bead_id)
@@ -218,7 +217,7 @@ def acknowledge_escalation(conn: sqlite3.Connection, town_id: str, bead_id: str,
     bx.record(conn, town_id, bead_id, "acknowledged", now, actor, note=note)
 
 
-def notify_mayor(conn: sqlite3.Connection, town_id: str, message: str, now: int) -> str | None:
+def notify_mayor(conn: Conn, town_id: str, message: str, now: int) -> str | None:
     """Queue a notice for the mayor (the desk delivers it as a turn); its nudge id, or None without a mayor."""
     from worker_api import nudges
 

@@ -3,7 +3,6 @@ is current — invariant violations by rule (the reconciler checks them after ea
 unprocessed events (a growing backlog means a stuck loop), beads and agents by status."""
 from __future__ import annotations
 
-import sqlite3
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, generate_latest
@@ -11,11 +10,12 @@ from prometheus_client.core import GaugeMetricFamily
 
 from worker_api.appkeys import DB
 from worker_api.reconciler.invariants import check_invariants
+from worker_api.db import Conn
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
-def _families(conn: sqlite3.Connection) -> list[GaugeMetricFamily]:
+def _families(conn: Conn) -> list[GaugeMetricFamily]:
     violations = GaugeMetricFamily("gastown_invariant_violations", "Invariant violations now", labels=["town_id", "rule"])
     backlog = GaugeMetricFamily("gastown_town_events_unprocessed", "Queued events not yet applied", labels=["town_id"])
     beads = GaugeMetricFamily("gastown_beads", "Beads by type and status", labels=["town_id", "type", "status"])

@@ -6,8 +6,8 @@ millisecond). Expired nudges are never offered; delivery is idempotent (the firs
 from __future__ import annotations
 
 import secrets
-import sqlite3
 from typing import Any
+from worker_api.db import Conn
 
 MODES = ("wait-idle", "immediate", "queue")
 PRIORITIES = ("normal", "urgent")
@@ -18,7 +18,7 @@ def new_nudge_id() -> str:
 
 
 def enqueue_nudge(
-    conn: sqlite3.Connection,
+    conn: Conn,
     town_id: str,
     agent_id: str,
     *,
@@ -46,7 +46,7 @@ def enqueue_nudge(
     return nudge
 
 
-def get_nudge(conn: sqlite3.Connection, town_id: str, nudge_id: str) -> dict[str, Any] | None:
+def get_nudge(conn: Conn, town_id: str, nudge_id: str) -> dict[str, Any] | None:
     row = conn.execute(
         "SELECT nudge_id, agent_id, message, mode, priority, source, created_at, expires_at, delivered_at"
         " FROM nudges WHERE town_id = ? AND nudge_id = ?",
@@ -55,7 +55,7 @@ def get_nudge(conn: sqlite3.Connection, town_id: str, nudge_id: str) -> dict[str
     return dict(row) if row else None
 
 
-def pending_nudges(conn: sqlite3.Connection, town_id: str, agent_id: str, now_ms: int) -> list[dict[str, Any]]:
+def pending_nudges(conn: Conn, town_id: str, agent_id: str, now_ms: int) -> list[dict[str, Any]]:
     """Undelivered, unexpired nudges of one agent: urgent first, then oldest first."""
     rows = conn.execute(
         "SELECT nudge_id, message, mode, priority, source FROM nudges"
@@ -68,7 +68,7 @@ def pending_nudges(conn: sqlite3.Connection, town_id: str, agent_id: str, now_ms
 
 
 def mark_nudge_delivered(
-    conn: sqlite3.Connection, town_id: str, agent_id: str, nudge_id: str, now_ms: int
+    conn: Conn, town_id: str, agent_id: str, nudge_id: str, now_ms: int
 ) -> bool:
     """True if the nudge exists for this agent (already delivered counts: the call is idempotent)."""
     row = conn.execute(

@@ -11,7 +11,6 @@ the role is the one fact that cannot be invented. Without ``role`` it is a 404 t
 """
 from __future__ import annotations
 
-import sqlite3
 from typing import Any
 
 from aiohttp import web
@@ -23,7 +22,7 @@ from worker_api import drain, events, nudges, store
 from worker_api.appkeys import DB, TOWN, now_ms
 from worker_api.auth import acting_agent, require_sender
 from worker_api.containers.service import touch_activity
-from worker_api.db import to_json
+from worker_api.db import Conn, to_json
 from worker_api.models import (
     Completed,
     ContainerEvent,
@@ -43,7 +42,7 @@ def _ids(request: web.Request) -> tuple[str, str]:
     return request[TOWN]["town_id"], path_id(request, "a")
 
 
-def _require_agent(conn: sqlite3.Connection, town_id: str, agent_id: str) -> dict[str, Any]:
+def _require_agent(conn: Conn, town_id: str, agent_id: str) -> dict[str, Any]:
     agent = store.get_agent(conn, town_id, agent_id)
     if agent is None:
         raise ApiError(404, "AGENT_NOT_FOUND", f"agent {agent_id} not found")
@@ -51,7 +50,7 @@ def _require_agent(conn: sqlite3.Connection, town_id: str, agent_id: str) -> dic
 
 
 def _record_agent_event(
-    conn: sqlite3.Connection, town_id: str, agent_id: str, event_type: str, payload: dict[str, Any], now: int
+    conn: Conn, town_id: str, agent_id: str, event_type: str, payload: dict[str, Any], now: int
 ) -> int:
     _require_agent(conn, town_id, agent_id)
     return events.insert_event(conn, town_id, event_type, agent_id=agent_id, payload=payload, now_ms=now)
@@ -60,7 +59,7 @@ def _record_agent_event(
 # ---------------------------------------------------------------- heartbeat
 
 
-def _heartbeat_tx(conn: sqlite3.Connection, town_id: str, agent_id: str, hb: Heartbeat, now: int) -> str | None:
+def _heartbeat_tx(conn: Conn, town_id: str, agent_id: str, hb: Heartbeat, now: int) -> str | None:
     agent = store.get_agent(conn, town_id, agent_id)
     if agent is None:
         if hb.role is None:
@@ -88,7 +87,7 @@ def _heartbeat_tx(conn: sqlite3.Connection, town_id: str, agent_id: str, hb: Hea
     return state["nonce"] if state else None
 
 
-def _mayor_turn_over(conn: sqlite3.Connection, town_id: str, agent: dict[str, Any], hb: Heartbeat) -> None:
+def _mayor_turn_over(conn: Conn, town_id: str, agent: dict[str, Any], hb: Heartbeat) -> None:
     """A working mayor whose heartbeat shows its turn ended (an idle event after it was marked
     working) or its server gone is waiting: the idle callback of that turn may never come (the turn
     ended before it was marked, kilo crashed, a model swap cut it), and a mayor left working keeps
@@ -127,7 +126,7 @@ async def completed(request: web.Request) -> web.Response:
     return web.json_response({"completed": True})
 
 
-def _waiting_tx(conn: sqlite3.Connection, town_id: str, agent_id: str, fired_at: int, now: int) -> bool:
+def _waiting_tx(conn: Conn, town_id: str, agent_id: str, fired_at: int, now: int) -> bool:
     """Mayor working → waiting, unless the idle callback fired before the mayor was last marked
     working: such a callback belongs to an earlier turn (docs/original-system.md §4.6, bug 31)."""
     agent = _require_agent(conn, town_id, agent_id)
@@ -177,7 +176,7 @@ async def eviction_context(request: web.Request) -> web.Response:
 # ---------------------------------------------------------------- nudges
 
 
-def _pending_tx(conn: sqlite3.Connection, town_id: str, agent_id: str, now: int) -> list[dict[str, Any]]:
+def _pending_tx(conn: Conn, town_id: str, agent_id: str, now: int) -> list[dict[str, Any]]:
     _require_agent(conn, town_id, agent_id)
     return nudges.pending_nudges(conn, town_id, agent_id, now)
 
@@ -188,7 +187,7 @@ async def pending_nudges(request: web.Request) -> web.Response:
     return web.json_response({"nudges": items})
 
 
-def _delivered_tx(conn: sqlite3.Connection, town_id: str, agent_id: str, nudge_id: str, now: int) -> None:
+def _delivered_tx(conn: Conn, town_id: str, agent_id: str, nudge_id: str, now: int) -> None:
     _require_agent(conn, town_id, agent_id)
     if not nudges.mark_nudge_delivered(conn, town_id, agent_id, nudge_id, now):
         raise ApiError(404, "NUDGE_NOT_FOUND", f"nudge {nudge_id} not found for agent {agent_id}")
@@ -201,7 +200,7 @@ async def nudge_delivered(request: web.Request) -> web.Response:
     return web.json_response({"marked": True})
 
 
-def _enqueue_tx(conn: sqlite3.Connection, town_id: str, agent_id: str, body: EnqueueNudge, now: int) -> dict:
+def _enqueue_tx(conn: Conn, town_id: str, agent_id: str, body: EnqueueNudge, now: int) -> dict:
     _require_agent(conn, town_id, agent_id)
     return nudges.enqueue_nudge(
         conn, town_id, agent_id, message=body.message, mode=body.mode, priority=body.priority,
@@ -225,7 +224,7 @@ MAX_TELEMETRY_BYTES = 16 * 1024   # one telemetry event (memory samples, prewarm
 KEEP_TELEMETRY_PER_TOWN = 5000     # newest kept: at one memory sample per 30 s, about two days
 
 
-def _telemetry_tx(conn: sqlite3.Connection, town_id: str, agent_id: str | None, payload: dict[str, Any],
+def _telemetry_tx(conn: Conn, town_id: str, agent_id: str | None, payload: dict[str, Any],
                   now: int) -> None:
     """Store one telemetry event and drop the town's oldest beyond the cap (every row used to stay a
     week: 1 MiB rows filled the shared store at 25 MB/s)."""
@@ -247,7 +246,7 @@ async def container_events(request: web.Request) -> web.Response:
     return web.json_response({"accepted": True}, status=202)
 
 
-def _eviction_tx(conn: sqlite3.Connection, town_id: str, now: int) -> str:
+def _eviction_tx(conn: Conn, town_id: str, now: int) -> str:
     nonce = drain.start_drain(conn, town_id, now)
     events.insert_event(conn, town_id, events.CONTAINER_EVICTION, payload={}, now_ms=now)
     return nonce

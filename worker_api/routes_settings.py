@@ -4,7 +4,6 @@ Users only (the admin or the town's owner): an agent that could set another rig'
 identity would reach beyond its own rig."""
 from __future__ import annotations
 
-import sqlite3
 from typing import Any
 
 from aiohttp import web
@@ -14,7 +13,7 @@ from gastown.core.jsonlog import get_logger
 from worker_api import beads as bx
 from worker_api import settings as st
 from worker_api.appkeys import DB, TOWN
-from worker_api.db import to_json
+from worker_api.db import Conn, to_json
 from worker_api.front.mayor import DESK
 from worker_api.reconciler.prompts import DEFAULT_MODEL
 
@@ -41,7 +40,7 @@ async def patch_settings(request: web.Request) -> web.Response:
     return web.json_response(settings)
 
 
-def _patch_rig_tx(conn: sqlite3.Connection, town_id: str, rig_id: str, body: st.RigPatch) -> dict[str, Any]:
+def _patch_rig_tx(conn: Conn, town_id: str, rig_id: str, body: st.RigPatch) -> dict[str, Any]:
     rig = bx.get_rig(conn, town_id, rig_id)
     if rig is None:
         raise bx.not_found("rig", rig_id)

@@ -7,7 +7,6 @@ back to ``gt_done`` and merged what it meant to reject).
 """
 from __future__ import annotations
 
-import sqlite3
 from typing import Annotated, Any, Literal, Optional
 
 from aiohttp import web
@@ -19,7 +18,7 @@ from worker_api import beads as bx
 from worker_api import nudges, store
 from worker_api.appkeys import DB, TOWN, now_ms
 from worker_api.auth import require_sender
-from worker_api.db import from_json, to_json
+from worker_api.db import Conn, from_json, to_json
 from worker_api.lifecycle import (
     acknowledge_escalation,
     create_escalation,
@@ -78,7 +77,7 @@ def _town(request: web.Request) -> str:
     return str(request[TOWN]["town_id"])
 
 
-def _agent(conn: sqlite3.Connection, town_id: str, agent_id: str) -> dict[str, Any]:
+def _agent(conn: Conn, town_id: str, agent_id: str) -> dict[str, Any]:
     agent = store.get_agent(conn, town_id, agent_id)
     if agent is None:
         raise ApiError(404, "AGENT_NOT_FOUND", f"agent {agent_id} not found")
@@ -90,7 +89,7 @@ def _agent(conn: sqlite3.Connection, town_id: str, agent_id: str) -> dict[str, A
 # ---------------------------------------------------------------- bead interventions
 
 
-def _close_tx(conn: sqlite3.Connection, town_id: str, bead_id: str, agent_id: str | None, now: int) -> dict:
+def _close_tx(conn: Conn, town_id: str, bead_id: str, agent_id: str | None, now: int) -> dict:
     bead = bx.require_bead(conn, town_id, bead_id)
     if agent_id is not None:
         agent = _agent(conn, town_id, agent_id)
@@ -109,7 +108,7 @@ async def close_bead(request: web.Request) -> web.Response:
     return web.json_response(bead)
 
 
-def _reassign_tx(conn: sqlite3.Connection, town_id: str, bead_id: str, agent_id: str | None, now: int) -> dict:
+def _reassign_tx(conn: Conn, town_id: str, bead_id: str, agent_id: str | None, now: int) -> dict:
     bead = bx.require_bead(conn, town_id, bead_id)
     if bead["type"] != "issue" or bead["status"] in bx.TERMINAL:
         raise ApiError(409, "INVALID_TRANSITION", f"only a live issue bead can be reassigned ({bead['status']})")
@@ -136,7 +135,7 @@ async def reassign_bead(request: web.Request) -> web.Response:
     return web.json_response(bead)
 
 
-def _reset_tx(conn: sqlite3.Connection, town_id: str, agent_id: str, now: int) -> dict:
+def _reset_tx(conn: Conn, town_id: str, agent_id: str, now: int) -> dict:
     agent = _agent(conn, town_id, agent_id)
     hook = agent["current_hook_bead_id"]
     unhook_agent(conn, town_id, agent_id, now)
@@ -161,7 +160,7 @@ async def reset_agent(request: web.Request) -> web.Response:
 # ---------------------------------------------------------------- agent tools
 
 
-def _prime_tx(conn: sqlite3.Connection, town_id: str, agent_id: str) -> dict:
+def _prime_tx(conn: Conn, town_id: str, agent_id: str) -> dict:
     agent = _agent(conn, town_id, agent_id)
     hook = agent["current_hook_bead_id"]
     hooked = bead_view(conn, town_id, hook) if hook and bx.get_bead(conn, town_id, hook) else None
@@ -177,7 +176,7 @@ async def prime(request: web.Request) -> web.Response:
     return web.json_response(out)
 
 
-def _request_changes_tx(conn: sqlite3.Connection, town_id: str, agent_id: str, body: RequestChanges,
+def _request_changes_tx(conn: Conn, town_id: str, agent_id: str, body: RequestChanges,
                         now: int) -> dict:
     agent = _agent(conn, town_id, agent_id)
     mr = bx.get_bead(conn, town_id, agent["current_hook_bead_id"]) if agent["current_hook_bead_id"] else None
@@ -198,7 +197,7 @@ async def request_changes(request: web.Request) -> web.Response:
     return web.json_response(out)
 
 
-def _mail_tx(conn: sqlite3.Connection, town_id: str, body: Mail, now: int) -> dict:
+def _mail_tx(conn: Conn, town_id: str, body: Mail, now: int) -> dict:
     _agent(conn, town_id, body.to_agent_id)
     mail = bx.send_mail(conn, town_id, from_agent_id=body.from_agent_id, to_agent_id=body.to_agent_id,
                         subject=body.subject, body=body.body, now_ms=now)
@@ -214,7 +213,7 @@ async def send_mail(request: web.Request) -> web.Response:
     return web.json_response(mail, status=201)
 
 
-def _take_mail_tx(conn: sqlite3.Connection, town_id: str, agent_id: str, now: int) -> list[dict]:
+def _take_mail_tx(conn: Conn, town_id: str, agent_id: str, now: int) -> list[dict]:
     _agent(conn, town_id, agent_id)
     return bx.take_mail(conn, town_id, agent_id, now)
 
@@ -224,7 +223,7 @@ async def check_mail(request: web.Request) -> web.Response:
     return web.json_response({"mail": mail})
 
 
-def _escalation_tx(conn: sqlite3.Connection, town_id: str, body: Escalation, now: int) -> str:
+def _escalation_tx(conn: Conn, town_id: str, body: Escalation, now: int) -> str:
     agent = store.get_agent(conn, town_id, body.agent_id)
     return create_escalation(conn, town_id, title=body.title, body=body.body, now=now, agent_id=body.agent_id,
                              bead_id=agent["current_hook_bead_id"] if agent else None, severity=body.priority)
@@ -238,7 +237,7 @@ async def escalate(request: web.Request) -> web.Response:
     return web.json_response({"bead_id": bead_id}, status=201)
 
 
-def _ack_tx(conn: sqlite3.Connection, town_id: str, bead_id: str, body: Acknowledge, now: int) -> dict:
+def _ack_tx(conn: Conn, town_id: str, bead_id: str, body: Acknowledge, now: int) -> dict:
     if body.agent_id is not None:
         _agent(conn, town_id, body.agent_id)
     acknowledge_escalation(conn, town_id, bead_id, now, actor=body.agent_id or "user", note=body.note)
@@ -253,7 +252,7 @@ async def acknowledge(request: web.Request) -> web.Response:
     return web.json_response(bead)
 
 
-def _checkpoint_tx(conn: sqlite3.Connection, town_id: str, agent_id: str, data: Any) -> None:
+def _checkpoint_tx(conn: Conn, town_id: str, agent_id: str, data: Any) -> None:
     _agent(conn, town_id, agent_id)
     text = to_json(data)
     if len(text.encode()) > MAX_CHECKPOINT_BYTES:

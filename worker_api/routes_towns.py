@@ -6,7 +6,6 @@ db thread, shape the JSON. Auth and the path town are settled by ``worker_api.au
 from __future__ import annotations
 
 import secrets
-import sqlite3
 from typing import Any
 
 from aiohttp import web
@@ -19,6 +18,7 @@ from worker_api.dispatch import HttpContainerClient, town_target
 from worker_api.front.desk import mayor_fields
 from worker_api.models import CreateAgent, CreateTown, parse_registry
 from worker_api.registry import check_entries, sealed_entries
+from worker_api.db import Conn
 
 log = get_logger("worker_api.towns")
 
@@ -64,7 +64,7 @@ async def create_town(request: web.Request) -> web.Response:
     return web.json_response({"town_id": town_id, "container_token": token}, status=201)
 
 
-def _town_info_tx(conn: sqlite3.Connection, town_id: str, now: int) -> dict[str, Any]:
+def _town_info_tx(conn: Conn, town_id: str, now: int) -> dict[str, Any]:
     town = store.get_town(conn, town_id)
     if town is None:
         raise ApiError(404, "TOWN_NOT_FOUND", f"town {town_id} not found")
@@ -115,7 +115,7 @@ async def put_registry(request: web.Request) -> web.Response:
     return web.json_response({"stored": len(entries), "dropped": removed})
 
 
-def _prewarm_tx(conn: sqlite3.Connection, town: dict[str, Any]) -> dict[str, Any]:
+def _prewarm_tx(conn: Conn, town: dict[str, Any]) -> dict[str, Any]:
     mayor = store.get_mayor(conn, town["town_id"])
     ctx: dict[str, Any] = {"agent_id": None, "model": town["default_model"], "small_model": town["small_model"],
                            "organization_id": town["organization_id"]}
@@ -147,7 +147,7 @@ def _token_answer(request: web.Request, token: str) -> web.Response:
     return web.json_response({"token": token, "expires_at": int(request.app[CLOCK]()) + request.app[TOKENS].ttl_s})
 
 
-def _agent_role_tx(conn: sqlite3.Connection, town_id: str, agent_id: str) -> str:
+def _agent_role_tx(conn: Conn, town_id: str, agent_id: str) -> str:
     agent = store.get_agent(conn, town_id, agent_id)
     if agent is None:
         raise ApiError(404, "AGENT_NOT_FOUND", f"agent {agent_id} not found")

@@ -8,7 +8,6 @@ reconciler relies on (unhooking agents, failing moot MRs, finishing convoys).
 """
 from __future__ import annotations
 
-import sqlite3
 from typing import Annotated, Any, Literal, Optional
 
 from aiohttp import web
@@ -21,7 +20,7 @@ from gastown.core.jsonlog import get_logger
 from worker_api import beads as bx
 from worker_api import drain, events
 from worker_api.appkeys import DB, PRINCIPAL, TOWN, now_ms
-from worker_api.db import to_json
+from worker_api.db import Conn, to_json
 from worker_api.lifecycle import finish_convoy, transition_bead
 from worker_api.models import Body, Id, ShortText
 from worker_api.reconciler.invariants import check_invariants
@@ -86,7 +85,7 @@ def _town(request: web.Request) -> str:
     return str(request[TOWN]["town_id"])
 
 
-def _require_rig(conn: sqlite3.Connection, town_id: str, rig_id: str) -> dict[str, Any]:
+def _require_rig(conn: Conn, town_id: str, rig_id: str) -> dict[str, Any]:
     rig = bx.get_rig(conn, town_id, rig_id)
     if rig is None:
         raise bx.not_found("rig", rig_id)
@@ -126,7 +125,7 @@ async def list_rigs(request: web.Request) -> web.Response:
 # ---------------------------------------------------------------- beads
 
 
-def _create_bead_tx(conn: sqlite3.Connection, town_id: str, body: CreateBead, now: int) -> dict[str, Any]:
+def _create_bead_tx(conn: Conn, town_id: str, body: CreateBead, now: int) -> dict[str, Any]:
     if body.rig_id is not None:
         _require_rig(conn, town_id, body.rig_id)
     elif body.type == "issue":
@@ -159,7 +158,7 @@ async def list_beads(request: web.Request) -> web.Response:
     return web.json_response({"beads": beads})
 
 
-def bead_view(conn: sqlite3.Connection, town_id: str, bead_id: str) -> dict[str, Any]:
+def bead_view(conn: Conn, town_id: str, bead_id: str) -> dict[str, Any]:
     bead = bx.require_bead(conn, town_id, bead_id)
     bead["blocked_by"] = bx.dependencies(conn, town_id, bead_id, "blocks")
     bead["hooked_agents"] = bx.hooked_agents(conn, town_id, bead_id)
@@ -174,7 +173,7 @@ async def get_bead(request: web.Request) -> web.Response:
     return web.json_response(bead)
 
 
-def _patch_tx(conn: sqlite3.Connection, town_id: str, bead_id: str, body: PatchBead, now: int) -> dict[str, Any]:
+def _patch_tx(conn: Conn, town_id: str, bead_id: str, body: PatchBead, now: int) -> dict[str, Any]:
     bead = bx.require_bead(conn, town_id, bead_id)
     fields = {k: v for k, v in (("title", body.title), ("body", body.body), ("priority", body.priority)) if v is not None}
     bx.update_fields(conn, town_id, bead_id, now, **fields)
@@ -204,7 +203,7 @@ async def delete_bead(request: web.Request) -> web.Response:
 # ---------------------------------------------------------------- sling and convoys
 
 
-def _sling_tx(conn: sqlite3.Connection, town_id: str, body: Sling, now: int) -> dict[str, Any]:
+def _sling_tx(conn: Conn, town_id: str, body: Sling, now: int) -> dict[str, Any]:
     _require_rig(conn, town_id, body.rig_id)
     bead = bx.create_bead(conn, town_id, type="issue", title=body.title, body=body.body, rig_id=body.rig_id,
                           priority=body.priority, metadata=_check_metadata(body.metadata), created_by="sling",
@@ -221,7 +220,7 @@ async def sling(request: web.Request) -> web.Response:
     return web.json_response({"bead_id": bead["bead_id"], "status": bead["status"]}, status=201)
 
 
-def _create_convoy_tx(conn: sqlite3.Connection, town_id: str, body: CreateConvoy, now: int) -> dict[str, Any]:
+def _create_convoy_tx(conn: Conn, town_id: str, body: CreateConvoy, now: int) -> dict[str, Any]:
     _require_rig(conn, town_id, body.rig_id)
     n = len(body.beads)
     edges = []
@@ -258,7 +257,7 @@ async def create_convoy(request: web.Request) -> web.Response:
     return web.json_response(out, status=201)
 
 
-def convoy_view(conn: sqlite3.Connection, town_id: str, convoy_id: str, *, with_beads: bool = True) -> dict[str, Any]:
+def convoy_view(conn: Conn, town_id: str, convoy_id: str, *, with_beads: bool = True) -> dict[str, Any]:
     convoy = bx.require_bead(conn, town_id, convoy_id)
     if convoy["type"] != "convoy":
         raise bx.not_found("convoy", convoy_id)
@@ -278,7 +277,7 @@ def convoy_view(conn: sqlite3.Connection, town_id: str, convoy_id: str, *, with_
     return convoy
 
 
-def _list_convoys_tx(conn: sqlite3.Connection, town_id: str) -> list[dict[str, Any]]:
+def _list_convoys_tx(conn: Conn, town_id: str) -> list[dict[str, Any]]:
     return [convoy_view(conn, town_id, c["bead_id"], with_beads=False)
             for c in bx.list_beads(conn, town_id, type="convoy", limit=1000)]
 
@@ -293,7 +292,7 @@ async def get_convoy(request: web.Request) -> web.Response:
     return web.json_response(convoy)
 
 
-def _start_convoy_tx(conn: sqlite3.Connection, town_id: str, convoy_id: str, now: int) -> dict[str, Any]:
+def _start_convoy_tx(conn: Conn, town_id: str, convoy_id: str, now: int) -> dict[str, Any]:
     convoy = convoy_view(conn, town_id, convoy_id, with_beads=False)
     if convoy["status"] in bx.TERMINAL:
         raise ApiError(409, "CONVOY_FINISHED", f"convoy {convoy_id} is {convoy['status']}")
@@ -311,7 +310,7 @@ async def start_convoy(request: web.Request) -> web.Response:
     return web.json_response(convoy)
 
 
-def _close_convoy_tx(conn: sqlite3.Connection, town_id: str, convoy_id: str, now: int) -> dict[str, Any]:
+def _close_convoy_tx(conn: Conn, town_id: str, convoy_id: str, now: int) -> dict[str, Any]:
     convoy_view(conn, town_id, convoy_id, with_beads=False)
     finish_convoy(conn, town_id, convoy_id, "closed", now, reason="closed_by_user")
     return convoy_view(conn, town_id, convoy_id)
@@ -325,7 +324,7 @@ async def close_convoy(request: web.Request) -> web.Response:
 # ---------------------------------------------------------------- status and invariants
 
 
-def _status_tx(conn: sqlite3.Connection, town_id: str, now: int) -> dict[str, Any]:
+def _status_tx(conn: Conn, town_id: str, now: int) -> dict[str, Any]:
     def grouped(sql: str) -> dict[str, int]:
         return {str(k): int(v) for k, v in conn.execute(sql, (town_id,))}
 

@@ -13,7 +13,6 @@ change at once, through the container's ``PATCH /agents/{id}/model``); ``code_re
 """
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, Optional
 
@@ -22,7 +21,7 @@ from pydantic import BeforeValidator, Field, field_validator
 from gastown.contract.env import is_env_key, is_reserved_env_key
 from gastown.contract.git import GitAuthorEmail, GitAuthorName
 from gastown.core.http import ApiError
-from worker_api.db import from_json, to_json
+from worker_api.db import Conn, from_json, to_json
 from worker_api.models import Body
 
 MAX_ENV_VARS = 100
@@ -107,7 +106,7 @@ def rig_overrides(rig: dict[str, Any] | None) -> dict[str, Any]:
     return {k: config[k] for k in RIG_KEYS if k in config}
 
 
-def load_town(conn: sqlite3.Connection, town_id: str) -> dict[str, Any]:
+def load_town(conn: Conn, town_id: str) -> dict[str, Any]:
     """The town's settings row (models and the settings JSON); an unknown town is a 404."""
     row = conn.execute("SELECT town_id, default_model, small_model, settings FROM towns WHERE town_id = ?",
                        (town_id,)).fetchone()
@@ -116,7 +115,7 @@ def load_town(conn: sqlite3.Connection, town_id: str) -> dict[str, Any]:
     return dict(row)
 
 
-def patch_town_tx(conn: sqlite3.Connection, town_id: str, patch: SettingsPatch) -> dict[str, Any]:
+def patch_town_tx(conn: Conn, town_id: str, patch: SettingsPatch) -> dict[str, Any]:
     check_reserved(patch.env_vars)
     row = load_town(conn, town_id)
     settings = _merge(from_json(row["settings"], {}) or {}, patch, TOWN_KEYS)
@@ -153,7 +152,7 @@ class Effective:
         return out
 
 
-def effective_tx(conn: sqlite3.Connection, town_id: str, rig: dict[str, Any] | None = None) -> Effective:
+def effective_tx(conn: Conn, town_id: str, rig: dict[str, Any] | None = None) -> Effective:
     return effective(load_town(conn, town_id), rig)
 
 

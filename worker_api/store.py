@@ -7,12 +7,11 @@ appears in them (only :func:`get_town_control_token` reads it, for code that cal
 """
 from __future__ import annotations
 
-import sqlite3
 from typing import Any
 
 from gastown.contract.agents import ROLES
 from gastown.core.http import ApiError
-from worker_api.db import from_json, to_json
+from worker_api.db import Conn, Row, from_json, to_json
 
 AGENT_STATUSES = ("idle", "working", "waiting", "stalled", "dead")
 
@@ -31,7 +30,7 @@ _TOWN_PUBLIC = ("town_id, name, container_url, default_model, small_model, organ
 
 
 def create_town(
-    conn: sqlite3.Connection,
+    conn: Conn,
     *,
     town_id: str,
     name: str,
@@ -43,21 +42,20 @@ def create_town(
     now_ms: int,
     owner_user_id: str | None = None,
 ) -> dict[str, Any]:
-    try:
-        conn.execute(
-            "INSERT INTO towns (town_id, name, container_url, control_token, default_model, small_model,"
-            " organization_id, created_at, owner_user_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (town_id, name, container_url, control_token, default_model, small_model, organization_id, now_ms,
-             owner_user_id),
-        )
-    except sqlite3.IntegrityError:
-        raise ConflictError("TOWN_EXISTS", f"town {town_id} already exists") from None
+    cur = conn.execute(
+        "INSERT INTO towns (town_id, name, container_url, control_token, default_model, small_model,"
+        " organization_id, created_at, owner_user_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+        (town_id, name, container_url, control_token, default_model, small_model, organization_id, now_ms,
+         owner_user_id),
+    )
+    if cur.rowcount == 0:  # not an IntegrityError: on PostgreSQL that would abort the transaction
+        raise ConflictError("TOWN_EXISTS", f"town {town_id} already exists")
     town = get_town(conn, town_id)
     assert town is not None
     return town
 
 
-def get_town(conn: sqlite3.Connection, town_id: str, *, with_settings: bool = False) -> dict[str, Any] | None:
+def get_town(conn: Conn, town_id: str, *, with_settings: bool = False) -> dict[str, Any] | None:
     """The town without its control token; ``with_settings`` adds the raw ``settings`` JSON (what
     ``worker_api.settings`` reads to build an agent's start, never shown in a town's answer)."""
     cols = f"{_TOWN_PUBLIC}, settings" if with_settings else _TOWN_PUBLIC
@@ -65,19 +63,19 @@ def get_town(conn: sqlite3.Connection, town_id: str, *, with_settings: bool = Fa
     return dict(row) if row else None
 
 
-def bump_token_generation(conn: sqlite3.Connection, town_id: str) -> int:
+def bump_token_generation(conn: Conn, town_id: str) -> int:
     """Revoke every token of the town: they carry the old generation. The new one."""
     conn.execute("UPDATE towns SET token_generation = token_generation + 1 WHERE town_id = ?", (town_id,))
     return int(conn.execute("SELECT token_generation FROM towns WHERE town_id = ?", (town_id,)).fetchone()[0])
 
 
-def get_town_control_token(conn: sqlite3.Connection, town_id: str) -> str | None:
+def get_town_control_token(conn: Conn, town_id: str) -> str | None:
     """The bearer token of the town's container control server (for the dispatcher only)."""
     row = conn.execute("SELECT control_token FROM towns WHERE town_id = ?", (town_id,)).fetchone()
     return row[0] if row else None
 
 
-def list_towns(conn: sqlite3.Connection, owner_user_id: str | None) -> list[dict[str, Any]]:
+def list_towns(conn: Conn, owner_user_id: str | None) -> list[dict[str, Any]]:
     """Every town (``owner_user_id=None``, the admin's view) or one user's towns."""
     if owner_user_id is None:
         rows = conn.execute(f"SELECT {_TOWN_PUBLIC} FROM towns ORDER BY created_at, town_id")
@@ -87,7 +85,7 @@ def list_towns(conn: sqlite3.Connection, owner_user_id: str | None) -> list[dict
     return [dict(r) for r in rows]
 
 
-def list_town_ids(conn: sqlite3.Connection) -> list[str]:
+def list_town_ids(conn: Conn) -> list[str]:
     """All towns (the one unscoped query: reconcilers iterate over towns)."""
     return [r[0] for r in conn.execute("SELECT town_id FROM towns ORDER BY created_at, town_id")]
 
@@ -95,19 +93,19 @@ def list_town_ids(conn: sqlite3.Connection) -> list[str]:
 # ---------------------------------------------------------------- agents
 
 
-def agent_row(row: sqlite3.Row) -> dict[str, Any]:
+def agent_row(row: Row) -> dict[str, Any]:
     d = dict(row)
     d["active_tools"] = from_json(d.get("active_tools"), [])
     return d
 
 
-def get_agent(conn: sqlite3.Connection, town_id: str, agent_id: str) -> dict[str, Any] | None:
+def get_agent(conn: Conn, town_id: str, agent_id: str) -> dict[str, Any] | None:
     row = conn.execute("SELECT * FROM agents WHERE town_id = ? AND agent_id = ?", (town_id, agent_id)).fetchone()
     return agent_row(row) if row else None
 
 
 def list_agents(
-    conn: sqlite3.Connection, town_id: str, *, role: str | None = None, status: str | None = None
+    conn: Conn, town_id: str, *, role: str | None = None, status: str | None = None
 ) -> list[dict[str, Any]]:
     sql = "SELECT * FROM agents WHERE town_id = ?"
     params: list[Any] = [town_id]
@@ -121,13 +119,13 @@ def list_agents(
     return [agent_row(r) for r in conn.execute(sql, params)]
 
 
-def get_mayor(conn: sqlite3.Connection, town_id: str) -> dict[str, Any] | None:
+def get_mayor(conn: Conn, town_id: str) -> dict[str, Any] | None:
     row = conn.execute("SELECT * FROM agents WHERE town_id = ? AND role = 'mayor'", (town_id,)).fetchone()
     return agent_row(row) if row else None
 
 
 def create_agent(
-    conn: sqlite3.Connection,
+    conn: Conn,
     town_id: str,
     *,
     agent_id: str,
@@ -153,7 +151,7 @@ def create_agent(
     return agent
 
 
-def set_agent_status(conn: sqlite3.Connection, town_id: str, agent_id: str, status: str, now_ms: int) -> bool:
+def set_agent_status(conn: Conn, town_id: str, agent_id: str, status: str, now_ms: int) -> bool:
     """Set the worker-side status. Marking ``working`` records ``working_since`` (see
     ``routes_container.waiting``: an idle callback fired before that instant is stale)."""
     if status not in AGENT_STATUSES:
@@ -171,12 +169,12 @@ def set_agent_status(conn: sqlite3.Connection, town_id: str, agent_id: str, stat
     return cur.rowcount > 0
 
 
-def mark_agent_working(conn: sqlite3.Connection, town_id: str, agent_id: str, now_ms: int) -> bool:
+def mark_agent_working(conn: Conn, town_id: str, agent_id: str, now_ms: int) -> bool:
     return set_agent_status(conn, town_id, agent_id, "working", now_ms)
 
 
 def touch_agent_heartbeat(
-    conn: sqlite3.Connection,
+    conn: Conn,
     town_id: str,
     agent_id: str,
     *,
@@ -213,12 +211,12 @@ def touch_agent_heartbeat(
 # ---------------------------------------------------------------- container registry
 
 
-def get_registry(conn: sqlite3.Connection, town_id: str) -> list[Any]:
+def get_registry(conn: Conn, town_id: str) -> list[Any]:
     row = conn.execute("SELECT entries FROM container_registry WHERE town_id = ?", (town_id,)).fetchone()
     return from_json(row[0], []) if row else []
 
 
-def put_registry(conn: sqlite3.Connection, town_id: str, entries: list[Any], now_ms: int) -> None:
+def put_registry(conn: Conn, town_id: str, entries: list[Any], now_ms: int) -> None:
     """Replace the registry (the container always sends its whole running set)."""
     conn.execute(
         "INSERT INTO container_registry (town_id, entries, updated_at) VALUES (?, ?, ?)"
@@ -230,12 +228,12 @@ def put_registry(conn: sqlite3.Connection, town_id: str, entries: list[Any], now
 # ---------------------------------------------------------------- kv
 
 
-def kv_get(conn: sqlite3.Connection, town_id: str, key: str, default: Any = None) -> Any:
+def kv_get(conn: Conn, town_id: str, key: str, default: Any = None) -> Any:
     row = conn.execute("SELECT value FROM kv WHERE town_id = ? AND key = ?", (town_id, key)).fetchone()
     return from_json(row[0], default) if row else default
 
 
-def kv_set(conn: sqlite3.Connection, town_id: str, key: str, value: Any) -> None:
+def kv_set(conn: Conn, town_id: str, key: str, value: Any) -> None:
     conn.execute(
         "INSERT INTO kv (town_id, key, value) VALUES (?, ?, ?)"
         " ON CONFLICT (town_id, key) DO UPDATE SET value = excluded.value",
@@ -243,6 +241,6 @@ def kv_set(conn: sqlite3.Connection, town_id: str, key: str, value: Any) -> None
     )
 
 
-def kv_delete(conn: sqlite3.Connection, town_id: str, *keys: str) -> None:
+def kv_delete(conn: Conn, town_id: str, *keys: str) -> None:
     for key in keys:
         conn.execute("DELETE FROM kv WHERE town_id = ? AND key = ?", (town_id, key))

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-import sqlite3
 from typing import Any
 
 from gastown.core.jsonlog import register_secret
+from worker_api.db import Conn
 
 TOKEN_PREFIX = "gtu_"
 
@@ -25,7 +25,7 @@ def is_user_token(token: str) -> bool:
     return token.startswith(TOKEN_PREFIX)
 
 
-def create_user(conn: sqlite3.Connection, *, name: str, now_ms: int) -> dict[str, Any]:
+def create_user(conn: Conn, *, name: str, now_ms: int) -> dict[str, Any]:
     """A new user and its token (returned once, never stored)."""
     user_id = "user-" + secrets.token_hex(6)
     token = new_user_token()
@@ -35,7 +35,7 @@ def create_user(conn: sqlite3.Connection, *, name: str, now_ms: int) -> dict[str
     return {"user_id": user_id, "name": name, "token": token}
 
 
-def user_of_token(conn: sqlite3.Connection, token: str) -> str | None:
+def user_of_token(conn: Conn, token: str) -> str | None:
     row = conn.execute("SELECT user_id FROM users WHERE token_hash = ?", (token_hash(token),)).fetchone()
     return str(row[0]) if row else None
 

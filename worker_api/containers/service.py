@@ -14,7 +14,6 @@ touch it (they say a process is alive, not that anyone needs it).
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -24,7 +23,7 @@ import aiohttp
 from gastown.core.jsonlog import get_logger
 from worker_api import store
 from worker_api.containers.base import RUNNING_STATES, ContainerProvider, Launch, ProviderError
-from worker_api.db import Database
+from worker_api.db import Conn, Database
 from worker_api.dispatch import Target, town_target
 from worker_api.tokens import ContainerTokens
 
@@ -49,20 +48,20 @@ class LaunchSettings:
     idle_stop_throttle_s: float = IDLE_STOP_THROTTLE_S
 
 
-def touch_activity(conn: sqlite3.Connection, town_id: str, now: int) -> None:
+def touch_activity(conn: Conn, town_id: str, now: int) -> None:
     store.kv_set(conn, town_id, K_LAST_ACTIVITY, now)
 
 
-def last_activity(conn: sqlite3.Connection, town_id: str) -> int:
+def last_activity(conn: Conn, town_id: str) -> int:
     return int(store.kv_get(conn, town_id, K_LAST_ACTIVITY, 0) or 0)
 
 
-def _launch_tx(conn: sqlite3.Connection, town_id: str) -> dict[str, Any] | None:
+def _launch_tx(conn: Conn, town_id: str) -> dict[str, Any] | None:
     row = conn.execute("SELECT control_token, token_generation FROM towns WHERE town_id = ?", (town_id,)).fetchone()
     return {"control_token": row[0], "generation": row[1]} if row else None
 
 
-def _set_url_tx(conn: sqlite3.Connection, town_id: str, url: str) -> None:
+def _set_url_tx(conn: Conn, town_id: str, url: str) -> None:
     conn.execute("UPDATE towns SET container_url = ? WHERE town_id = ?", (url, town_id))
 
 

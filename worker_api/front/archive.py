@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import sqlite3
 from dataclasses import dataclass
 from typing import Annotated, Any, Mapping
 
@@ -26,7 +25,7 @@ from pydantic import Field
 from gastown.core.http import ApiError, read_model
 from gastown.core.ids import is_valid_id
 from worker_api.appkeys import DB, QUIET, TOWN, now_ms
-from worker_api.db import from_json, to_json
+from worker_api.db import Conn, from_json, to_json
 from worker_api.models import Body, Id
 
 MAX_BATCH = 500
@@ -96,7 +95,7 @@ class Retention:
 RETENTION = web.AppKey("archive_retention", Retention)
 
 
-def ingest_tx(conn: sqlite3.Connection, town_id: str, events: list[IngestedEvent], now: int,
+def ingest_tx(conn: Conn, town_id: str, events: list[IngestedEvent], now: int,
               keep: Retention = Retention()) -> tuple[int, int]:
     stored = dup = 0
     agents = set()
@@ -114,7 +113,7 @@ def ingest_tx(conn: sqlite3.Connection, town_id: str, events: list[IngestedEvent
     return stored, dup
 
 
-def _prune(conn: sqlite3.Connection, town_id: str, agent_id: str, now: int, keep: Retention) -> None:
+def _prune(conn: Conn, town_id: str, agent_id: str, now: int, keep: Retention) -> None:
     row = conn.execute("SELECT seq FROM agent_events WHERE town_id = ? AND agent_id = ? ORDER BY seq DESC"
                        " LIMIT 1 OFFSET ?", (town_id, agent_id, keep.per_agent)).fetchone()
     if row is not None:
@@ -124,7 +123,7 @@ def _prune(conn: sqlite3.Connection, town_id: str, agent_id: str, now: int, keep
                  (town_id, agent_id, now - keep.max_age_ms))
 
 
-def events_after(conn: sqlite3.Connection, town_id: str, after: int, agent_id: str | None = None,
+def events_after(conn: Conn, town_id: str, after: int, agent_id: str | None = None,
                  limit: int = PAGE) -> list[dict[str, Any]]:
     sql = "SELECT seq, agent_id, type, data, ts FROM agent_events WHERE town_id = ? AND seq > ?"
     args: list[Any] = [town_id, after]

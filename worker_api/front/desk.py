@@ -16,14 +16,13 @@ idle). One task per town delivers; a sweep every few seconds finds towns with so
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import time
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
 from gastown.core.jsonlog import get_logger
 from worker_api import nudges, settings, store
-from worker_api.db import Database
+from worker_api.db import Conn, Database
 from worker_api.containers.service import TownContainers, touch_activity
 from worker_api.dispatch import HttpContainerClient, Target, town_target
 from worker_api.reconciler.prompts import DEFAULT_MODEL
@@ -69,17 +68,18 @@ def start_request(town: dict[str, Any], agent_id: str) -> dict[str, Any]:
             "prompt": MAYOR_STARTUP}
 
 
-def enqueue_tx(conn: sqlite3.Connection, town_id: str, text: str, now: int) -> tuple[int, str]:
+def enqueue_tx(conn: Conn, town_id: str, text: str, now: int) -> tuple[int, str]:
     mayor = store.get_mayor(conn, town_id)
     if mayor is None:
         mayor = store.create_agent(conn, town_id, agent_id=MAYOR_ID, role="mayor", name="Mayor", rig_id=None,
                                    now_ms=now)
-    cur = conn.execute("INSERT INTO mayor_messages (town_id, text, created_at) VALUES (?, ?, ?)", (town_id, text, now))
+    row = conn.execute("INSERT INTO mayor_messages (town_id, text, created_at) VALUES (?, ?, ?) RETURNING id",
+                       (town_id, text, now)).fetchone()
     touch_activity(conn, town_id, now)  # a user's message keeps (or brings) the town's container up
-    return int(cur.lastrowid or 0), str(mayor["agent_id"])
+    return int(row[0]), str(mayor["agent_id"])
 
 
-def _pending_tx(conn: sqlite3.Connection, town_id: str, now: int) -> tuple[Target | None, dict[str, Any] | None,
+def _pending_tx(conn: Conn, town_id: str, now: int) -> tuple[Target | None, dict[str, Any] | None,
                                                                           str | None, list[Turn]]:
     """Where to deliver (the container, the town, its mayor) and what, in the order it was queued."""
     # The person waiting comes first: a user's messages before notices, each kind in its own order.
@@ -93,7 +93,7 @@ def _pending_tx(conn: sqlite3.Connection, town_id: str, now: int) -> tuple[Targe
     return town_target(conn, town_id), town, mayor and mayor["agent_id"], turns
 
 
-def _towns_due_tx(conn: sqlite3.Connection, now: int) -> dict[str, bool]:
+def _towns_due_tx(conn: Conn, now: int) -> dict[str, bool]:
     """Towns with something to deliver: town -> whether a user's message is among it (a notice for
     a mayor found not running waits a while: see ``_sweep``)."""
     due = {r[0]: True for r in conn.execute("SELECT DISTINCT town_id FROM mayor_messages WHERE delivered_at IS NULL")}
@@ -105,7 +105,7 @@ def _towns_due_tx(conn: sqlite3.Connection, now: int) -> dict[str, bool]:
     return due
 
 
-def _delivered_tx(conn: sqlite3.Connection, town_id: str, mayor_id: str, turn: Turn, now: int) -> None:
+def _delivered_tx(conn: Conn, town_id: str, mayor_id: str, turn: Turn, now: int) -> None:
     if turn.kind == "message":
         conn.execute("UPDATE mayor_messages SET delivered_at = ? WHERE town_id = ? AND id = ?",
                      (now, town_id, int(turn.ref)))
@@ -113,7 +113,7 @@ def _delivered_tx(conn: sqlite3.Connection, town_id: str, mayor_id: str, turn: T
         nudges.mark_nudge_delivered(conn, town_id, mayor_id, turn.ref, now)
 
 
-def _working_tx(conn: sqlite3.Connection, town_id: str, mayor_id: str, since: int) -> str | None:
+def _working_tx(conn: Conn, town_id: str, mayor_id: str, since: int) -> str | None:
     """The mayor working since ``since`` (just before a prompt): its idle callback for that turn
     fires after it and flips it back to waiting; an older one is stale (routes_container.waiting).
     Marked before the prompt is sent, so a turn that ends at once cannot be overtaken. The status
@@ -124,12 +124,12 @@ def _working_tx(conn: sqlite3.Connection, town_id: str, mayor_id: str, since: in
     return row[0] if row else None
 
 
-def _status_tx(conn: sqlite3.Connection, town_id: str, mayor_id: str, status: str) -> None:
+def _status_tx(conn: Conn, town_id: str, mayor_id: str, status: str) -> None:
     conn.execute("UPDATE agents SET status = ? WHERE town_id = ? AND agent_id = ? AND status = 'working'",
                  (status, town_id, mayor_id))
 
 
-def _failed_tx(conn: sqlite3.Connection, town_id: str, turn: Turn, error: str) -> None:
+def _failed_tx(conn: Conn, town_id: str, turn: Turn, error: str) -> None:
     if turn.kind == "message":
         conn.execute("UPDATE mayor_messages SET attempts = attempts + 1, last_error = ? WHERE town_id = ? AND id = ?",
                      (error[:300], town_id, int(turn.ref)))

@@ -5,7 +5,6 @@ the container too.
 """
 from __future__ import annotations
 
-import sqlite3
 from typing import Annotated, Any, Callable
 
 from aiohttp import web
@@ -14,7 +13,7 @@ from pydantic import Field
 from gastown.core.http import ApiError, read_model
 from worker_api import store
 from worker_api.appkeys import CONTAINERS, DB, TOWN, now_ms
-from worker_api.db import from_json
+from worker_api.db import Conn, from_json
 from worker_api.dispatch import Target, town_target
 from worker_api.front.desk import MayorDesk, enqueue_tx
 from worker_api.models import Body
@@ -35,11 +34,11 @@ async def post_message(request: web.Request) -> web.Response:
     return web.json_response({"accepted": True, "agent_id": agent_id, "message_id": message_id}, status=202)
 
 
-def _mayor_tx(conn: sqlite3.Connection, town_id: str) -> tuple[dict[str, Any] | None, Target | None]:
+def _mayor_tx(conn: Conn, town_id: str) -> tuple[dict[str, Any] | None, Target | None]:
     return store.get_mayor(conn, town_id), town_target(conn, town_id)
 
 
-def _last_event_tx(conn: sqlite3.Connection, town_id: str, agent_id: str) -> int:
+def _last_event_tx(conn: Conn, town_id: str, agent_id: str) -> int:
     row = conn.execute("SELECT MAX(seq) FROM agent_events WHERE town_id = ? AND agent_id = ?", (town_id, agent_id))
     return int(row.fetchone()[0] or 0)
 
@@ -57,7 +56,7 @@ async def get_mayor(request: web.Request) -> web.Response:
                               "last_event_id": last})
 
 
-def conversation(conn: sqlite3.Connection, town_id: str, agent_id: str) -> list[dict[str, Any]]:
+def conversation(conn: Conn, town_id: str, agent_id: str) -> list[dict[str, Any]]:
     """User and assistant messages (text only) of the agent, rebuilt from its archived events."""
     roles: dict[str, str] = {}
     parts: dict[str, dict[str, str]] = {}

@@ -8,7 +8,6 @@ ended (see ``control_server.streams``). The worker adds 4404 for a town without 
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import weakref
 
 import aiohttp
@@ -18,6 +17,7 @@ from gastown.core.http import ApiError, path_id
 from gastown.core.jsonlog import get_logger
 from worker_api.appkeys import DB, TOWN
 from worker_api.dispatch import Target, town_target
+from worker_api.db import Conn
 
 log = get_logger("worker_api.terminal")
 
@@ -38,7 +38,7 @@ def _size(request: web.Request) -> dict[str, str]:
     return out
 
 
-def _target_tx(conn: sqlite3.Connection, town_id: str) -> Target | None:
+def _target_tx(conn: Conn, town_id: str) -> Target | None:
     return town_target(conn, town_id)
 
 

@@ -8,7 +8,6 @@ the same tick may already have changed the row.
 """
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -16,7 +15,7 @@ from gastown.core.jsonlog import get_logger
 from worker_api import beads as bx
 from worker_api import lifecycle as lc
 from worker_api import nudges, settings, store
-from worker_api.db import from_json, to_json
+from worker_api.db import Conn, from_json, to_json
 from worker_api.reconciler import actions as A
 from worker_api.reconciler.prompts import build_start_request, slug
 
@@ -42,27 +41,27 @@ class ApplyContext:
     effects: list[Effect] = field(default_factory=list)
 
 
-def apply_actions(conn: sqlite3.Connection, ctx: ApplyContext, actions: list[A.Action]) -> None:
+def apply_actions(conn: Conn, ctx: ApplyContext, actions: list[A.Action]) -> None:
     for action in actions:
         apply_action(conn, ctx, action)
 
 
-def apply_action(conn: sqlite3.Connection, ctx: ApplyContext, action: A.Action) -> None:
+def apply_action(conn: Conn, ctx: ApplyContext, action: A.Action) -> None:
     handler = _HANDLERS[action.kind]
     handler(conn, ctx, action)
 
 
-def _transition_bead(conn: sqlite3.Connection, ctx: ApplyContext, a: A.TransitionBead) -> None:
+def _transition_bead(conn: Conn, ctx: ApplyContext, a: A.TransitionBead) -> None:
     if lc.transition_bead(conn, ctx.town_id, a.bead_id, a.to, ctx.now, reason=a.reason, actor="reconciler",
                           clear_assignee=a.clear_assignee, from_status=a.from_status):
         log.info("bead.transition", town=ctx.town_id, bead_id=a.bead_id, to=a.to, reason=a.reason)
 
 
-def _clear_assignee(conn: sqlite3.Connection, ctx: ApplyContext, a: A.ClearBeadAssignee) -> None:
+def _clear_assignee(conn: Conn, ctx: ApplyContext, a: A.ClearBeadAssignee) -> None:
     bx.update_fields(conn, ctx.town_id, a.bead_id, ctx.now, assignee_agent_id=None)
 
 
-def _transition_agent(conn: sqlite3.Connection, ctx: ApplyContext, a: A.TransitionAgent) -> None:
+def _transition_agent(conn: Conn, ctx: ApplyContext, a: A.TransitionAgent) -> None:
     if a.to == "stalled":
         conn.execute("UPDATE agents SET status = 'stalled', stalled_at = ? WHERE town_id = ? AND agent_id = ?",
                      (ctx.now, ctx.town_id, a.agent_id))
@@ -73,21 +72,21 @@ def _transition_agent(conn: sqlite3.Connection, ctx: ApplyContext, a: A.Transiti
     log.info("agent.transition", town=ctx.town_id, agent_id=a.agent_id, to=a.to, reason=a.reason)
 
 
-def _unhook(conn: sqlite3.Connection, ctx: ApplyContext, a: A.UnhookAgent) -> None:
+def _unhook(conn: Conn, ctx: ApplyContext, a: A.UnhookAgent) -> None:
     lc.unhook_agent(conn, ctx.town_id, a.agent_id, ctx.now, clear_checkpoint=a.clear_checkpoint)
 
 
-def _reset_attempts(conn: sqlite3.Connection, ctx: ApplyContext, a: A.ResetAgentDispatchAttempts) -> None:
+def _reset_attempts(conn: Conn, ctx: ApplyContext, a: A.ResetAgentDispatchAttempts) -> None:
     conn.execute("UPDATE agents SET dispatch_attempts = 0 WHERE town_id = ? AND agent_id = ?",
                  (ctx.town_id, a.agent_id))
 
 
-def _delete_agent(conn: sqlite3.Connection, ctx: ApplyContext, a: A.DeleteAgent) -> None:
+def _delete_agent(conn: Conn, ctx: ApplyContext, a: A.DeleteAgent) -> None:
     conn.execute("DELETE FROM agents WHERE town_id = ? AND agent_id = ? AND current_hook_bead_id IS NULL"
                  " AND status IN ('idle', 'dead')", (ctx.town_id, a.agent_id))
 
 
-def _resolve_agent(conn: sqlite3.Connection, ctx: ApplyContext, a: A.DispatchAgent) -> dict[str, Any] | None:
+def _resolve_agent(conn: Conn, ctx: ApplyContext, a: A.DispatchAgent) -> dict[str, Any] | None:
     if a.agent_id:
         agent = store.get_agent(conn, ctx.town_id, a.agent_id)
         if agent is None or agent["status"] not in ("idle", "dead"):
@@ -103,7 +102,7 @@ def _resolve_agent(conn: sqlite3.Connection, ctx: ApplyContext, a: A.DispatchAge
                               rig_id=a.rig_id, now_ms=ctx.now)
 
 
-def _dispatch(conn: sqlite3.Connection, ctx: ApplyContext, a: A.DispatchAgent) -> None:
+def _dispatch(conn: Conn, ctx: ApplyContext, a: A.DispatchAgent) -> None:
     """State first (hook, in_progress, counters), all in this transaction; the start call follows."""
     t, now = ctx.town_id, ctx.now
     bead = bx.get_bead(conn, t, a.bead_id)
@@ -137,11 +136,11 @@ def _dispatch(conn: sqlite3.Connection, ctx: ApplyContext, a: A.DispatchAgent) -
     ctx.effects.append(Effect("start", agent_id, a.bead_id, {"request": request, "role": agent["role"]}))
 
 
-def _stop(conn: sqlite3.Connection, ctx: ApplyContext, a: A.StopAgent) -> None:
+def _stop(conn: Conn, ctx: ApplyContext, a: A.StopAgent) -> None:
     ctx.effects.append(Effect("stop", a.agent_id, data={"reason": a.reason}))
 
 
-def _nudge(conn: sqlite3.Connection, ctx: ApplyContext, a: A.SendNudge) -> None:
+def _nudge(conn: Conn, ctx: ApplyContext, a: A.SendNudge) -> None:
     row = conn.execute("SELECT gupp_fired FROM agents WHERE town_id = ? AND agent_id = ?",
                        (ctx.town_id, a.agent_id)).fetchone()
     if row is None:
@@ -156,45 +155,45 @@ def _nudge(conn: sqlite3.Connection, ctx: ApplyContext, a: A.SendNudge) -> None:
     ctx.effects.append(Effect("message", a.agent_id, data={"prompt": a.message, "nudge_id": nudge["nudge_id"]}))
 
 
-def _escalate(conn: sqlite3.Connection, ctx: ApplyContext, a: A.CreateEscalation) -> None:
+def _escalate(conn: Conn, ctx: ApplyContext, a: A.CreateEscalation) -> None:
     lc.create_escalation(conn, ctx.town_id, title=a.title, body=a.body, now=ctx.now, agent_id=a.agent_id,
                          bead_id=a.bead_id, severity=a.severity, ids=ctx.ids)
 
 
-def _re_escalate(conn: sqlite3.Connection, ctx: ApplyContext, a: A.ReEscalate) -> None:
+def _re_escalate(conn: Conn, ctx: ApplyContext, a: A.ReEscalate) -> None:
     lc.re_escalate(conn, ctx.town_id, a.bead_id, a.severity, a.round, ctx.now)
 
 
-def _notify(conn: sqlite3.Connection, ctx: ApplyContext, a: A.NotifyMayor) -> None:
+def _notify(conn: Conn, ctx: ApplyContext, a: A.NotifyMayor) -> None:
     lc.notify_mayor(conn, ctx.town_id, a.message, ctx.now)
 
 
-def _poll(conn: sqlite3.Connection, ctx: ApplyContext, a: A.PollPr) -> None:
+def _poll(conn: Conn, ctx: ApplyContext, a: A.PollPr) -> None:
     bx.update_review(conn, ctx.town_id, a.bead_id, last_poll_at=ctx.now)
     ctx.effects.append(Effect("poll_pr", bead_id=a.bead_id, data={"pr_url": a.pr_url}))
 
 
-def _merge(conn: sqlite3.Connection, ctx: ApplyContext, a: A.MergePr) -> None:
+def _merge(conn: Conn, ctx: ApplyContext, a: A.MergePr) -> None:
     bx.merge_metadata(conn, ctx.town_id, a.bead_id, {"auto_merge_pending": None})
     bx.update_review(conn, ctx.town_id, a.bead_id, last_poll_at=ctx.now)  # the merge effect polls first
     ctx.effects.append(Effect("merge_pr", bead_id=a.bead_id, data={"pr_url": a.pr_url}))
 
 
-def _land(conn: sqlite3.Connection, ctx: ApplyContext, a: A.MergeBranch | A.OpenPr) -> None:
+def _land(conn: Conn, ctx: ApplyContext, a: A.MergeBranch | A.OpenPr) -> None:
     bx.update_review(conn, ctx.town_id, a.bead_id, last_poll_at=ctx.now)  # rate-limits the retries
     ctx.effects.append(Effect(a.kind, bead_id=a.bead_id))
 
 
-def _progress(conn: sqlite3.Connection, ctx: ApplyContext, a: A.UpdateConvoyProgress) -> None:
+def _progress(conn: Conn, ctx: ApplyContext, a: A.UpdateConvoyProgress) -> None:
     bx.update_convoy_meta(conn, ctx.town_id, a.convoy_id, total_beads=a.total, closed_beads=a.closed,
                           failed_beads=a.failed)
 
 
-def _ready(conn: sqlite3.Connection, ctx: ApplyContext, a: A.SetConvoyReadyToLand) -> None:
+def _ready(conn: Conn, ctx: ApplyContext, a: A.SetConvoyReadyToLand) -> None:
     bx.update_convoy_meta(conn, ctx.town_id, a.convoy_id, ready_to_land=1)
 
 
-def _landing(conn: sqlite3.Connection, ctx: ApplyContext, a: A.CreateLandingMr) -> None:
+def _landing(conn: Conn, ctx: ApplyContext, a: A.CreateLandingMr) -> None:
     t = ctx.town_id
     convoy = bx.get_bead(conn, t, a.convoy_id)
     meta = bx.get_convoy_meta(conn, t, a.convoy_id)
@@ -219,11 +218,11 @@ def _landing(conn: sqlite3.Connection, ctx: ApplyContext, a: A.CreateLandingMr) 
     log.info("convoy.landing_mr", town=t, convoy_id=a.convoy_id, mr=mr["bead_id"], attempt=attempt)
 
 
-def _close_convoy(conn: sqlite3.Connection, ctx: ApplyContext, a: A.CloseConvoy) -> None:
+def _close_convoy(conn: Conn, ctx: ApplyContext, a: A.CloseConvoy) -> None:
     lc.finish_convoy(conn, ctx.town_id, a.convoy_id, "closed", ctx.now, reason=a.reason)
 
 
-def _fail_convoy(conn: sqlite3.Connection, ctx: ApplyContext, a: A.FailConvoy) -> None:
+def _fail_convoy(conn: Conn, ctx: ApplyContext, a: A.FailConvoy) -> None:
     if lc.finish_convoy(conn, ctx.town_id, a.convoy_id, "failed", ctx.now, reason=a.reason):
         lc.notify_mayor(conn, ctx.town_id, f"Convoy {a.convoy_id} failed: {a.reason}", ctx.now)
 

@@ -12,7 +12,6 @@ Routes only record facts; this is where a fact changes state. Rules that keep th
 """
 from __future__ import annotations
 
-import sqlite3
 from typing import Any, Callable
 
 from gastown.contract.agents import DEAD_STATUSES
@@ -23,6 +22,7 @@ from worker_api import lifecycle as lc
 from worker_api import settings, store
 from worker_api.reconciler.apply import ApplyContext
 from worker_api.scm.repos import pr_of_repo
+from worker_api.db import Conn
 from worker_api.reconciler.constants import (
     COMPLETION_RACE_MS,
     EVENT_MAX_ATTEMPTS,
@@ -40,7 +40,7 @@ class EventTerminal(Exception):
     """The event cannot ever apply (its bead/agent is gone): mark it processed, do not retry."""
 
 
-def drain_events(conn: sqlite3.Connection, ctx: ApplyContext) -> tuple[int, int]:
+def drain_events(conn: Conn, ctx: ApplyContext) -> tuple[int, int]:
     """Apply pending events; return (applied, failed_or_terminal)."""
     applied = bad = 0
     for event in ev.list_events(conn, ctx.town_id, limit=EVENTS_PER_TICK):
@@ -69,32 +69,32 @@ def drain_events(conn: sqlite3.Connection, ctx: ApplyContext) -> tuple[int, int]
     return applied, bad
 
 
-def _finish(conn: sqlite3.Connection, ctx: ApplyContext, event: dict[str, Any], error: str) -> None:
+def _finish(conn: Conn, ctx: ApplyContext, event: dict[str, Any], error: str) -> None:
     conn.execute("UPDATE town_events SET last_error = ? WHERE id = ?", (error[:500], event["id"]))
     ev.mark_event_processed(conn, ctx.town_id, event["id"], ctx.now)
 
 
-def apply_event(conn: sqlite3.Connection, ctx: ApplyContext, event: dict[str, Any]) -> None:
+def apply_event(conn: Conn, ctx: ApplyContext, event: dict[str, Any]) -> None:
     handler = _HANDLERS.get(event["event_type"])
     if handler is not None:
         handler(conn, ctx, event)
 
 
-def _agent(conn: sqlite3.Connection, ctx: ApplyContext, event: dict[str, Any]) -> dict[str, Any]:
+def _agent(conn: Conn, ctx: ApplyContext, event: dict[str, Any]) -> dict[str, Any]:
     agent = store.get_agent(conn, ctx.town_id, event.get("agent_id") or "")
     if agent is None:
         raise EventTerminal(f"agent {event.get('agent_id')} not found")
     return agent
 
 
-def _bead(conn: sqlite3.Connection, ctx: ApplyContext, event: dict[str, Any]) -> dict[str, Any]:
+def _bead(conn: Conn, ctx: ApplyContext, event: dict[str, Any]) -> dict[str, Any]:
     bead = bx.get_bead(conn, ctx.town_id, event.get("bead_id") or "")
     if bead is None:
         raise EventTerminal(f"bead {event.get('bead_id')} not found")
     return bead
 
 
-def _release(conn: sqlite3.Connection, ctx: ApplyContext, agent: dict[str, Any], *, reset_attempts: bool) -> None:
+def _release(conn: Conn, ctx: ApplyContext, agent: dict[str, Any], *, reset_attempts: bool) -> None:
     lc.unhook_agent(conn, ctx.town_id, agent["agent_id"], ctx.now)
     lc.set_agent_idle(conn, ctx.town_id, agent["agent_id"], ctx.now)
     if reset_attempts:
@@ -102,7 +102,7 @@ def _release(conn: sqlite3.Connection, ctx: ApplyContext, agent: dict[str, Any],
                      (ctx.town_id, agent["agent_id"]))
 
 
-def _checked_pr_url(conn: sqlite3.Connection, ctx: ApplyContext, agent: dict, bead: dict | None,
+def _checked_pr_url(conn: Conn, ctx: ApplyContext, agent: dict, bead: dict | None,
                     pr_url: str | None) -> str | None:
     """The reported ``pr_url`` when it is a PR of the bead's rig's repository; otherwise None, logged
     and recorded: the worker never polls or merges a PR of another repository."""
@@ -118,7 +118,7 @@ def _checked_pr_url(conn: sqlite3.Connection, ctx: ApplyContext, agent: dict, be
     return None
 
 
-def on_agent_done(conn: sqlite3.Connection, ctx: ApplyContext, event: dict[str, Any]) -> None:
+def on_agent_done(conn: Conn, ctx: ApplyContext, event: dict[str, Any]) -> None:
     agent = _agent(conn, ctx, event)
     t, now, p = ctx.town_id, ctx.now, dict(event["payload"])
     if agent["role"] == "mayor":
@@ -158,7 +158,7 @@ def on_agent_done(conn: sqlite3.Connection, ctx: ApplyContext, event: dict[str, 
     _release(conn, ctx, agent, reset_attempts=True)
 
 
-def _create_mr(conn: sqlite3.Connection, ctx: ApplyContext, agent: dict, bead: dict, p: dict[str, Any]) -> None:
+def _create_mr(conn: Conn, ctx: ApplyContext, agent: dict, bead: dict, p: dict[str, Any]) -> None:
     t, now = ctx.town_id, ctx.now
     rig = bx.get_rig(conn, t, bead["rig_id"]) if bead["rig_id"] else None
     target = (rig or {}).get("default_branch") or "main"
@@ -182,7 +182,7 @@ def _create_mr(conn: sqlite3.Connection, ctx: ApplyContext, agent: dict, bead: d
     bx.record(conn, t, bead["bead_id"], "review_submitted", now, agent["agent_id"], mr_bead_id=mr["bead_id"])
 
 
-def fast_track(conn: sqlite3.Connection, t: str, mr_id: str, now: int, *, has_pr: bool, strategy: str) -> None:
+def fast_track(conn: Conn, t: str, mr_id: str, now: int, *, has_pr: bool, strategy: str) -> None:
     """Code review is off for the rig: no refinery. An MR with a PR goes straight to watching the PR
     (R1); one without is approved as it stands and lands in the rig's merge order (R5 → R8)."""
     bx.merge_metadata(conn, t, mr_id, {"fast_tracked": True})
@@ -192,7 +192,7 @@ def fast_track(conn: sqlite3.Connection, t: str, mr_id: str, now: int, *, has_pr
         lc.approve_mr(conn, t, mr_id, now, by="code_review_off", strategy=strategy)
 
 
-def on_agent_completed(conn: sqlite3.Connection, ctx: ApplyContext, event: dict[str, Any]) -> None:
+def on_agent_completed(conn: Conn, ctx: ApplyContext, event: dict[str, Any]) -> None:
     agent = _agent(conn, ctx, event)
     t, now, p = ctx.town_id, ctx.now, event["payload"]
     since = agent.get("working_since")
@@ -222,7 +222,7 @@ def on_agent_completed(conn: sqlite3.Connection, ctx: ApplyContext, event: dict[
     _release(conn, ctx, agent, reset_attempts=True)
 
 
-def on_container_status(conn: sqlite3.Connection, ctx: ApplyContext, event: dict[str, Any]) -> None:
+def on_container_status(conn: Conn, ctx: ApplyContext, event: dict[str, Any]) -> None:
     agent = _agent(conn, ctx, event)
     t, now, status = ctx.town_id, ctx.now, event["payload"].get("status")
     if status not in DEAD_STATUSES or agent["status"] not in ("working", "stalled"):
@@ -237,7 +237,7 @@ def on_container_status(conn: sqlite3.Connection, ctx: ApplyContext, event: dict
             lc.unhook_agent(conn, t, agent["agent_id"], now, clear_checkpoint=True)
 
 
-def on_eviction_context(conn: sqlite3.Connection, ctx: ApplyContext, event: dict[str, Any]) -> None:
+def on_eviction_context(conn: Conn, ctx: ApplyContext, event: dict[str, Any]) -> None:
     """Remember the pushed WIP branch on the hooked bead, so the next dispatch continues it."""
     agent = _agent(conn, ctx, event)
     hook, p = agent["current_hook_bead_id"], event["payload"]
@@ -247,13 +247,13 @@ def on_eviction_context(conn: sqlite3.Connection, ctx: ApplyContext, event: dict
     bx.record(conn, ctx.town_id, hook, "eviction_context", ctx.now, agent["agent_id"], branch=p.get("branch"))
 
 
-def on_bead_cancelled(conn: sqlite3.Connection, ctx: ApplyContext, event: dict[str, Any]) -> None:
+def on_bead_cancelled(conn: Conn, ctx: ApplyContext, event: dict[str, Any]) -> None:
     bead = _bead(conn, ctx, event)
     to = event["payload"].get("status") if event["payload"].get("status") in bx.TERMINAL else "failed"
     lc.transition_bead(conn, ctx.town_id, bead["bead_id"], to, ctx.now, reason="cancelled", clear_assignee=True)
 
 
-def on_convoy_started(conn: sqlite3.Connection, ctx: ApplyContext, event: dict[str, Any]) -> None:
+def on_convoy_started(conn: Conn, ctx: ApplyContext, event: dict[str, Any]) -> None:
     bead = _bead(conn, ctx, event)
     if bead["type"] == "convoy" and bead["status"] not in bx.TERMINAL:
         bx.update_convoy_meta(conn, ctx.town_id, bead["bead_id"], staged=0)
@@ -261,7 +261,7 @@ def on_convoy_started(conn: sqlite3.Connection, ctx: ApplyContext, event: dict[s
             bx.set_status(conn, ctx.town_id, bead["bead_id"], "in_progress", ctx.now, reason="started")
 
 
-def on_pr_status(conn: sqlite3.Connection, ctx: ApplyContext, event: dict[str, Any]) -> None:
+def on_pr_status(conn: Conn, ctx: ApplyContext, event: dict[str, Any]) -> None:
     bead = _bead(conn, ctx, event)
     state = event["payload"].get("state")
     to = {"merged": "closed", "closed": "failed"}.get(state or "")
@@ -269,7 +269,7 @@ def on_pr_status(conn: sqlite3.Connection, ctx: ApplyContext, event: dict[str, A
         lc.transition_bead(conn, ctx.town_id, bead["bead_id"], to, ctx.now, reason=f"pr_{state}")
 
 
-def on_pr_feedback(conn: sqlite3.Connection, ctx: ApplyContext, event: dict[str, Any]) -> None:
+def on_pr_feedback(conn: Conn, ctx: ApplyContext, event: dict[str, Any]) -> None:
     """Feedback/conflicts become one open fix-up bead that blocks the MR (merged into an existing one)."""
     mr = _bead(conn, ctx, event)
     t, now, p = ctx.town_id, ctx.now, event["payload"]
@@ -287,12 +287,12 @@ def on_pr_feedback(conn: sqlite3.Connection, ctx: ApplyContext, event: dict[str,
     bx.add_dependency(conn, t, mr["bead_id"], fix["bead_id"], "blocks")
 
 
-def on_pr_auto_merge(conn: sqlite3.Connection, ctx: ApplyContext, event: dict[str, Any]) -> None:
+def on_pr_auto_merge(conn: Conn, ctx: ApplyContext, event: dict[str, Any]) -> None:
     bead = _bead(conn, ctx, event)
     bx.merge_metadata(conn, ctx.town_id, bead["bead_id"], {"auto_merge_pending": 1})
 
 
-_HANDLERS: dict[str, Callable[[sqlite3.Connection, ApplyContext, dict[str, Any]], None]] = {
+_HANDLERS: dict[str, Callable[[Conn, ApplyContext, dict[str, Any]], None]] = {
     ev.AGENT_DONE: on_agent_done,
     ev.AGENT_COMPLETED: on_agent_completed,
     ev.AGENT_EVICTION_CONTEXT: on_eviction_context,

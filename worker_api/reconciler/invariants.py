@@ -5,13 +5,13 @@ counted, and served by ``GET /api/towns/{t}/invariants`` so tests and operators 
 """
 from __future__ import annotations
 
-import sqlite3
 from typing import Any
+from worker_api.db import Conn
 
 CONVOY_STATUSES = ("open", "in_progress", "in_review", "closed", "failed")
 
 
-def check_invariants(conn: sqlite3.Connection, town_id: str) -> list[dict[str, Any]]:
+def check_invariants(conn: Conn, town_id: str) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     q = conn.execute
     # One MR under review per rig; an MR whose PR is open waits on the forge and does not count.

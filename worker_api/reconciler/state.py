@@ -7,12 +7,11 @@ Anything not in ``beads`` is therefore "missing or terminal" to the rules.
 """
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass, field
 from typing import Any
 
 from worker_api import drain, store
-from worker_api.db import from_json
+from worker_api.db import Conn, Row, from_json
 from worker_api.reconciler.constants import (
     CIRCUIT_BREAKER_WINDOW_MS,
     MAX_ACTIVE_POLECATS,
@@ -134,20 +133,20 @@ BEAD_COLUMNS = ("bead_id, type, status, title, rig_id, assignee_agent_id, priori
                 " dispatch_attempts, last_dispatch_attempt_at, created_at, updated_at")
 
 
-def _bead(r: sqlite3.Row) -> Bead:
+def _bead(r: Row) -> Bead:
     return Bead(r["bead_id"], r["type"], r["status"], r["title"], r["rig_id"], r["assignee_agent_id"],
                 r["priority"], tuple(from_json(r["labels"], [])), from_json(r["metadata"], {}),
                 r["dispatch_attempts"], r["last_dispatch_attempt_at"], r["created_at"], r["updated_at"])
 
 
-def _agent(r: sqlite3.Row) -> Agent:
+def _agent(r: Row) -> Agent:
     return Agent(r["agent_id"], r["role"], r["name"], r["rig_id"], r["status"], r["current_hook_bead_id"],
                  r["dispatch_attempts"], r["last_activity_at"], r["last_event_at"],
                  from_json(r["active_tools"], []), r["stalled_at"], r["working_since"], r["created_at"],
                  from_json(r["gupp_fired"], {}))
 
 
-def load_state(conn: sqlite3.Connection, town_id: str, now: int) -> TownState:
+def load_state(conn: Conn, town_id: str, now: int) -> TownState:
     """Read everything the rules need for one tick (inside the tick's transaction)."""
     q = conn.execute
     rigs = {}
@@ -186,7 +185,7 @@ def load_state(conn: sqlite3.Connection, town_id: str, now: int) -> TownState:
                      reviews, convoys, int(failing), int(max_polecats), _load_escalations(conn, town_id))
 
 
-def _load_escalations(conn: sqlite3.Connection, town_id: str) -> list[Escalation]:
+def _load_escalations(conn: Conn, town_id: str) -> list[Escalation]:
     out = []
     for r in conn.execute("SELECT e.bead_id, e.title, e.metadata, e.created_at, s.status, n.delivered_at"
                           " FROM town_beads e LEFT JOIN town_beads s ON s.town_id = e.town_id AND s.bead_id ="
@@ -200,7 +199,7 @@ def _load_escalations(conn: sqlite3.Connection, town_id: str) -> list[Escalation
     return out
 
 
-def _load_convoys(conn: sqlite3.Connection, town_id: str, beads: dict[str, Bead]) -> dict[str, Convoy]:
+def _load_convoys(conn: Conn, town_id: str, beads: dict[str, Bead]) -> dict[str, Convoy]:
     convoys: dict[str, Convoy] = {}
     live_ids = [b.bead_id for b in beads.values() if b.type == "convoy"]
     if not live_ids:

@@ -12,7 +12,6 @@ started first (worker_api/containers/service.py), and an idle one is stopped.
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -22,7 +21,7 @@ from gastown.core.jsonlog import get_logger
 from worker_api import beads as bx
 from worker_api import events as ev
 from worker_api import nudges, store
-from worker_api.db import Database, to_json
+from worker_api.db import Conn, Database, to_json
 from worker_api.containers.service import TownContainers, touch_activity
 from worker_api.dispatch import ContainerClient, StartResult, Target, town_target
 from worker_api.reconciler.apply import ApplyContext, Effect, apply_actions
@@ -67,7 +66,7 @@ class TickResult:
     kinds: dict[str, int] = field(default_factory=dict)
 
 
-def _prepare_tx(conn: sqlite3.Connection, town_id: str) -> tuple[Target, list[str]] | None:
+def _prepare_tx(conn: Conn, town_id: str) -> tuple[Target, list[str]] | None:
     target = town_target(conn, town_id)
     if target is None:
         return None
@@ -76,7 +75,7 @@ def _prepare_tx(conn: sqlite3.Connection, town_id: str) -> tuple[Target, list[st
     return target, agents
 
 
-def _record_statuses_tx(conn: sqlite3.Connection, town_id: str, statuses: dict[str, str], now: int) -> None:
+def _record_statuses_tx(conn: Conn, town_id: str, statuses: dict[str, str], now: int) -> None:
     """One pending ``container_status`` event per agent: a repeat only bumps its time (no flood)."""
     for agent_id, status in statuses.items():
         cur = conn.execute("UPDATE town_events SET created_at = ?, payload = ? WHERE town_id = ? AND agent_id = ?"
@@ -87,7 +86,7 @@ def _record_statuses_tx(conn: sqlite3.Connection, town_id: str, statuses: dict[s
                             now_ms=now)
 
 
-def _main_tx(conn: sqlite3.Connection, town_id: str, now: int, ids: bx.IdFactory) -> tuple[TickResult, list[Effect], Any]:
+def _main_tx(conn: Conn, town_id: str, now: int, ids: bx.IdFactory) -> tuple[TickResult, list[Effect], Any]:
     ctx = ApplyContext(town_id, now, ids)
     applied, bad = drain_events(conn, ctx)
     state = load_state(conn, town_id, now)
@@ -103,7 +102,7 @@ def _main_tx(conn: sqlite3.Connection, town_id: str, now: int, ids: bx.IdFactory
     return TickResult(active, applied + bad, len(actions), len(ctx.effects), kinds=kinds), ctx.effects, (state.draining, mayor)
 
 
-def _start_result_tx(conn: sqlite3.Connection, town_id: str, eff: Effect, res: StartResult, now: int) -> None:
+def _start_result_tx(conn: Conn, town_id: str, eff: Effect, res: StartResult, now: int) -> None:
     if res.started:
         if eff.data.get("role") != "refinery":  # a refinery keeps its counter (#1342)
             conn.execute("UPDATE agents SET dispatch_attempts = 0 WHERE town_id = ? AND agent_id = ?",
@@ -168,7 +167,7 @@ async def _run_effect(db: Database, town_id: str, target: Target, deps: TickDeps
         log.error("effect.failed", town=town_id, kind=e.kind, agent_id=e.agent_id, error=repr(exc))
 
 
-def _prune_tx(conn: sqlite3.Connection, town_id: str, now: int) -> None:
+def _prune_tx(conn: Conn, town_id: str, now: int) -> None:
     last = store.kv_get(conn, town_id, K_LAST_PRUNE, 0)
     if now - int(last or 0) >= HOUR:
         ev.prune_processed_events(conn, town_id, now - EVENT_RETENTION_MS)

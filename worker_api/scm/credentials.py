@@ -10,7 +10,6 @@ minted per request is the production shape of the same answer (``expires_at`` th
 """
 from __future__ import annotations
 
-import sqlite3
 from typing import Any
 
 from aiohttp import web
@@ -22,6 +21,7 @@ from worker_api import store
 from worker_api.appkeys import DB, TOWN
 from worker_api.scm import tokens
 from worker_api.scm.repos import parse_remote
+from worker_api.db import Conn
 
 log = get_logger("worker_api.scm.credentials")
 USERNAME = "x-access-token"  # what GitHub expects beside an installation token
@@ -33,7 +33,7 @@ def repo_key(url: str) -> tuple[str, str, str] | None:
     return remote if remote and remote[0] in ("http", "https") else None
 
 
-def _credential_tx(conn: sqlite3.Connection, town_id: str, agent_id: str, url: str) -> dict[str, Any]:
+def _credential_tx(conn: Conn, town_id: str, agent_id: str, url: str) -> dict[str, Any]:
     agent = store.get_agent(conn, town_id, agent_id)
     if agent is None:
         raise ApiError(404, "AGENT_NOT_FOUND", f"agent {agent_id} not found")

@@ -17,7 +17,6 @@ retry may fix is counted (``land_failures``) and retried by R8 after ``LAND_RETR
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -25,7 +24,7 @@ from gastown.core.gitops import GitError
 from gastown.core.jsonlog import get_logger
 from worker_api import beads as bx
 from worker_api import lifecycle as lc
-from worker_api.db import Database
+from worker_api.db import Conn, Database
 from worker_api.scm import tokens
 from worker_api.scm.base import ScmError, ScmProvider
 from worker_api.scm.gitmerge import BranchMerge, Merger, merge_branch
@@ -47,13 +46,13 @@ class _Ctx:
     body: str
 
 
-def _live(conn: sqlite3.Connection, town_id: str, bead_id: str) -> dict[str, Any] | None:
+def _live(conn: Conn, town_id: str, bead_id: str) -> dict[str, Any] | None:
     """The MR while it is in progress and approved: what every write of a landing result needs."""
     mr = live_mr(conn, town_id, bead_id)
     return mr if mr is not None and mr["metadata"].get("approved_at") else None
 
 
-def _context_tx(conn: sqlite3.Connection, town_id: str, bead_id: str) -> _Ctx | None:
+def _context_tx(conn: Conn, town_id: str, bead_id: str) -> _Ctx | None:
     mr = _live(conn, town_id, bead_id)
     if mr is None:
         return None
@@ -66,7 +65,7 @@ def _context_tx(conn: sqlite3.Connection, town_id: str, bead_id: str) -> _Ctx | 
                 mr["title"].removeprefix("Review: "), mr.get("body") or "")
 
 
-def record_merge_tx(conn: sqlite3.Connection, town_id: str, bead_id: str, res: BranchMerge, now: int) -> None:
+def record_merge_tx(conn: Conn, town_id: str, bead_id: str, res: BranchMerge, now: int) -> None:
     mr = _live(conn, town_id, bead_id)
     if mr is None:
         return
@@ -85,7 +84,7 @@ def record_merge_tx(conn: sqlite3.Connection, town_id: str, bead_id: str, res: B
         lc.transition_bead(conn, town_id, bead_id, "failed", now, reason="branch_missing", actor="worker")
 
 
-def record_pr_tx(conn: sqlite3.Connection, town_id: str, bead_id: str, pr_url: str, now: int) -> None:
+def record_pr_tx(conn: Conn, town_id: str, bead_id: str, pr_url: str, now: int) -> None:
     if _live(conn, town_id, bead_id) is None:
         return
     bx.update_review(conn, town_id, bead_id, pr_url=pr_url, last_poll_at=None)
@@ -94,7 +93,7 @@ def record_pr_tx(conn: sqlite3.Connection, town_id: str, bead_id: str, pr_url: s
     log.info("mr.pr_opened", town=town_id, bead_id=bead_id, pr_url=pr_url)
 
 
-def record_failure_tx(conn: sqlite3.Connection, town_id: str, bead_id: str, kind: str, detail: str, now: int,
+def record_failure_tx(conn: Conn, town_id: str, bead_id: str, kind: str, detail: str, now: int,
                       permanent: bool) -> None:
     mr = _live(conn, town_id, bead_id)
     if mr is None:

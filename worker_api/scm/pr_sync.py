@@ -18,7 +18,6 @@ with that kind as the reason; others leave it alone and are retried at the next 
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -26,7 +25,7 @@ from gastown.core.jsonlog import get_logger
 from worker_api import beads as bx
 from worker_api import events as ev
 from worker_api import lifecycle as lc
-from worker_api.db import Database
+from worker_api.db import Conn, Database
 from worker_api.scm import gating, tokens
 from worker_api.scm.base import MergeResult, PrStatus, ScmError, ScmProvider
 
@@ -42,23 +41,23 @@ class _Ctx:
     delay_ms: int
 
 
-def telemetry(conn: sqlite3.Connection, town_id: str, bead_id: str, name: str, now: int, **fields: Any) -> None:
+def telemetry(conn: Conn, town_id: str, bead_id: str, name: str, now: int, **fields: Any) -> None:
     log.info(name, town=town_id, bead_id=bead_id, **fields)
     bx.record(conn, town_id, bead_id, name, now, **fields)
 
 
-def live_mr(conn: sqlite3.Connection, town_id: str, bead_id: str) -> dict[str, Any] | None:
+def live_mr(conn: Conn, town_id: str, bead_id: str) -> dict[str, Any] | None:
     bead = bx.get_bead(conn, town_id, bead_id)
     ok = bead is not None and bead["type"] == "merge_request" and bead["status"] == "in_progress"
     return bead if ok else None
 
 
-def _pending_event(conn: sqlite3.Connection, town_id: str, bead_id: str, event_type: str) -> bool:
+def _pending_event(conn: Conn, town_id: str, bead_id: str, event_type: str) -> bool:
     return conn.execute("SELECT 1 FROM town_events WHERE town_id = ? AND bead_id = ? AND event_type = ?"
                         " AND processed_at IS NULL", (town_id, bead_id, event_type)).fetchone() is not None
 
 
-def _context_tx(conn: sqlite3.Connection, town_id: str, bead_id: str) -> _Ctx | None:
+def _context_tx(conn: Conn, town_id: str, bead_id: str) -> _Ctx | None:
     bead = live_mr(conn, town_id, bead_id)
     if bead is None:
         return None
@@ -66,13 +65,13 @@ def _context_tx(conn: sqlite3.Connection, town_id: str, bead_id: str) -> _Ctx | 
     return _Ctx(tokens.get_rig_token(conn, town_id, bead["rig_id"]), tokens.auto_merge_delay_ms(rig))
 
 
-def _pr_ended(conn: sqlite3.Connection, town_id: str, bead_id: str, state: str, now: int) -> None:
+def _pr_ended(conn: Conn, town_id: str, bead_id: str, state: str, now: int) -> None:
     bx.merge_metadata(conn, town_id, bead_id, {"pr_state": state, **_AUTO_MERGE_KEYS})
     if not _pending_event(conn, town_id, bead_id, "pr_status_changed"):
         ev.insert_event(conn, town_id, "pr_status_changed", bead_id=bead_id, payload={"state": state}, now_ms=now)
 
 
-def _approval_transition(conn: sqlite3.Connection, town_id: str, bead_id: str, meta: dict[str, Any],
+def _approval_transition(conn: Conn, town_id: str, bead_id: str, meta: dict[str, Any],
                          patch: dict[str, Any], s: PrStatus, now: int) -> None:
     was, is_now = bool(meta.get("awaiting_approval")), bool(patch["awaiting_approval"])
     if is_now and not was:
@@ -86,7 +85,7 @@ def _approval_transition(conn: sqlite3.Connection, town_id: str, bead_id: str, m
                   merge_state_status=s.merge_state_status, waited_ms=now - int(since) if since else None)
 
 
-def _emit_feedback(conn: sqlite3.Connection, town_id: str, bead_id: str, meta: dict[str, Any],
+def _emit_feedback(conn: Conn, town_id: str, bead_id: str, meta: dict[str, Any],
                    patch: dict[str, Any], s: PrStatus, now: int) -> None:
     """The PR feedback loop: a poll that saw the PR open (just now, so not a PR closed or merged
     meanwhile) and red for a reason its author must fix emits ``pr_feedback_detected`` /
@@ -105,7 +104,7 @@ def _emit_feedback(conn: sqlite3.Connection, town_id: str, bead_id: str, meta: d
         patch["feedback_seen"] = seen[-20:]
 
 
-def record_status_tx(conn: sqlite3.Connection, town_id: str, bead_id: str, s: PrStatus, now: int, delay_ms: int,
+def record_status_tx(conn: Conn, town_id: str, bead_id: str, s: PrStatus, now: int, delay_ms: int,
                      merging: bool = False) -> bool:
     """Write one poll's facts; True when a ``merge_pr`` may go ahead now."""
     bead = live_mr(conn, town_id, bead_id)
@@ -142,7 +141,7 @@ def record_status_tx(conn: sqlite3.Connection, town_id: str, bead_id: str, s: Pr
     return False
 
 
-def record_error_tx(conn: sqlite3.Connection, town_id: str, bead_id: str, err: ScmError, now: int, effect: str) -> None:
+def record_error_tx(conn: Conn, town_id: str, bead_id: str, err: ScmError, now: int, effect: str) -> None:
     bead = live_mr(conn, town_id, bead_id)
     if bead is None:
         return
@@ -157,7 +156,7 @@ def record_error_tx(conn: sqlite3.Connection, town_id: str, bead_id: str, err: S
         lc.transition_bead(conn, town_id, bead_id, "failed", now, reason=f"pr_{err.kind}", from_status="in_progress")
 
 
-def record_merge_tx(conn: sqlite3.Connection, town_id: str, bead_id: str, res: MergeResult, now: int) -> None:
+def record_merge_tx(conn: Conn, town_id: str, bead_id: str, res: MergeResult, now: int) -> None:
     if live_mr(conn, town_id, bead_id) is None:
         return
     if res.merged:

@@ -5,7 +5,6 @@ town's container token must not swap it. Reads say only whether a token is set, 
 """
 from __future__ import annotations
 
-import sqlite3
 from typing import Annotated, Any, Literal, Optional
 
 from aiohttp import web
@@ -18,6 +17,7 @@ from worker_api import settings
 from worker_api.appkeys import DB, TOWN
 from worker_api.models import Body
 from worker_api.scm import tokens
+from worker_api.db import Conn
 
 log = get_logger("worker_api.scm")
 
@@ -30,7 +30,7 @@ class ScmConfig(Body):
     merge_strategy: Optional[Literal["direct", "pr"]] = None
 
 
-def _view(conn: sqlite3.Connection, town_id: str, rig_id: str) -> dict[str, Any]:
+def _view(conn: Conn, town_id: str, rig_id: str) -> dict[str, Any]:
     rig = bx.get_rig(conn, town_id, rig_id)
     if rig is None:
         raise bx.not_found("rig", rig_id)
@@ -40,7 +40,7 @@ def _view(conn: sqlite3.Connection, town_id: str, rig_id: str) -> dict[str, Any]
             "merge_strategy": settings.effective_tx(conn, town_id, rig).merge_strategy}
 
 
-def _put_tx(conn: sqlite3.Connection, town_id: str, rig_id: str, body: ScmConfig) -> dict[str, Any]:
+def _put_tx(conn: Conn, town_id: str, rig_id: str, body: ScmConfig) -> dict[str, Any]:
     _view(conn, town_id, rig_id)  # 404 for an unknown rig before any write
     if "github_token" in body.model_fields_set:
         tokens.set_rig_token(conn, town_id, rig_id, body.github_token)

@@ -1,8 +1,9 @@
 """Shared fixtures: the scripted model, an in-process container runtime serving on a real port, an
 in-process worker, and helpers to inspect real kilo processes.
 
-Layers: ``tests/unit`` (in-process only: no kilo, no S3 server, no child servers; loopback sockets
-of in-process aiohttp apps are fine), ``tests/integration`` (real S3 servers, git, the plugin and
+Layers: ``tests/unit`` (in-process only: no kilo, no S3 server, no child servers but the session's
+PostgreSQL server, which the worker's store tests run on beside SQLite; loopback sockets of in-process
+aiohttp apps are fine), ``tests/integration`` (real S3 servers, git, the plugin and
 worker as processes, the image layout), ``tests/e2e`` (real ``kilo serve``, marked ``kilo``)."""
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from control_server.app import create_app
 from supervisor.config import RuntimeConfig, default_kilo_bin
 from supervisor.runtime import ContainerRuntime
 from gastown.local.scripted_model import FakeLLM
+from tests.pgserver import PgServer, start_pg
 
 CONTROL_TOKEN = "ctl-test-token-0123456789"
 KILO_BIN = default_kilo_bin()
@@ -69,6 +71,23 @@ def pytest_collection_modifyitems(config, items):
     that needs it was collected (``tests/unit`` runs on a checkout without ``npm install``)."""
     if not Path(KILO_BIN).exists() and any(item.get_closest_marker("kilo") for item in items):
         raise pytest.UsageError(f"kilo binary missing at {KILO_BIN}: run `make test` (it installs it)")
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Any:
+    """One real PostgreSQL server per test process (initdb + pg_ctl: ~2 s), a database per test."""
+    server: PgServer = start_pg()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Where a worker's store lives: a SQLite file, or a fresh database on the real PostgreSQL
+    server. Every test that builds a worker on it runs on both engines."""
+    if request.param == "sqlite":
+        return str(tmp_path / "worker.db")
+    return request.getfixturevalue("pg_server").new_database()
 
 
 class PatientFakeLLM(FakeLLM):

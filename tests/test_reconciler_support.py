@@ -123,9 +123,9 @@ class Harness:
 
 
 @pytest.fixture
-def h(tmp_path: Path) -> Iterator[Harness]:
-    """A town with a rig and a mayor in a real SQLite store, on a fake clock and container."""
-    db = Database(tmp_path / "w.db")
+def h(store_url: str) -> Iterator[Harness]:
+    """A town with a rig and a mayor in a real store (SQLite, then PostgreSQL), on a fake clock and container."""
+    db = Database(store_url)
     harness = Harness(db, FakeClock(), FakeContainer())
     harness.setup_town(mayor=True)
     yield harness

@@ -33,8 +33,8 @@ async def provider(gh: FakeGitHub) -> AsyncIterator[GitHubProvider]:
 
 
 @pytest.fixture
-def h(tmp_path: Path, provider: GitHubProvider) -> Iterator[Harness]:
-    db = Database(tmp_path / "w.db")
+def h(store_url: str, provider: GitHubProvider) -> Iterator[Harness]:
+    db = Database(store_url)
     harness = Harness(db, FakeClock(), FakeContainer())
     harness.setup_town(mayor=True)
     harness.deps.scm = provider

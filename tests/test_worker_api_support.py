@@ -87,8 +87,8 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-async def worker(aiohttp_client: Any, tmp_path: Any, clock: FakeClock) -> Worker:
-    app = create_app(tmp_path / "worker.db", admin_token=ADMIN_TOKEN, jwt_secret=JWT_SECRET, now=clock)
+async def worker(aiohttp_client: Any, store_url: str, clock: FakeClock) -> Worker:
+    app = create_app(store_url, admin_token=ADMIN_TOKEN, jwt_secret=JWT_SECRET, now=clock)
     client = await aiohttp_client(app)
     return Worker(client, clock)
 

@@ -1,12 +1,14 @@
 """A real PostgreSQL server for the tests: Debian's programs (deploy/postgres/install), a cluster
 made by ``initdb`` in a temporary directory and run by ``pg_ctl`` on a free loopback port, as the
-``postgres`` user (PostgreSQL refuses to run as root). Each test gets a database of its own."""
+``postgres`` user (PostgreSQL refuses to run as root), with password authentication on loopback (so
+the tests see where a password could leak). Each test gets a database of its own."""
 from __future__ import annotations
 
 import glob
 import itertools
 import os
 import pwd
+import secrets
 import shutil
 import subprocess
 import tempfile
@@ -31,14 +33,15 @@ def pg_bin(name: str) -> str:
 class PgServer:
     port: int
     data_dir: Path
+    password: str
     _names = itertools.count(1)
 
     @property
     def admin_url(self) -> str:
-        return f"postgresql://{PG_USER}@127.0.0.1:{self.port}/postgres"
+        return self.url("postgres")
 
     def url(self, dbname: str) -> str:
-        return f"postgresql://{PG_USER}@127.0.0.1:{self.port}/{dbname}"
+        return f"postgresql://{PG_USER}:{self.password}@127.0.0.1:{self.port}/{dbname}"
 
     def new_database(self, prefix: str = "t") -> str:
         """A fresh, empty database; its URL."""
@@ -59,13 +62,19 @@ def _as_postgres(argv: list[str], *, check: bool = True) -> subprocess.Completed
 
 
 def start_pg() -> PgServer:
-    """initdb (trust on loopback: the server listens on 127.0.0.1 only, for this test run) and start."""
+    """initdb (scram passwords on loopback, the only address it listens on) and start."""
     root = Path(tempfile.mkdtemp(prefix="gastown-pg-"))
     data = root / "data"
     pw = pwd.getpwnam(PG_USER)
     os.chown(root, pw.pw_uid, pw.pw_gid)
     root.chmod(0o700)
-    _as_postgres([pg_bin("initdb"), "-D", str(data), "-U", PG_USER, "--auth=trust", "-E", "UTF8", "--no-sync"])
+    password = "pg-" + secrets.token_hex(12)
+    pwfile = root / "pw"
+    pwfile.write_text(password)
+    os.chown(pwfile, pw.pw_uid, pw.pw_gid)
+    _as_postgres([pg_bin("initdb"), "-D", str(data), "-U", PG_USER, "--auth-local=trust", "--auth-host=scram-sha-256",
+                  f"--pwfile={pwfile}", "-E", "UTF8", "--no-sync"])
+    pwfile.unlink()
     port = free_port()
     opts = (f"-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={root} -c fsync=off"
             " -c synchronous_commit=off -c full_page_writes=off -c max_connections=200 -c shared_buffers=64MB")
@@ -74,4 +83,4 @@ def start_pg() -> PgServer:
     if res.returncode != 0:
         log = (root / "pg.log").read_text(errors="replace") if (root / "pg.log").exists() else ""
         raise RuntimeError(f"pg_ctl start failed: {res.stdout}{res.stderr}\n{log[-4000:]}")
-    return PgServer(port, data)
+    return PgServer(port, data, password)

@@ -9,13 +9,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import psycopg
 from aiohttp import web
 
 from gastown.core import jsonlog
 from gastown.core.serving import Runner
 from worker_api.snapshot_access import SnapshotBroker
 from worker_api.app import create_app
+from worker_api.appkeys import DB
 from worker_api.containers import config as container_config
+from worker_api import db_pg
 from worker_api.db import SchemaTooNewError
 from worker_api.front.archive import Retention
 from worker_api.scm.github import GitHubProvider
@@ -40,7 +43,7 @@ async def _serve(host: str, port: int, db_path: str, admin_token: str, jwt_secre
     try:
         site = web.TCPSite(runner, host, port)
         await site.start()
-        log.info("worker.started", host=host, port=port, db_path=db_path, addresses=[str(a) for a in runner.addresses])
+        log.info("worker.started", host=host, port=port, db=app[DB].label, addresses=[str(a) for a in runner.addresses])
         await stop.wait()
         log.info("worker.stopping")
     finally:
@@ -78,8 +81,11 @@ def run_worker(host: str, port: int, db_path: str | None, *, containers: str = "
     for key in ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
         jsonlog.register_secret(os.environ.get(key))
     path = db_path or DEFAULT_DB_PATH
+    postgres = db_pg.is_url(path)
+    # Where the local provider keeps its towns' directories: beside the SQLite file, else GASTOWN_STATE_DIR.
+    state_dir = Path(os.environ.get("GASTOWN_STATE_DIR") or (".gastown" if postgres else Path(path).parent))
     try:
-        provided = container_config.from_args(containers, image=image, db_path=path, env=os.environ,
+        provided = container_config.from_args(containers, image=image, state_dir=state_dir, env=os.environ,
                                               worker_url=public_url or f"http://{host}:{port}")
     except ValueError as e:
         print(f"gastown worker: {e}", file=sys.stderr)
@@ -87,11 +93,15 @@ def run_worker(host: str, port: int, db_path: str | None, *, containers: str = "
     for key, value in (provided[1].base_env.items() if provided[1] else ()):
         if jsonlog.is_secret_key(key) or key == "GASTOWN_KILO_PROVIDERS":  # the model providers' keys
             jsonlog.register_secret(value)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    if postgres:
+        jsonlog.register_secret(psycopg.conninfo.conninfo_to_dict(path).get("password"))
+    else:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
     try:
         asyncio.run(_serve(host, port, path, admin_token, jwt_secret, broker, provided))
-    except (OSError, sqlite3.Error, SchemaTooNewError) as e:
-        log.error("worker.failed", error=str(e))
-        print(f"gastown worker: {e}", file=sys.stderr)
+    except (OSError, sqlite3.Error, psycopg.Error, SchemaTooNewError) as e:
+        error = db_pg.redact(str(e))
+        log.error("worker.failed", error=error)
+        print(f"gastown worker: {error}", file=sys.stderr)
         return 1
     return 0

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 
 from gastown.cli.localtown import DEFAULT_DIR, state_dir
@@ -21,8 +22,10 @@ def _parser() -> argparse.ArgumentParser:
     w = sub.add_parser("worker", help="worker API (control plane) with its reconcilers")
     w.add_argument("--host", default="127.0.0.1")
     w.add_argument("--port", type=int, default=8787)
-    w.add_argument("--db", default=None, type=_sqlite_path,
-                   help="SQLite file path (default: ./.gastown/worker.db); no database URLs yet")
+    w.add_argument("--db", default=os.environ.get("GASTOWN_DB_URL") or None, type=_store,
+                   help="SQLite file path (default: ./.gastown/worker.db), or postgresql://USER@HOST:PORT/DB for"
+                        " several replicas (the password from PGPASSWORD or ~/.pgpass, or the whole URL in"
+                        " $GASTOWN_DB_URL: never on the command line)")
     w.add_argument("--containers", choices=("none", "local", "docker", "kubernetes"), default="none",
                    help="start and stop the towns' containers: none (run elsewhere), local processes, the"
                         " runtime image through the Docker API ($DOCKER_HOST), or one Pod per town")
@@ -51,12 +54,18 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _sqlite_path(raw: str) -> str:
-    """A file path; a URL (``postgresql://…``, ``sqlite:///…``) is refused rather than taken as a
-    directory name."""
+def _store(raw: str) -> str:
+    """A SQLite file path or a PostgreSQL URL; another URL (``sqlite:///…``, ``mysql://…``) is refused
+    rather than taken as a directory name, and so is a password on the command line (``ps`` shows it)."""
+    if raw.startswith(("postgresql://", "postgres://")):
+        if raw != os.environ.get("GASTOWN_DB_URL") and re.match(r"^\w+://[^/@]*:[^/@]*@", raw):
+            raise argparse.ArgumentTypeError("a password in --db is visible to every user of the machine: put it in"
+                                             " PGPASSWORD or ~/.pgpass, or the whole URL in GASTOWN_DB_URL")
+        return raw
     if "://" in raw or raw.startswith(("postgres:", "postgresql:", "sqlite:", "mysql:")):
         scheme = raw.split(":", 1)[0]
-        raise argparse.ArgumentTypeError(f"{scheme}: URLs are not supported; give a SQLite file path")
+        raise argparse.ArgumentTypeError(f"{scheme}: URLs are not supported; give a SQLite file path or a"
+                                         " postgresql:// URL")
     if not raw.strip():
         raise argparse.ArgumentTypeError("must not be empty")
     return raw

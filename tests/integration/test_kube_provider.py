@@ -64,7 +64,7 @@ async def kube() -> AsyncIterator[tuple[FakeKube, KubernetesProvider]]:
     fake = FakeKube()
     server = TestServer(fake.app(), host="127.0.0.1")
     await server.start_server()
-    provider, _ = container_config.from_args("kubernetes", image=SETTINGS.image, db_path="/tmp/x.db",
+    provider, _ = container_config.from_args("kubernetes", image=SETTINGS.image, state_dir=Path("/tmp"),
                                              worker_url="http://worker:8787",
                                              env={"GASTOWN_KUBE_URL": str(server.make_url("")).rstrip("/"),
                                                   "GASTOWN_KUBE_NAMESPACE": SETTINGS.namespace})

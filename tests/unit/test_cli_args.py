@@ -8,9 +8,10 @@ import pytest
 from gastown.cli.main import main
 
 
-@pytest.mark.parametrize("url", ["postgresql://user@host/db", "postgres://h/db", "sqlite:///x.db", "mysql://h/db"])
+@pytest.mark.parametrize("url", ["sqlite:///x.db", "mysql://h/db", "postgres:/h/db"])
 def test_worker_db_url_is_refused_not_taken_as_a_directory(tmp_path, monkeypatch, capsys, url):
-    """``--db postgresql://…`` used to create a SQLite file under a directory named ``postgresql:``."""
+    """``--db postgresql://…`` used to create a SQLite file under a directory named ``postgresql:``
+    (PostgreSQL URLs are the store's now; other schemes are still refused)."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("GASTOWN_ADMIN_TOKEN", "a" * 16)
     monkeypatch.setenv("GASTOWN_JWT_SECRET", "s" * 32)
@@ -19,6 +20,26 @@ def test_worker_db_url_is_refused_not_taken_as_a_directory(tmp_path, monkeypatch
     assert exc.value.code == 2
     assert "URLs are not supported" in capsys.readouterr().err
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("url", ["postgresql://u:hunter2@127.0.0.1/db", "postgres://u:@h/db"])
+def test_a_database_password_on_the_command_line_is_refused(tmp_path, monkeypatch, capsys, url):
+    """argv is readable by every user of the machine (``ps``): the password goes in PGPASSWORD,
+    ~/.pgpass or GASTOWN_DB_URL."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exc:
+        main(["worker", "--db", url])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "GASTOWN_DB_URL" in err and "hunter2" not in err
+
+
+def test_the_database_url_with_its_password_comes_from_the_environment(monkeypatch):
+    from gastown.cli.main import _parser
+
+    monkeypatch.setenv("GASTOWN_DB_URL", "postgresql://u:hunter2@127.0.0.1:5/db")
+    assert _parser().parse_args(["worker"]).db == "postgresql://u:hunter2@127.0.0.1:5/db"
+    assert _parser().parse_args(["worker", "--db", "postgresql://u@h/other"]).db == "postgresql://u@h/other"
 
 
 def test_a_rerun_that_cannot_reuse_the_town_moves_the_old_state_aside_not_away(tmp_path):

@@ -48,7 +48,7 @@ def _base_env(env: Mapping[str, str]) -> dict[str, str]:
     return data
 
 
-def from_args(kind: str, *, image: str | None, db_path: str, worker_url: str,
+def from_args(kind: str, *, image: str | None, state_dir: Path, worker_url: str,
               env: Mapping[str, str]) -> tuple[ContainerProvider | None, LaunchSettings | None]:
     """The provider and launch settings, or ``(None, None)``; raises ValueError on a bad setting."""
     if kind == "none":
@@ -59,7 +59,7 @@ def from_args(kind: str, *, image: str | None, db_path: str, worker_url: str,
                             brokered_snapshots=bool(env.get("GASTOWN_SNAPSHOT_URL")), idle_stop_s=idle,
                             idle_stop_throttle_s=min(idle, throttle))
     if kind == "local":
-        return LocalProcessProvider(Path(db_path).resolve().parent / "containers"), launch
+        return LocalProcessProvider(state_dir.resolve() / "containers"), launch
     if kind == "docker":
         if not image:
             raise ValueError("--containers docker needs --image")

@@ -321,6 +321,7 @@ class TownStatusConvoys(Answer):
 class ReconcilerStatus(Answer):
     running: bool
     ticks: Count
+    replica: str | None = None  # the worker replica that holds the town's lease now
 
 
 class TownStatus(Answer):

@@ -16,13 +16,16 @@ from aiohttp import web
 from gastown.core.http import MAX_BODY_BYTES, error_middleware
 from gastown.core.jsonlog import get_logger, register_secret
 from worker_api import routes
-from worker_api.appkeys import ADMIN_TOKEN, CLOCK, CONTAINERS, DB, TOKENS
+from worker_api.appkeys import ADMIN_TOKEN, BUS, CLOCK, CONTAINERS, DB, LEASES, TOKENS
 from worker_api.auth import auth_middleware
+from worker_api.bus import Bus, PgBus
 from worker_api.containers.base import ContainerProvider
 from worker_api.containers.service import LaunchSettings, TownContainers
 from worker_api.db import Database
 from worker_api.front import mayor
 from worker_api.reconciler import service as reconciler_service
+from worker_api.leases import TownLeases
+from worker_api.reconciler.loop import new_replica_id
 from worker_api.scm.base import ScmProvider
 from worker_api.snapshot_access import BROKER, SnapshotBroker
 from worker_api.tokens import ContainerTokens
@@ -42,6 +45,13 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
         register_secret(token)
     yield
     await app[DB].aclose()
+
+
+async def _bus_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Listening from start-up to shutdown; stops after the loops and the desk that publish on it."""
+    await app[BUS].start()
+    yield
+    await app[BUS].aclose()
 
 
 async def _containers_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -86,6 +96,9 @@ def create_app(
     app = web.Application(middlewares=[error_middleware, auth_middleware, reconciler_service.arm_middleware],
                           client_max_size=MAX_BODY_BYTES)
     app[DB] = Database(db_path)
+    replica = new_replica_id()
+    app[LEASES] = TownLeases(replica)
+    app[BUS] = PgBus(replica, app[DB].path) if app[DB].postgres else Bus(replica)
     app[TOKENS] = ContainerTokens(jwt_secret, now=now)
     app[ADMIN_TOKEN] = admin_token
     app[CLOCK] = now
@@ -93,6 +106,7 @@ def create_app(
         app[BROKER] = snapshot_broker  # presigned snapshot access for the towns' containers
     routes.install(app)
     app.cleanup_ctx.append(_store_ctx)
+    app.cleanup_ctx.append(_bus_ctx)
     if container_provider is not None:
         app[CONTAINERS] = TownContainers(app[DB], container_provider, app[TOKENS], launch or LaunchSettings(""),
                                          clock_ms=lambda: int(now() * 1000))
@@ -100,6 +114,6 @@ def create_app(
     mayor.install(app, lambda: int(now() * 1000))  # after the store: contexts unwind in reverse
     reconciler_service.install(
         app, run=run_reconciler if run_reconciler is not None else now is time.time, clock=now, sleep=sleep,
-        container=container_client, containers=app.get(CONTAINERS), scm=scm_provider,
+        container=container_client, containers=app.get(CONTAINERS), scm=scm_provider, leases=app[LEASES], bus=app[BUS],
     )
     return app

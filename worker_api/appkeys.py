@@ -5,8 +5,10 @@ from typing import Any, Callable
 
 from aiohttp import web
 
+from worker_api.bus import Bus
 from worker_api.containers.service import TownContainers
 from worker_api.db import Database
+from worker_api.leases import TownLeases
 from worker_api.tokens import ContainerTokens
 
 DB = web.AppKey("worker_db", Database)
@@ -17,6 +19,8 @@ CLOCK = web.AppKey("worker_clock", Callable[[], float])
 CONTAINERS = web.AppKey("worker_containers", TownContainers)
 # aiohttp route → the auth policy its declaration names (worker_api.routes).
 AUTH_POLICIES = web.AppKey("worker_auth_policies", dict)
+BUS = web.AppKey("worker_bus", Bus)                # nudges between replicas (worker_api/bus.py)
+LEASES = web.AppKey("worker_leases", TownLeases)   # the towns this replica reconciles
 
 TOWN = web.RequestKey("worker_town", dict)  # the path town's row, set by the auth middleware
 PRINCIPAL = web.RequestKey("worker_principal", Any)  # auth.Principal

@@ -284,3 +284,24 @@ ALTER TABLE towns ADD COLUMN token_generation INTEGER NOT NULL DEFAULT 0;
 """,
     )
 )
+
+MIGRATIONS.append(
+    Migration(
+        name="replicas: which worker replica reconciles which town (a lease with a fencing token)",
+        sql="""
+CREATE TABLE worker_replicas (
+    replica_id  TEXT PRIMARY KEY,
+    started_at  INTEGER NOT NULL,
+    expires_at  INTEGER NOT NULL        -- alive until then unless it renews (worker_api/worker_api/leases.py)
+);
+
+CREATE TABLE town_leases (
+    town_id     TEXT PRIMARY KEY REFERENCES towns(town_id) ON DELETE CASCADE,
+    owner       TEXT NOT NULL,          -- replica_id
+    fence       INTEGER NOT NULL,       -- bumped on every change of owner: a tick commits only under its own
+    expires_at  INTEGER NOT NULL
+);
+CREATE INDEX town_leases_by_owner ON town_leases(owner);
+""",
+    )
+)

@@ -18,7 +18,7 @@ from gastown.core.http import ApiError, path_id, read_model
 from gastown.core.ids import is_valid_id
 from gastown.core.jsonlog import get_logger
 from worker_api import beads as bx
-from worker_api import drain, events
+from worker_api import drain, events, leases
 from worker_api.appkeys import DB, PRINCIPAL, TOWN, now_ms
 from worker_api.db import Conn, to_json
 from worker_api.lifecycle import finish_convoy, transition_bead
@@ -346,7 +346,11 @@ async def town_status(request: web.Request) -> web.Response:
     status = await request.app[DB].run(_status_tx, _town(request), now_ms(request), write=False)
     service = request.app.get(RECONCILER)
     loop = service.loops.get(_town(request)) if service is not None else None
-    status["reconciler"] = {"running": loop is not None, "ticks": loop.ticks if loop else 0}
+    owner = await request.app[DB].run(leases.owner_tx, _town(request), now_ms(request), write=False)
+    # ``replica``: which worker replica reconciles the town now; ``ticks``: counted by that replica
+    # (0 when another one answers the request).
+    status["reconciler"] = {"running": loop is not None or owner is not None, "ticks": loop.ticks if loop else 0,
+                            "replica": owner}
     return web.json_response(status)
 
 

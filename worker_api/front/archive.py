@@ -24,7 +24,7 @@ from pydantic import Field
 
 from gastown.core.http import ApiError, read_model
 from gastown.core.ids import is_valid_id
-from worker_api.appkeys import DB, QUIET, TOWN, now_ms
+from worker_api.appkeys import BUS, DB, QUIET, TOWN, now_ms
 from worker_api.db import Conn, from_json, to_json
 from worker_api.models import Body, Id
 
@@ -49,7 +49,7 @@ class IngestBatch(Body):
 
 
 class EventHub:
-    """Wakes a town's live streams when events were stored (one process; other replicas poll)."""
+    """Wakes a town's live streams when events were stored, by this replica or another (the bus)."""
 
     def __init__(self) -> None:
         self._waiters: dict[str, asyncio.Event] = {}
@@ -149,7 +149,7 @@ async def ingest(request: web.Request) -> web.Response:
     request[QUIET] = True
     stored, dup = await request.app[DB].run(ingest_tx, town_id, body.events, now_ms(request), request.app[RETENTION])
     if stored:
-        request.app[HUB].notify(town_id)
+        request.app[BUS].publish("events", town_id)  # this replica's streams and the others' (worker_api/bus.py)
     return web.json_response({"stored": stored, "duplicates": dup})
 
 
@@ -189,5 +189,6 @@ async def stream(request: web.Request) -> web.StreamResponse:
 
 
 def install(app: web.Application, retention: Retention | None = None) -> None:
-    app[HUB] = EventHub()
+    hub = app[HUB] = EventHub()
+    app[BUS].subscribe(lambda kind, town_id, _data: hub.notify(town_id) if kind == "events" else None)
     app[RETENTION] = retention or Retention.from_env(os.environ)

@@ -22,6 +22,7 @@ from typing import Any, Awaitable, Callable
 
 from gastown.core.jsonlog import get_logger
 from worker_api import nudges, settings, store
+from worker_api.bus import Bus
 from worker_api.db import Conn, Database
 from worker_api.containers.service import TownContainers, touch_activity
 from worker_api.dispatch import HttpContainerClient, Target, town_target
@@ -141,8 +142,15 @@ class MayorDesk:
     def __init__(self, db: Database, clock_ms: Callable[[], int], client: HttpContainerClient | None = None, *,
                  containers: TownContainers | None = None,
                  wall_ms: Callable[[], int] = lambda: int(time.time() * 1000), sweep_s: float = SWEEP_S,
-                 backoff: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+                 backoff: Callable[[float], Awaitable[None]] = asyncio.sleep,
+                 owns: Callable[[str], bool] = lambda _town: True, bus: Bus | None = None) -> None:
         self.db = db
+        # With several replicas only the holder of a town's lease delivers to its mayor (two desks
+        # would send the same turn twice); the others pass a wake or a model on through the bus.
+        self.owns = owns
+        self.bus = bus
+        if bus is not None:
+            bus.subscribe(self._nudged)
         self.clock_ms = clock_ms
         self.wall_ms = wall_ms  # the container's clock is wall time: what its events and callbacks are compared to
         self.client = client or HttpContainerClient()
@@ -162,6 +170,10 @@ class MayorDesk:
         self._sweeper = asyncio.create_task(self._sweep(), name="mayor-desk:sweep")
 
     def wake(self, town_id: str) -> None:
+        if not self.owns(town_id):
+            if self.bus is not None:
+                self.bus.publish("desk", town_id)
+            return
         self._not_up.pop(town_id, None)
         task = self._tasks.get(town_id)
         if task is not None and not task.done():
@@ -178,11 +190,23 @@ class MayorDesk:
         """A new town model reaches a running mayor (its session kept: the container swaps its
         server and pushes the model without a turn) once its current turn has ended; a mayor not
         running starts with it later."""
+        if not self.owns(town_id):
+            if self.bus is not None:
+                self.bus.publish("model", town_id, model=model, small_model=small_model)
+            return
         old = self._model_tasks.pop(town_id, None)
         if old is not None:
             old.cancel()  # the latest setting wins
         self._model_tasks[town_id] = asyncio.create_task(self._push_model(town_id, model, small_model),
                                                          name=f"mayor-desk:model:{town_id}")
+
+    def _nudged(self, kind: str, town_id: str, data: dict[str, Any]) -> None:
+        if not self.owns(town_id):
+            return
+        if kind == "desk":
+            self.wake(town_id)
+        elif kind == "model" and isinstance(data.get("model"), str):
+            self.push_model(town_id, data["model"], data.get("small_model") or None)
 
     async def _push_model(self, town_id: str, model: str, small_model: str | None) -> None:
         """Pushes until the container took the model or the mayor is no longer running (it starts
@@ -234,6 +258,8 @@ class MayorDesk:
                 continue
             now = time.monotonic()
             for town_id, has_message in due.items():
+                if not self.owns(town_id):
+                    continue
                 task = self._tasks.get(town_id)
                 if task is not None and not task.done():
                     continue

@@ -12,11 +12,12 @@ from pydantic import Field
 
 from gastown.core.http import ApiError, read_model
 from worker_api import store
-from worker_api.appkeys import CONTAINERS, DB, TOWN, now_ms
+from worker_api.appkeys import BUS, CONTAINERS, DB, LEASES, TOWN, now_ms
 from worker_api.db import Conn, from_json
 from worker_api.dispatch import Target, town_target
 from worker_api.front.desk import MayorDesk, enqueue_tx
 from worker_api.models import Body
+from worker_api.reconciler.service import RECONCILER
 
 
 class MayorMessage(Body):
@@ -99,7 +100,13 @@ async def get_messages(request: web.Request) -> web.Response:
 
 def install(app: web.Application, clock_ms: Callable[[], int]) -> None:
     async def _desk(app: web.Application):  # noqa: ANN202
-        app[DESK] = MayorDesk(app[DB], clock_ms, containers=app.get(CONTAINERS))
+        service = app.get(RECONCILER)
+
+        def owns(town_id: str) -> bool:  # without loops (tests on a fake clock) this replica is all there is
+            return service is None or not service.enabled or app[LEASES].owns(town_id)
+        app[DESK] = MayorDesk(app[DB], clock_ms, containers=app.get(CONTAINERS), owns=owns, bus=app[BUS])
+        if service is not None:
+            service.on_adopt(app[DESK].wake)  # what waited for the town's mayor while nobody held the town
         app[DESK].start()
         yield
         await app[DESK].close()

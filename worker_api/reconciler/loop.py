@@ -1,4 +1,4 @@
-"""The per-town reconciler loop and the service that owns every town's loop.
+"""The per-town reconciler loop and the service that owns the loops of the towns this replica holds.
 
 Cadence: a tick every 5 s while the town has active work, every 5 min when idle. ``arm`` only ever
 *shortens* the wait (new work must not be delayed by an idle timer, and a chatty caller must not
@@ -8,12 +8,17 @@ loop in virtual time; the service owns its tasks and cancels them on shutdown.
 from __future__ import annotations
 
 import asyncio
+import os
+import secrets
+import socket
 import time
-from typing import Awaitable, Callable
+from typing import Any, Awaitable, Callable
 
 from gastown.core.jsonlog import get_logger
-from worker_api import store
+from worker_api.bus import Bus
 from worker_api.db import Database
+from worker_api import leases
+from worker_api.leases import RENEW_S, LeaseLost, TownLeases
 from worker_api.reconciler.constants import ACTIVE_INTERVAL_MS, IDLE_INTERVAL_MS
 from worker_api.reconciler.tick import TickDeps, TickResult, run_tick
 
@@ -83,61 +88,165 @@ class TownLoop:
 
 
 class ReconcilerService:
-    """One ``TownLoop`` task per town. ``start`` loads the known towns; ``arm`` creates a loop on
-    first use (a town created later); ``stop`` cancels and awaits every task."""
+    """One ``TownLoop`` task per town this replica holds the lease of (worker_api/leases.py).
+
+    ``start`` claims its share of the towns and keeps a membership task that renews, rebalances and
+    claims every ``RENEW_S``; ``arm`` ticks a held town, claims a town nobody holds (a new one), and
+    nudges the holder of any other through the bus; ``stop`` cancels every task and hands the
+    leases back. Each tick commits only under the fence its lease was claimed with."""
 
     def __init__(self, db: Database, deps: TickDeps, *, clock: Clock = time.time,
-                 sleep: Sleep = asyncio.sleep) -> None:
+                 sleep: Sleep = asyncio.sleep, leases: TownLeases | None = None, bus: Bus | None = None) -> None:
         self.db = db
         self.deps = deps
         self.clock = clock
         self.sleep = sleep
+        self.leases = leases or TownLeases(new_replica_id())
+        self.bus = bus or Bus(self.leases.replica_id)
+        self.bus.subscribe(self._nudged)
         self.loops: dict[str, TownLoop] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._aside: set[asyncio.Task[Any]] = set()   # membership and claims: cancelled on stop
+        self._adopted: list[Callable[[str], None]] = []
         self.running = False
+        self.enabled = True   # False: this app runs no loops (tests tick by hand) and holds no leases
+
+    @property
+    def replica_id(self) -> str:
+        return self.leases.replica_id
+
+    def on_adopt(self, callback: Callable[[str], None]) -> None:
+        """Called with each town this replica takes over (the desk delivers what waits for its mayor)."""
+        self._adopted.append(callback)
 
     def _clock_ms(self) -> int:
         return int(self.clock() * 1000)
 
     async def start(self) -> None:
         self.running = True
-        for town_id in await self.db.run(store.list_town_ids, write=False):
-            self.ensure(town_id)
-        log.info("reconciler.started", towns=len(self.loops))
+        await self.sync()
+        self._spawn(self._membership(), "reconciler:membership")
+        log.info("reconciler.started", replica=self.replica_id, towns=len(self.loops))
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._aside.add(task)
+        task.add_done_callback(self._aside.discard)
+
+    async def _membership(self) -> None:
+        while True:
+            await self.sleep(RENEW_S)
+            try:
+                await self.sync()
+            except Exception as e:  # noqa: BLE001 - the next round tries again; leases outlive a few misses
+                log.warning("reconciler.lease_sync_failed", replica=self.replica_id, error=repr(e))
+
+    async def sync(self) -> None:
+        """Renew, rebalance and claim; start the loops of towns gained, stop those of towns lost."""
+        held = await self.db.run(leases.sync_tx, self.replica_id, self._clock_ms())
+        self.leases.others = held.others
+        for town_id in set(self.leases.fences) - set(held.mine):
+            self._drop(town_id)
+        for town_id, fence in held.mine.items():
+            self._adopt(town_id, fence)
+
+    def _adopt(self, town_id: str, fence: int, first_delay_s: float = 0.0) -> None:
+        if not self.running or self.leases.fences.get(town_id) == fence:
+            return
+        if town_id in self.leases.fences:
+            self._drop(town_id)  # held again under a new fence: the old loop's ticks cannot commit
+        self.leases.fences[town_id] = fence
+        self._start_loop(town_id, fence, first_delay_s)
+        log.info("reconciler.town_adopted", town=town_id, replica=self.replica_id, fence=fence)
+        for callback in self._adopted:
+            callback(town_id)
+
+    def _drop(self, town_id: str) -> None:
+        self.leases.fences.pop(town_id, None)
+        task = self._tasks.pop(town_id, None)
+        self.loops.pop(town_id, None)
+        if task is not None:
+            task.cancel()
+        log.info("reconciler.town_released", town=town_id, replica=self.replica_id)
+
+    def _start_loop(self, town_id: str, fence: int, first_delay_s: float) -> None:
+        loop = TownLoop(town_id, lambda: self._tick(town_id, fence), clock=self.clock, sleep=self.sleep,
+                        first_delay_s=first_delay_s)
+        self.loops[town_id] = loop
+        task = asyncio.get_running_loop().create_task(loop.run(), name=f"reconciler:{town_id}")
+        self._tasks[town_id] = task
+        task.add_done_callback(lambda _t, tid=town_id: self._forget(tid, _t))
+
+    async def _tick(self, town_id: str, fence: int) -> TickResult | None:
+        def guard(conn: Any) -> None:
+            leases.check(conn, town_id, self.replica_id, fence)
+        try:
+            return await run_tick(self.db, town_id, self.deps, self._clock_ms, guard)
+        except LeaseLost:
+            log.warning("reconciler.lease_lost", town=town_id, replica=self.replica_id, fence=fence)
+            if self.leases.fences.get(town_id) == fence:
+                self.leases.fences.pop(town_id, None)
+            return None
 
     def ensure(self, town_id: str, first_delay_s: float = 0.0) -> TownLoop | None:
+        """The town's loop if this replica holds the town; else claim it when nobody does."""
         if not self.running:
             return None
         loop = self.loops.get(town_id)
-        if loop is None:
-            loop = TownLoop(town_id, lambda: run_tick(self.db, town_id, self.deps, self._clock_ms),
-                            clock=self.clock, sleep=self.sleep, first_delay_s=first_delay_s)
-            self.loops[town_id] = loop
-            task = asyncio.get_running_loop().create_task(loop.run(), name=f"reconciler:{town_id}")
-            self._tasks[town_id] = task
-            task.add_done_callback(lambda _t, tid=town_id: self._forget(tid, _t))
+        if loop is None and not self.leases.owns(town_id) and not self.leases.held_elsewhere(town_id, self._clock_ms()):
+            self._spawn(self._claim(town_id, first_delay_s), f"reconciler:claim:{town_id}")
         return loop
+
+    async def _claim(self, town_id: str, first_delay_s: float) -> None:
+        fence = await self.db.run(leases.claim_tx, town_id, self.replica_id, self._clock_ms())
+        if fence is not None and self.running:
+            self._adopt(town_id, fence, first_delay_s)
+        elif fence is None:
+            self.bus.publish("arm", town_id, delay_s=first_delay_s)  # another replica was first
 
     def _forget(self, town_id: str, task: asyncio.Task[None]) -> None:
         if self._tasks.get(town_id) is task:
             self._tasks.pop(town_id, None)
             self.loops.pop(town_id, None)
+            if not task.cancelled():
+                self.leases.fences.pop(town_id, None)  # gone or lost: the next sync may claim it again
 
     def arm(self, town_id: str, delay_s: float = ACTIVE_S) -> None:
-        loop = self.ensure(town_id, first_delay_s=delay_s)
-        if loop is not None:
-            loop.arm(delay_s)
+        if self.leases.owns(town_id) or not self.running:
+            loop = self.loops.get(town_id)
+            if loop is not None:
+                loop.arm(delay_s)
+            return
+        if self.leases.held_elsewhere(town_id, self._clock_ms()):
+            self.bus.publish("arm", town_id, delay_s=delay_s)
+        else:
+            self.ensure(town_id, first_delay_s=delay_s)
+
+    def _nudged(self, kind: str, town_id: str, data: dict[str, Any]) -> None:
+        if kind == "arm" and self.leases.owns(town_id):
+            loop = self.loops.get(town_id)
+            if loop is not None:
+                loop.arm(float(data.get("delay_s") or 0.0))
 
     async def stop(self) -> None:
         self.running = False
-        tasks = list(self._tasks.values())
+        tasks = [*self._tasks.values(), *self._aside]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._tasks.clear()
         self.loops.clear()
+        try:
+            await self.db.run(leases.release_tx, self.replica_id)
+        except Exception as e:  # noqa: BLE001 - they expire by themselves
+            log.warning("reconciler.release_failed", error=repr(e))
+        self.leases.fences.clear()
         for client in (self.deps.container, self.deps.scm):
             close = getattr(client, "aclose", None)
             if close is not None:
                 await close()
-        log.info("reconciler.stopped")
+        log.info("reconciler.stopped", replica=self.replica_id)
+
+
+def new_replica_id() -> str:
+    return f"replica-{socket.gethostname()[:40]}-{os.getpid()}-{secrets.token_hex(4)}"

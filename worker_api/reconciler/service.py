@@ -14,6 +14,7 @@ from typing import AsyncIterator, Awaitable, Callable
 from aiohttp import web
 
 from worker_api.appkeys import DB, QUIET
+from worker_api.bus import Bus
 from worker_api.containers.service import TownContainers
 from worker_api.dispatch import ContainerClient, HttpContainerClient
 from worker_api.reconciler.loop import (
@@ -21,6 +22,7 @@ from worker_api.reconciler.loop import (
     NEW_WORK_DELAY_S,
     ReconcilerService,
 )
+from worker_api.leases import TownLeases
 from worker_api.reconciler.tick import TickDeps
 from worker_api.scm.base import ScmProvider
 
@@ -47,12 +49,14 @@ async def arm_middleware(request: web.Request, handler: Callable[[web.Request], 
 
 def install(app: web.Application, *, run: bool, clock: Callable[[], float] = time.time,
             sleep: Callable[[float], Awaitable[None]] = asyncio.sleep, container: ContainerClient | None = None,
-            containers: TownContainers | None = None, scm: ScmProvider | None = None) -> ReconcilerService:
+            containers: TownContainers | None = None, scm: ScmProvider | None = None,
+            leases: TownLeases | None = None, bus: Bus | None = None) -> ReconcilerService:
     """Create the service (always: routes use it) and, when ``run``, run its loops in a cleanup
     context of the app (install after the store's context: contexts unwind in reverse)."""
     deps = TickDeps(container=container or HttpContainerClient(), containers=containers, scm=scm)
-    service = ReconcilerService(app[DB], deps, clock=clock, sleep=sleep)
+    service = ReconcilerService(app[DB], deps, clock=clock, sleep=sleep, leases=leases, bus=bus)
     app[RECONCILER] = service
+    service.enabled = run
     if run:
         async def _loops(app: web.Application) -> AsyncIterator[None]:
             await service.start()

@@ -86,7 +86,10 @@ def _record_statuses_tx(conn: Conn, town_id: str, statuses: dict[str, str], now:
                             now_ms=now)
 
 
-def _main_tx(conn: Conn, town_id: str, now: int, ids: bx.IdFactory) -> tuple[TickResult, list[Effect], Any]:
+def _main_tx(conn: Conn, town_id: str, now: int, ids: bx.IdFactory,
+             guard: Callable[[Conn], None] | None = None) -> tuple[TickResult, list[Effect], Any]:
+    if guard is not None:
+        guard(conn)  # e.g. this replica still holds the town's lease (worker_api/leases.py): else nothing commits
     ctx = ApplyContext(town_id, now, ids)
     applied, bad = drain_events(conn, ctx)
     state = load_state(conn, town_id, now)
@@ -114,8 +117,10 @@ def _start_result_tx(conn: Conn, town_id: str, eff: Effect, res: StartResult, no
                   status=res.status, detail=res.detail)
 
 
-async def run_tick(db: Database, town_id: str, deps: TickDeps, clock_ms: Callable[[], int]) -> TickResult | None:
-    """Run one tick; None when the town no longer exists (its loop should stop)."""
+async def run_tick(db: Database, town_id: str, deps: TickDeps, clock_ms: Callable[[], int],
+                   guard: Callable[[Conn], None] | None = None) -> TickResult | None:
+    """Run one tick; None when the town no longer exists (its loop should stop). ``guard`` runs
+    first in the tick's write transaction and may raise to commit nothing."""
     t0 = time.perf_counter()
     prep = await db.run(_prepare_tx, town_id, write=False)
     if prep is None:
@@ -128,7 +133,7 @@ async def run_tick(db: Database, town_id: str, deps: TickDeps, clock_ms: Callabl
         dead = {a: s for a, s in statuses.items() if s in DEAD_STATUSES}
         if dead:
             await db.run(_record_statuses_tx, town_id, dead, clock_ms())
-    result, effects, (draining, mayor) = await db.run(_main_tx, town_id, clock_ms(), deps.ids)
+    result, effects, (draining, mayor) = await db.run(_main_tx, town_id, clock_ms(), deps.ids, guard)
     if deps.containers is not None and any(e.kind in CONTAINER_EFFECTS for e in effects):
         target = await deps.containers.ensure_running(town_id) or target
     if effects:

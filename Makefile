@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 KILO   := node_modules/@kilocode/cli-linux-x64/bin/kilo
 PYTEST_ARGS ?= -n 3 -q --dist loadgroup
 
-.PHONY: run test bench fuzz deps clean image image-tools
+.PHONY: run test bench fuzz deps clean image image-tools pg-tools
 
 deps: $(STAMP) $(KILO)
 
@@ -37,10 +37,15 @@ image-tools:
 image: image-tools
 	deploy/podman/build-image
 
-test: deps image
+# PostgreSQL's programs from Debian (the worker's store on PostgreSQL; tests/pgserver.py runs its own
+# server in a temp dir): no system cluster is created or started.
+pg-tools:
+	deploy/postgres/install
+
+test: deps image pg-tools
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-bench: deps
+bench: deps pg-tools
 	$(PY) -m bench
 
 # A longer schemathesis run than `make test`'s (not part of it): FUZZ_EXAMPLES examples per

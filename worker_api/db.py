@@ -12,7 +12,7 @@ Concurrency choice: **one dedicated thread owns the only connection** and every 
 ``busy_timeout`` still covers *other* processes (an operator's ``sqlite3`` shell, a backup tool).
 
 On PostgreSQL a pool of connections serves the calls instead (``GASTOWN_DB_POOL`` threads), each
-call one serializable transaction: the database, not a thread, keeps them apart.
+call one transaction, a write one under a lock of its town (``worker_api.db_pg``): the database, not a thread, keeps them apart.
 
 Migrations: ``PRAGMA user_version`` counts the scripts of ``worker_api.migrations.MIGRATIONS``
 already applied; opening a database applies the missing ones, each in its own transaction, and

@@ -7,11 +7,16 @@ with ``?`` placeholders; :func:`translate` rewrites the few spellings that diffe
 The transaction functions receive a :class:`PgConnection` that answers like ``sqlite3``'s (rows by
 index and by name, ``rowcount``), so none of them knows which engine it runs on.
 
-Why SERIALIZABLE: on SQLite every write transaction takes the one write lock, so a
-read-modify-write ("is the bead still open? then hook it") is atomic. Several replicas on
-PostgreSQL get the same guarantee from serializable snapshot isolation; a transaction that lost a
-race fails with a serialization error and runs again from the start (the functions have no side
-effects outside the database: those run after commit). Reads take a read-only repeatable-read
+Why a lock per town: on SQLite every write transaction takes the one write lock, so a
+read-modify-write ("is the bead still open? then hook it") is atomic. On PostgreSQL a write
+transaction first takes a transaction-scoped advisory lock on its first argument, which for the
+store's functions is the town (``fn(conn, town_id, ...)``: every table carries ``town_id`` and no
+decision reads another town), then runs at READ COMMITTED: the writers of one town run one after
+the other, each seeing what the previous one committed, while different towns run in parallel on
+every replica. Serializable isolation was tried first: on small tables PostgreSQL's predicate locks
+cover whole pages, so ticks of unrelated towns kept cancelling each other (a three-replica run
+exhausted a dozen retries). A deadlock is still retried from the start (the functions keep their
+side effects in the database: those run after commit). Reads take a read-only repeatable-read
 snapshot, as a deferred SQLite transaction does.
 """
 from __future__ import annotations
@@ -34,7 +39,7 @@ from worker_api.migrations import Migration
 log = get_logger("worker_api.db")
 T = TypeVar("T")
 
-MAX_ATTEMPTS = 12            # serialization failures are retried this often before the error surfaces
+MAX_ATTEMPTS = 12            # deadlocks and serialization failures are retried this often, then surface
 CONNECT_TIMEOUT_S = 10
 STATEMENT_TIMEOUT_MS = 30_000  # no query of the store runs near this: a stuck one must not hold a replica
 MIGRATION_LOCK = 0x6A57_0001  # pg_advisory_xact_lock key: one replica migrates, the others wait for it
@@ -133,6 +138,8 @@ class _NumericAsNumber(Loader):
 class PgConnection:
     """What a transaction function is given: ``execute``/``executemany`` with SQLite's spelling."""
 
+    dialect = "postgresql"  # sqlite3.Connection has none: ``getattr(conn, "dialect", "sqlite")``
+
     def __init__(self, conn: psycopg.Connection[Any]) -> None:
         self.raw = conn
 
@@ -175,8 +182,8 @@ def migrate(conn: psycopg.Connection[Any], migrations: Sequence[Migration], too_
 
 
 class PgStore:
-    """A pool of connections to one PostgreSQL database; each call one transaction, retried when
-    it lost a serialization race."""
+    """A pool of connections to one PostgreSQL database; each call one transaction (a write one
+    under the lock of its first argument: module doc), retried after a deadlock."""
 
     def __init__(self, url: str, *, size: int, migrations: Sequence[Migration], too_new: type[Exception],
                  sleep: Callable[[float], None] = time.sleep) -> None:
@@ -190,12 +197,15 @@ class PgStore:
                                    open=True, timeout=CONNECT_TIMEOUT_S, name="worker-db")
 
     def call(self, fn: Callable[..., T], args: tuple, kwargs: dict, write: bool) -> T:
-        begin = "BEGIN ISOLATION LEVEL SERIALIZABLE" if write else "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
+        begin = "BEGIN ISOLATION LEVEL READ COMMITTED" if write else "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
+        key = args[0] if write and args and isinstance(args[0], str) else None
         with self.pool.connection() as raw:
             conn = PgConnection(raw)
             for attempt in range(1, MAX_ATTEMPTS + 1):
                 raw.execute(begin)
                 try:
+                    if key is not None:
+                        raw.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (key,))
                     result = fn(conn, *args, **kwargs)
                     raw.execute("COMMIT")
                     return result

@@ -4,7 +4,7 @@ Why a lease row and not an advisory lock: an advisory lock lives as long as a co
 connections come from a pool; a row is visible to every replica (and to an operator's ``SELECT``),
 expires by itself when its replica dies, and carries a *fence*, bumped every time the town changes
 hands. A tick commits only while its replica still holds the lease with the fence it started with
-(:func:`check`, inside the tick's serializable transaction), so a replica that stalled past its
+(:func:`check`, inside the tick's write transaction), so a replica that stalled past its
 lease (a long GC pause, a frozen VM) cannot commit a decision over its successor's.
 
 Every replica runs :func:`sync_tx` every ``RENEW_S``: it renews its own registration and leases,
@@ -36,8 +36,11 @@ class Holdings:
 
 
 def check(conn: Conn, town_id: str, replica_id: str, fence: int) -> None:
-    """Raise :class:`LeaseLost` unless this replica holds the town's lease with ``fence``."""
-    row = conn.execute("SELECT owner, fence FROM town_leases WHERE town_id = ?", (town_id,)).fetchone()
+    """Raise :class:`LeaseLost` unless this replica holds the town's lease with ``fence``. On
+    PostgreSQL the row stays share-locked to the end of the transaction: a takeover waits for the
+    tick to commit instead of slipping in between this check and the commit."""
+    lock = " FOR SHARE" if getattr(conn, "dialect", "sqlite") == "postgresql" else ""
+    row = conn.execute(f"SELECT owner, fence FROM town_leases WHERE town_id = ?{lock}", (town_id,)).fetchone()
     if row is None or row[0] != replica_id or int(row[1]) != fence:
         raise LeaseLost(f"town {town_id} is no longer reconciled by {replica_id}")
 

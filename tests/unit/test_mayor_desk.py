@@ -90,3 +90,33 @@ async def test_a_model_swap_that_failed_once_is_pushed_again(worker: Worker,
 
 async def _no_wait(delay: float) -> None:
     pass
+
+
+class RunningOn(SwapClient):
+    def __init__(self, model: str) -> None:
+        super().__init__([])
+        self.model = model
+
+    async def agent_status(self, target: Target, agent_id: str) -> dict[str, Any]:
+        return {"status": "running", "started_at": 0, "message_count": 0, "model": self.model}
+
+
+async def test_a_replica_that_takes_a_town_over_finishes_the_model_push_its_holder_died_with(
+        worker: Worker, town: tuple[str, str]) -> None:
+    """A model push lives in a task of the replica holding the town; killed mid-push, its successor
+    must see the running mayor on the old model and push the setting again."""
+    town_id, _ = town
+    await worker.db.run(enqueue_tx, town_id, "hi", worker.clock.ms)
+    stale = RunningOn("fake/old")
+    desk = MayorDesk(worker.db, lambda: worker.clock.ms, stale, backoff=_no_wait)  # type: ignore[arg-type]
+    desk.adopted(town_id)
+    await desk._model_tasks[town_id]
+    await desk._model_tasks[town_id]  # the push the check started
+    assert stale.pushed == ["kilo/anthropic/claude-sonnet-4"]  # the town's setting
+    current = RunningOn("kilo/anthropic/claude-sonnet-4")
+    desk2 = MayorDesk(worker.db, lambda: worker.clock.ms, current, backoff=_no_wait)  # type: ignore[arg-type]
+    desk2.adopted(town_id)
+    await desk2._model_tasks[town_id]
+    assert current.pushed == []
+    await desk.close()
+    await desk2.close()

@@ -200,6 +200,25 @@ class MayorDesk:
         self._model_tasks[town_id] = asyncio.create_task(self._push_model(town_id, model, small_model),
                                                          name=f"mayor-desk:model:{town_id}")
 
+    def adopted(self, town_id: str) -> None:
+        """This replica now holds the town: deliver what waits, and finish a model push the previous
+        holder may have had in flight (the setting is in the database; its task died with it)."""
+        self.wake(town_id)
+        running = self._model_tasks.get(town_id)
+        if running is None or running.done():
+            self._model_tasks[town_id] = asyncio.create_task(self._model_check(town_id),
+                                                             name=f"mayor-desk:model-check:{town_id}")
+
+    async def _model_check(self, town_id: str) -> None:
+        target, town, mayor_id, _ = await self.db.run(_pending_tx, town_id, self.clock_ms(), write=False)
+        if target is None or town is None or mayor_id is None or not target.url:
+            return
+        status = await self.client.agent_status(target, mayor_id) or {}
+        wanted = mayor_fields(town, mayor_id)["model"]
+        if status.get("status") == "running" and status.get("model") not in (None, wanted):
+            self._model_tasks.pop(town_id, None)
+            self.push_model(town_id, wanted, settings.effective(town).small_model)
+
     def _nudged(self, kind: str, town_id: str, data: dict[str, Any]) -> None:
         if not self.owns(town_id):
             return

@@ -106,7 +106,7 @@ def install(app: web.Application, clock_ms: Callable[[], int]) -> None:
             return service is None or not service.enabled or app[LEASES].owns(town_id)
         app[DESK] = MayorDesk(app[DB], clock_ms, containers=app.get(CONTAINERS), owns=owns, bus=app[BUS])
         if service is not None:
-            service.on_adopt(app[DESK].wake)  # what waited for the town's mayor while nobody held the town
+            service.on_adopt(app[DESK].adopted)  # what waited for the town's mayor while nobody held the town
         app[DESK].start()
         yield
         await app[DESK].close()

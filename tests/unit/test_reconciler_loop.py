@@ -10,9 +10,10 @@ from tests.test_reconciler_support import FakeContainer
 from tests.test_worker_api_support import ADMIN_TOKEN, JWT_SECRET, FakeClock
 from worker_api.app import create_app
 from worker_api.dispatch import HttpContainerClient, Target
-from worker_api.reconciler.loop import ACTIVE_S, IDLE_S, TownLoop
+from worker_api.db import Database
+from worker_api.reconciler.loop import ACTIVE_S, IDLE_S, ReconcilerService, TownLoop
 from worker_api.reconciler.service import RECONCILER
-from worker_api.reconciler.tick import TickResult
+from worker_api.reconciler.tick import TickDeps, TickResult
 
 
 class VirtualTime:
@@ -151,3 +152,30 @@ async def test_http_container_client_contract(aiohttp_client: Any) -> None:
         assert "ctl-secret" not in repr(target)
     finally:
         await client.aclose()
+
+
+async def test_a_town_given_up_mid_tick_finishes_that_tick_before_its_loop_ends(tmp_path: Any) -> None:
+    """Handing a town to another replica cancelled its loop mid-tick: the dispatch had committed in
+    the store's thread but the start call after it never went out, so the agent looked working for
+    minutes with no process behind it."""
+    db = Database(tmp_path / "w.db")
+    service = ReconcilerService(db, TickDeps(container=FakeContainer()))
+    in_tick, release = asyncio.Event(), asyncio.Event()
+    effects: list[str] = []
+
+    async def tick(town_id: str, fence: int) -> TickResult | None:
+        in_tick.set()
+        await release.wait()       # the transaction has committed; the effects follow
+        effects.append("start sent")
+        return TickResult(active=True)
+
+    service._tick = tick  # type: ignore[method-assign]
+    service.running = True
+    service._adopt("town-1", 1)
+    await asyncio.wait_for(in_tick.wait(), 5)
+    service._drop("town-1")       # given up (handed back, or taken by another replica)
+    release.set()
+    await asyncio.wait_for(asyncio.gather(*service._retiring), 5)
+    assert effects == ["start sent"] and service.loops == {}
+    await service.stop()
+    await db.aclose()

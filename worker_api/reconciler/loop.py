@@ -29,6 +29,7 @@ IDLE_S = IDLE_INTERVAL_MS / 1000
 NEW_WORK_DELAY_S = 0.0       # a sling or convoy start ticks at once
 CALLBACK_DELAY_S = ACTIVE_S  # container callbacks: within one active interval
 ERROR_BACKOFF_S = ACTIVE_S
+RETIRE_S = 10.0              # shutdown: how long the ticks in progress may take to finish
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
@@ -45,6 +46,13 @@ class TownLoop:
         self._wake = asyncio.Event()
         self.ticks = 0
         self.last: TickResult | None = None
+        self.retired = False
+
+    def retire(self) -> None:
+        """End after the tick in progress, if any: cancelling it instead could leave a committed
+        dispatch whose start call never went out (its agent would look working for minutes)."""
+        self.retired = True
+        self._wake.set()
 
     def arm(self, delay_s: float = ACTIVE_S) -> None:
         """Tick within ``delay_s``; never postpones an earlier deadline."""
@@ -54,7 +62,7 @@ class TownLoop:
             self._wake.set()
 
     async def run(self) -> None:
-        while True:
+        while not self.retired:
             self._wake.clear()
             delay = self.deadline - self._clock()
             if delay > 0:
@@ -107,6 +115,7 @@ class ReconcilerService:
         self.loops: dict[str, TownLoop] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._aside: set[asyncio.Task[Any]] = set()   # membership and claims: cancelled on stop
+        self._retiring: set[asyncio.Task[None]] = set()  # loops of towns given up, finishing their tick
         self._adopted: list[Callable[[str], None]] = []
         self.running = False
         self.enabled = True   # False: this app runs no loops (tests tick by hand) and holds no leases
@@ -164,9 +173,12 @@ class ReconcilerService:
     def _drop(self, town_id: str) -> None:
         self.leases.fences.pop(town_id, None)
         task = self._tasks.pop(town_id, None)
-        self.loops.pop(town_id, None)
-        if task is not None:
-            task.cancel()
+        loop = self.loops.pop(town_id, None)
+        if loop is not None:
+            loop.retire()  # its next tick would not commit anyway (the fence)
+        if task is not None and not task.done():
+            self._retiring.add(task)  # awaited (or cancelled) by stop()
+            task.add_done_callback(self._retiring.discard)
         log.info("reconciler.town_released", town=town_id, replica=self.replica_id)
 
     def _start_loop(self, town_id: str, fence: int, first_delay_s: float) -> None:
@@ -229,8 +241,17 @@ class ReconcilerService:
                 loop.arm(float(data.get("delay_s") or 0.0))
 
     async def stop(self) -> None:
+        """Let the ticks in progress finish (up to ``RETIRE_S``), cancel what is left, hand the leases back."""
         self.running = False
-        tasks = [*self._tasks.values(), *self._aside]
+        aside = list(self._aside)
+        for task in aside:
+            task.cancel()
+        await asyncio.gather(*aside, return_exceptions=True)
+        for loop in self.loops.values():
+            loop.retire()
+        tasks = [*self._tasks.values(), *self._retiring]
+        if tasks:
+            await asyncio.wait(tasks, timeout=RETIRE_S)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

@@ -41,11 +41,15 @@ def fold(module: str, lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
         name = sized[0].get("bench") or module.removesuffix("_bench")
         obj: dict[str, Any] = {"benchmark": name}
         if name == "reconciler_tick":
-            by_size = {str(line["beads"]): line for line in sized}
-            ten_k = min(sized, key=lambda line: abs(line["beads"] - 10_000))
+            lite = [line for line in sized if line.get("engine", "sqlite") == "sqlite"] or sized
+            by_size = {str(line["beads"]): line for line in lite}
+            pg = {str(line["beads"]): line for line in sized if line.get("engine") == "postgresql"}
+            ten_k = min(lite, key=lambda line: abs(line["beads"] - 10_000))
             obj.update({
                 "tick_ms_median": {k: v["tick_ms_median"] for k, v in by_size.items()},
                 "tick_ms_p95": {k: v["tick_ms_p95"] for k, v in by_size.items()},
+                **({"postgresql_tick_ms_median": {k: v["tick_ms_median"] for k, v in pg.items()},
+                    "postgresql_tick_ms_p95": {k: v["tick_ms_p95"] for k, v in pg.items()}} if pg else {}),
                 "ratio": round(ten_k["tick_ms_median"] / RECONCILER_TARGET_MS, 2),
                 "target": f"tick < {RECONCILER_TARGET_MS:.0f} ms at 10k beads (ratio = median / target)",
                 "pass": ten_k["tick_ms_median"] < RECONCILER_TARGET_MS,

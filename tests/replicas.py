@@ -53,6 +53,8 @@ class FakeContainers:
     def heartbeat(self, workers: list[str], every_s: float = 10.0) -> None:
         """Report every running agent to a live worker replica every ``every_s``, as a container does
         every 30 s (without them the worker takes an agent for gone after 90 s and dispatches again)."""
+        if self._beating is not None:
+            self._beating.cancel()
         self._beating = asyncio.create_task(self._beat(workers, every_s))
 
     async def _beat(self, workers: list[str], every_s: float) -> None:

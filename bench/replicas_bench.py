@@ -30,7 +30,7 @@ import aiohttp
 
 from bench.common import log
 from tests.pgserver import start_pg
-from tests.replicas import FakeContainers, Replica, admin_call, holders
+from tests.replicas import FakeContainers, Replica, admin_call, create_towns, holders
 from worker_api.db import Database
 
 TOWNS = int(os.environ.get("BENCH_REPLICAS_TOWNS", "100"))
@@ -84,17 +84,7 @@ async def run(tmp: Path) -> dict:
             first = Replica(0, url, tmp / "baseline.log")
             workers.append(first)
             await first.wait_up(http)
-            towns: list[str] = []
-            for n in range(TOWNS):
-                fake.tokens[str(n)] = token = f"ctl-{n:03d}-0123456789abcdef"
-                code, town = await admin_call(http, "POST", f"{first.url}/api/towns", {
-                    "name": f"T{n}", "container_url": fake.url(n), "control_token": token})
-                assert code == 201, town
-                towns.append(town["town_id"])
-                fake.towns[str(n)] = (town["town_id"], town["container_token"])
-                code, rig = await admin_call(http, "POST", f"{first.url}/api/towns/{town['town_id']}/rigs", {
-                    "rig_id": "r1", "name": "r", "git_url": "https://example.com/r.git"})
-                assert code == 201, rig
+            towns = await create_towns(http, fake, [first], TOWNS)
             db = Database(url)
             await db.run(_history, towns)
             await db.aclose()
@@ -113,6 +103,7 @@ async def run(tmp: Path) -> dict:
             shared_s = time.monotonic() - t0
             spread = await _wave(http, fake, towns, workers, "spread")
 
+            await asyncio.sleep(6)  # past the ticks the slings armed at once: the window sees the cadence alone
             listed_before = {n: len(v) for n, v in fake.listed.items()}
             await asyncio.sleep(CADENCE_WINDOW_S)
             gaps = []

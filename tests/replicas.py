@@ -165,6 +165,23 @@ async def admin_call(http: aiohttp.ClientSession, method: str, url: str, body: A
         return resp.status, await resp.json(content_type=None)
 
 
+async def create_towns(http: aiohttp.ClientSession, fake: FakeContainers, via: list[Replica], count: int) -> list[str]:
+    """``count`` towns, each with the rig ``r1``, created through the replicas in turn; their ids."""
+    towns: list[str] = []
+    for n in range(count):
+        w = via[n % len(via)]
+        fake.tokens[str(n)] = token = f"ctl-{n:03d}-0123456789abcdef"
+        code, town = await admin_call(http, "POST", f"{w.url}/api/towns", {
+            "name": f"T{n}", "container_url": fake.url(n), "control_token": token})
+        assert code == 201, town
+        towns.append(town["town_id"])
+        fake.towns[str(n)] = (town["town_id"], town["container_token"])
+        code, rig = await admin_call(http, "POST", f"{w.url}/api/towns/{town['town_id']}/rigs", {
+            "rig_id": "r1", "name": "r", "git_url": "https://example.com/r.git"})
+        assert code == 201, rig
+    return towns
+
+
 async def holders(http: aiohttp.ClientSession, via: Replica, towns: list[str]) -> dict[str, str | None]:
     """Town -> the replica reconciling it now (its status answered by ``via``)."""
     out = {}

@@ -74,7 +74,8 @@ def create_app(
     scm_provider: ScmProvider | None = None,
     snapshot_broker: SnapshotBroker | None = None,
 ) -> web.Application:
-    """The worker API over the SQLite file ``db_path`` (created and migrated here).
+    """The worker API over the store ``db_path``: a SQLite file, or a ``postgresql://`` URL shared
+    with other replicas (created or migrated here).
 
     ``now`` (epoch seconds) drives token expiry, drain timeouts and every stored timestamp, so
     tests can move time. The store is ``app[worker_api.appkeys.DB]``; it closes on app cleanup.

@@ -16,7 +16,7 @@ import aiohttp
 import pytest
 
 from tests.pgserver import PgServer
-from tests.replicas import FakeContainers, Replica, admin_call, holders
+from tests.replicas import FakeContainers, Replica, admin_call, create_towns, holders
 from tests.townproc import until
 
 TOWNS = 20
@@ -35,18 +35,7 @@ async def test_beads_through_any_replica_are_dispatched_once_and_a_killed_replic
         async with aiohttp.ClientSession() as http:
             for w in workers:
                 await w.wait_up(http)
-            towns: list[str] = []
-            for n in range(TOWNS):  # created and given a rig through every replica in turn
-                w = workers[n % replicas]
-                fake.tokens[str(n)] = token = f"ctl-{n:02d}-0123456789abcdef"
-                code, town = await admin_call(http, "POST", f"{w.url}/api/towns", {
-                    "name": f"T{n}", "container_url": fake.url(n), "control_token": token})
-                assert code == 201, town
-                towns.append(town["town_id"])
-                fake.towns[str(n)] = (town["town_id"], town["container_token"])
-                code, rig = await admin_call(http, "POST", f"{w.url}/api/towns/{town['town_id']}/rigs", {
-                    "rig_id": "r1", "name": "r", "git_url": "https://example.com/r.git"})
-                assert code == 201, rig
+            towns = await create_towns(http, fake, workers, TOWNS)  # through every replica in turn
 
             fake.heartbeat([w.url for w in workers])
 

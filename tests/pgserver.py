@@ -56,22 +56,26 @@ class PgServer:
 
 
 def _as_postgres(argv: list[str], *, check: bool = True) -> subprocess.CompletedProcess[str]:
-    pw = pwd.getpwnam(PG_USER)
-    return subprocess.run(argv, user=pw.pw_uid, group=pw.pw_gid, extra_groups=[], check=check, capture_output=True,
-                          text=True, timeout=120, cwd="/", env={"PATH": "/usr/bin:/bin", "LC_ALL": "C.UTF-8"})
+    """As the ``postgres`` user when we are root (PostgreSQL refuses root), else as ourselves."""
+    who: dict = {}
+    if os.geteuid() == 0:
+        pw = pwd.getpwnam(PG_USER)
+        who = {"user": pw.pw_uid, "group": pw.pw_gid, "extra_groups": []}
+    return subprocess.run(argv, **who, check=check, capture_output=True, text=True, timeout=120, cwd="/",
+                          env={"PATH": "/usr/bin:/bin", "LC_ALL": "C.UTF-8"})
 
 
 def start_pg() -> PgServer:
     """initdb (scram passwords on loopback, the only address it listens on) and start."""
     root = Path(tempfile.mkdtemp(prefix="gastown-pg-"))
     data = root / "data"
-    pw = pwd.getpwnam(PG_USER)
-    os.chown(root, pw.pw_uid, pw.pw_gid)
+    owner = pwd.getpwnam(PG_USER) if os.geteuid() == 0 else pwd.getpwuid(os.geteuid())
+    os.chown(root, owner.pw_uid, owner.pw_gid)
     root.chmod(0o700)
     password = "pg-" + secrets.token_hex(12)
     pwfile = root / "pw"
     pwfile.write_text(password)
-    os.chown(pwfile, pw.pw_uid, pw.pw_gid)
+    os.chown(pwfile, owner.pw_uid, owner.pw_gid)
     _as_postgres([pg_bin("initdb"), "-D", str(data), "-U", PG_USER, "--auth-local=trust", "--auth-host=scram-sha-256",
                   f"--pwfile={pwfile}", "-E", "UTF8", "--no-sync"])
     pwfile.unlink()

@@ -7,6 +7,7 @@ counts the start requests: the dispatch count is what the containers saw."""
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import time
 from collections import Counter
@@ -16,6 +17,7 @@ import aiohttp
 import pytest
 
 from tests.pgserver import PgServer
+from tests.test_worker_api_support import ADMIN_TOKEN
 from tests.replicas import FakeContainers, Replica, admin_call, create_towns, holders
 from tests.townproc import until
 
@@ -95,6 +97,53 @@ async def test_beads_through_any_replica_are_dispatched_once_and_a_killed_replic
             assert "Traceback" not in text or w is victim, text[-3000:]
     finally:
         for w in workers:
+            if w.alive:
+                w.proc.kill()
+                w.proc.wait()
+        await fake.close()
+
+
+@pytest.mark.timeout(120)
+async def test_a_live_stream_on_one_replica_gets_the_events_another_replica_stored(pg_server: PgServer,
+                                                                                tmp_path: Path) -> None:
+    """A container's events reach whichever replica its request lands on; a user's stream may be held
+    by another. Without the bus that stream saw them only at its next poll (15 s)."""
+    url = pg_server.new_database("stream")
+    fake = FakeContainers()
+    await fake.start()
+    a, b = Replica(0, url, tmp_path / "a.log"), Replica(1, url, tmp_path / "b.log")
+    try:
+        async with aiohttp.ClientSession() as http:
+            await a.wait_up(http)
+            await b.wait_up(http)
+            [town] = await create_towns(http, fake, [a], 1)
+            _, container_token = fake.towns["0"]
+            got: asyncio.Queue[tuple[float, str]] = asyncio.Queue()
+
+            async def listen() -> None:
+                async with http.get(f"{b.url}/api/towns/{town}/events/stream", headers={
+                        "Authorization": f"Bearer {ADMIN_TOKEN}"}) as resp:
+                    assert resp.status == 200
+                    async for line in resp.content:
+                        if line.startswith(b"data:"):
+                            await got.put((time.monotonic(), json.loads(line[5:])["type"]))
+            listener = asyncio.create_task(listen())
+            await asyncio.sleep(1.5)  # the stream is open and waiting on replica b
+            lags = []
+            for i in range(3):
+                sent = time.monotonic()
+                async with http.post(f"{a.url}/api/towns/{town}/agent-events", json={"events": [
+                        {"agent_id": "mayor", "id": i + 1, "type": f"probe.{i}", "data": {}, "ts": 1_700_000_000_000 + i}]},
+                        headers={"Authorization": f"Bearer {container_token}"}) as resp:
+                    assert resp.status == 200, await resp.text()
+                at, kind = await asyncio.wait_for(got.get(), 20)
+                assert kind == f"probe.{i}"
+                lags.append(at - sent)
+            listener.cancel()
+            await asyncio.gather(listener, return_exceptions=True)
+        assert max(lags) < 3, lags  # a NOTIFY away, not the stream's 15 s poll
+    finally:
+        for w in (a, b):
             if w.alive:
                 w.proc.kill()
                 w.proc.wait()

@@ -50,9 +50,11 @@ def is_url(target: str) -> bool:
     return target.startswith(("postgresql://", "postgres://"))
 
 
-def redact(url: str) -> str:
-    """The URL without its password (for logs and errors)."""
-    return re.sub(r"^(\w+://[^:/@]+):[^@]*@", r"\1:***@", url)
+def redact(text: str) -> str:
+    """``text`` (a URL, or a message holding one) with every database password masked: in the
+    authority (``user:PASSWORD@``) and as a ``password=`` parameter."""
+    text = re.sub(r"(postgres(?:ql)?://[^:/@\s]*):[^@/\s]*@", r"\1:***@", text)
+    return re.sub(r"(password=)[^&\s]*", r"\1***", text, flags=re.IGNORECASE)
 
 
 _JSON_EXTRACT = re.compile(r"json_extract\(\s*([\w.]+)\s*,\s*'\$\.(\w+)'\s*\)")

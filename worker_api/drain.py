@@ -44,19 +44,22 @@ def clear_drain(conn: Conn, town_id: str, reason: str) -> None:
     log.info("drain.cleared", town=town_id, reason=reason)
 
 
-def drain_state(conn: Conn, town_id: str, now_ms: int) -> dict[str, Any] | None:
-    """``{"nonce", "started_at"}`` while draining, else None. Clears a drain older than 7 min."""
+def drain_state(conn: Conn, town_id: str, now_ms: int, *, clear_expired: bool = True) -> dict[str, Any] | None:
+    """``{"nonce", "started_at"}`` while draining, else None. A drain older than 7 min is over; it is
+    also cleared unless ``clear_expired`` is False (a read-only transaction: PostgreSQL refuses the
+    delete there)."""
     if not kv_get(conn, town_id, K_DRAINING, False):
         return None
     started_at = kv_get(conn, town_id, K_STARTED_AT)
     if not isinstance(started_at, int) or now_ms - started_at >= DRAIN_TIMEOUT_MS:
-        clear_drain(conn, town_id, "timeout")
+        if clear_expired:
+            clear_drain(conn, town_id, "timeout")
         return None
     return {"nonce": kv_get(conn, town_id, K_NONCE), "started_at": started_at}
 
 
-def is_draining(conn: Conn, town_id: str, now_ms: int) -> bool:
-    return drain_state(conn, town_id, now_ms) is not None
+def is_draining(conn: Conn, town_id: str, now_ms: int, *, clear_expired: bool = True) -> bool:
+    return drain_state(conn, town_id, now_ms, clear_expired=clear_expired) is not None
 
 
 def acknowledge_ready(conn: Conn, town_id: str, nonce: str, now_ms: int) -> bool:

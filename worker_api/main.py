@@ -94,7 +94,11 @@ def run_worker(host: str, port: int, db_path: str | None, *, containers: str = "
         if jsonlog.is_secret_key(key) or key == "GASTOWN_KILO_PROVIDERS":  # the model providers' keys
             jsonlog.register_secret(value)
     if postgres:
-        jsonlog.register_secret(psycopg.conninfo.conninfo_to_dict(path).get("password"))
+        try:
+            jsonlog.register_secret(psycopg.conninfo.conninfo_to_dict(path).get("password"))
+        except psycopg.Error:
+            print("gastown worker: the database URL is not valid (see libpq's connection URIs)", file=sys.stderr)
+            return 2
     else:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
     try:

@@ -330,7 +330,7 @@ def _status_tx(conn: Conn, town_id: str, now: int) -> dict[str, Any]:
 
     return {
         "town_id": town_id,
-        "draining": drain.is_draining(conn, town_id, now),
+        "draining": drain.is_draining(conn, town_id, now, clear_expired=False),  # a read-only transaction
         "beads": {"by_status": grouped("SELECT status, COUNT(*) FROM town_beads WHERE town_id = ? GROUP BY 1"),
                   "by_type": grouped("SELECT type, COUNT(*) FROM town_beads WHERE town_id = ? GROUP BY 1")},
         "agents": {"by_status": grouped("SELECT status, COUNT(*) FROM agents WHERE town_id = ? GROUP BY 1"),

@@ -58,7 +58,8 @@ def _store(raw: str) -> str:
     """A SQLite file path or a PostgreSQL URL; another URL (``sqlite:///…``, ``mysql://…``) is refused
     rather than taken as a directory name, and so is a password on the command line (``ps`` shows it)."""
     if raw.startswith(("postgresql://", "postgres://")):
-        if raw != os.environ.get("GASTOWN_DB_URL") and re.match(r"^\w+://[^/@]*:[^/@]*@", raw):
+        if raw != os.environ.get("GASTOWN_DB_URL") and (re.match(r"^\w+://[^/@]*:[^/@]*@", raw)
+                                                        or re.search(r"[?&]password=", raw, re.IGNORECASE)):
             raise argparse.ArgumentTypeError("a password in --db is visible to every user of the machine: put it in"
                                              " PGPASSWORD or ~/.pgpass, or the whole URL in GASTOWN_DB_URL")
         return raw

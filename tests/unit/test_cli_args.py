@@ -22,7 +22,8 @@ def test_worker_db_url_is_refused_not_taken_as_a_directory(tmp_path, monkeypatch
     assert os.listdir(tmp_path) == []
 
 
-@pytest.mark.parametrize("url", ["postgresql://u:hunter2@127.0.0.1/db", "postgres://u:@h/db"])
+@pytest.mark.parametrize("url", ["postgresql://u:hunter2@127.0.0.1/db", "postgres://u:@h/db",
+                                 "postgresql://u@h/db?sslmode=require&password=hunter2"])
 def test_a_database_password_on_the_command_line_is_refused(tmp_path, monkeypatch, capsys, url):
     """argv is readable by every user of the machine (``ps``): the password goes in PGPASSWORD,
     ~/.pgpass or GASTOWN_DB_URL."""

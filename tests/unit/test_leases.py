@@ -8,7 +8,8 @@ import asyncio
 import pytest
 
 from tests.test_reconciler_support import Harness, h  # noqa: F401
-from worker_api import leases
+from tests.test_worker_api_support import ADMIN_TOKEN, Worker, clock, town, worker  # noqa: F401
+from worker_api import drain, leases, store
 from worker_api.leases import LEASE_TTL_MS, LeaseLost
 from worker_api.reconciler.tick import run_tick
 
@@ -98,3 +99,18 @@ async def test_replicas_racing_for_the_same_towns_never_both_hold_one(h: Harness
     held = [t for r in final.values() for t in r.mine]
     assert len(held) == len(set(held)) and set(held) <= set(towns)
     assert results and _holders(h) == {t: r for r, hold in final.items() for t in hold.mine}
+
+
+async def test_town_status_after_a_drain_timed_out_is_not_a_500_on_a_read_only_transaction(
+        worker: Worker, town: tuple[str, str]) -> None:
+    """The status route reads in a read-only transaction, and reading an expired drain deleted it:
+    SQLite let the write through, PostgreSQL refused it (a 500 until the next tick cleared it)."""
+    town_id, _ = town
+
+    def expired(conn: object) -> None:
+        store.kv_set(conn, town_id, drain.K_DRAINING, True)
+        store.kv_set(conn, town_id, drain.K_NONCE, "n")
+        store.kv_set(conn, town_id, drain.K_STARTED_AT, worker.clock.ms - drain.DRAIN_TIMEOUT_MS - 1)
+    await worker.db.run(expired)
+    code, body = await worker.call("GET", f"/api/towns/{town_id}/status", token=ADMIN_TOKEN)
+    assert code == 200 and body["draining"] is False, body

@@ -25,7 +25,7 @@ KINDS = frozenset({"arm", "desk", "model", "events"})
 RECONNECT_S = 1.0
 NOTIFY_TIMEOUT_S = 5.0
 
-Handler = Callable[[str, str, dict[str, Any]], None]  # (kind, town_id, data)
+Handler = Callable[[str, str, dict[str, Any]], None]  # (kind, town_id, data); ("resync", "*", {}) after a reconnect
 
 
 class Bus:
@@ -80,14 +80,21 @@ class PgBus(Bus):
         self._sender = asyncio.create_task(self._send(), name="worker-bus:send")
 
     async def _connect(self) -> psycopg.AsyncConnection[Any]:
-        return await psycopg.AsyncConnection.connect(self.url, autocommit=True, connect_timeout=10)
+        # TCP keepalives: a half-open connection (a database host gone without a FIN) is noticed in
+        # about a minute instead of the kernel's two hours of silence on the LISTEN.
+        return await psycopg.AsyncConnection.connect(self.url, autocommit=True, connect_timeout=10, keepalives=1,
+                                                     keepalives_idle=30, keepalives_interval=10, keepalives_count=3)
 
     async def _listen(self) -> None:
+        connected_before = False
         while True:
             try:
                 async with await self._connect() as conn:
                     await conn.execute(f"LISTEN {CHANNEL}")
                     self.listening.set()
+                    if connected_before:  # nudges sent while we were away are lost: look at everything once
+                        self._deliver("resync", "*", {})
+                    connected_before = True
                     async for note in conn.notifies():
                         self._received(note.payload)
             except asyncio.CancelledError:

@@ -2,6 +2,7 @@
 is over is seen as waiting (the delivery itself runs end to end in tests/e2e/test_front_door_kilo.py)."""
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from tests.test_worker_api_support import ADMIN_TOKEN, Worker, clock, town, worker  # noqa: F401
@@ -120,3 +121,36 @@ async def test_a_replica_that_takes_a_town_over_finishes_the_model_push_its_hold
     assert current.pushed == []
     await desk.close()
     await desk2.close()
+
+
+class HandedOver(SwapClient):
+    """The mayor is busy with a turn; by the time it is idle the town belongs to another replica."""
+
+    def __init__(self, holder: list[bool]) -> None:
+        super().__init__([])
+        self.holder = holder
+        self.sent: list[str] = []
+
+    async def agent_status(self, target: Target, agent_id: str) -> dict[str, Any]:
+        self.holder[0] = False  # handed over while we waited for the turn to end
+        return {"status": "running", "started_at": 0, "message_count": 0}
+
+    async def send_message(self, target: Target, agent_id: str, prompt: str) -> bool:
+        self.sent.append(prompt)
+        return True
+
+
+async def test_a_desk_whose_town_was_handed_over_mid_wait_does_not_send_the_turn(worker: Worker,
+                                                                                 town: tuple[str, str]) -> None:
+    """Two replicas' desks waited for the same mayor to go idle and both sent the queued message."""
+    town_id, _ = town
+    await worker.db.run(enqueue_tx, town_id, "hello", worker.clock.ms)
+    holder = [True]
+    client = HandedOver(holder)
+    desk = MayorDesk(worker.db, lambda: worker.clock.ms, client, owns=lambda _t: holder[0])  # type: ignore[arg-type]
+    desk.wake(town_id)
+    await asyncio.wait_for(desk._tasks[town_id], 10)
+    assert client.sent == [] and not holder[0]
+    _, _, _, turns = await worker.db.run(_pending_tx, town_id, worker.clock.ms)
+    assert [t.text for t in turns] == ["hello"]  # still queued, for the new holder
+    await desk.close()

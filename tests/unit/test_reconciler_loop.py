@@ -11,6 +11,7 @@ from tests.test_worker_api_support import ADMIN_TOKEN, JWT_SECRET, FakeClock
 from worker_api.app import create_app
 from worker_api.dispatch import HttpContainerClient, Target
 from worker_api.db import Database
+from worker_api.leases import LEASE_TTL_MS, RENEW_S
 from worker_api.reconciler.loop import ACTIVE_S, IDLE_S, ReconcilerService, TownLoop
 from worker_api.reconciler.service import RECONCILER
 from worker_api.reconciler.tick import TickDeps, TickResult
@@ -175,7 +176,26 @@ async def test_a_town_given_up_mid_tick_finishes_that_tick_before_its_loop_ends(
     await asyncio.wait_for(in_tick.wait(), 5)
     service._drop("town-1")       # given up (handed back, or taken by another replica)
     release.set()
-    await asyncio.wait_for(asyncio.gather(*service._retiring), 5)
+    await asyncio.wait_for(asyncio.gather(*service._retiring.values()), 5)
     assert effects == ["start sent"] and service.loops == {}
+    await service.stop()
+    await db.aclose()
+
+
+async def test_a_replica_that_cannot_renew_its_leases_stops_acting_on_them_before_they_expire(tmp_path: Any) -> None:
+    """A replica cut off from the database kept ticking (and its desk delivering) on leases the others
+    were about to take: it must give its towns up before the TTL runs out, not after."""
+    vt = VirtualTime()
+    db = Database(tmp_path / "w.db")
+    service = ReconcilerService(db, TickDeps(container=FakeContainer()), clock=vt.clock, sleep=vt.sleep)
+    service._tick = lambda town_id, fence: asyncio.sleep(3600)  # type: ignore[method-assign,assignment]
+    service.running = True
+    service._synced_at = vt.clock()
+    service._adopt("town-1", 1)
+    service._sync_failed(RuntimeError("db down"))  # one missed renewal: still ours
+    assert service.leases.owns("town-1")
+    vt.clock.advance(LEASE_TTL_MS / 1000 - RENEW_S + 0.5)
+    service._sync_failed(RuntimeError("db down"))
+    assert not service.leases.owns("town-1") and service.loops == {}
     await service.stop()
     await db.aclose()

@@ -253,6 +253,8 @@ class MayorDesk:
             return None if status == "unknown" else 200
         async with self._lock(town_id):
             await self._wait_idle(target, mayor_id)
+            if not self.owns(town_id):
+                return 200  # handed over: the new holder checks the mayor's model when it adopts the town
             code = await self.client.patch_model(target, mayor_id, model, small_model)
             if code == 200:
                 # Its turn had ended and a swap runs none, but the swap's own events (the noReply model
@@ -288,7 +290,7 @@ class MayorDesk:
     async def _deliver(self, town_id: str) -> None:
         """One turn per pass, then a fresh look: a user's message sent meanwhile goes next."""
         delay = 1.0
-        while True:
+        while self.owns(town_id):  # a town handed to another replica is its desk's from then on
             self._again.discard(town_id)
             target, town, mayor_id, turns = await self.db.run(_pending_tx, town_id, self.clock_ms(), write=False)
             if target is None or town is None or mayor_id is None:
@@ -314,6 +316,8 @@ class MayorDesk:
     async def _send(self, town_id: str, target: Target, mayor_id: str, turn: Turn) -> bool:
         async with self._lock(town_id):
             await self._wait_idle(target, mayor_id)
+            if not self.owns(town_id):
+                return False  # handed over while the mayor finished its turn: the new holder sends it
             before = self.wall_ms()
             previous = await self.db.run(_working_tx, town_id, mayor_id, before)
             if not await self.client.send_message(target, mayor_id, turn.text):

@@ -18,7 +18,7 @@ from gastown.core.jsonlog import get_logger
 from worker_api.bus import Bus
 from worker_api.db import Database
 from worker_api import leases
-from worker_api.leases import RENEW_S, LeaseLost, TownLeases
+from worker_api.leases import LEASE_TTL_MS, RENEW_S, LeaseLost, TownLeases
 from worker_api.reconciler.constants import ACTIVE_INTERVAL_MS, IDLE_INTERVAL_MS
 from worker_api.reconciler.tick import TickDeps, TickResult, run_tick
 
@@ -115,7 +115,10 @@ class ReconcilerService:
         self.loops: dict[str, TownLoop] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._aside: set[asyncio.Task[Any]] = set()   # membership and claims: cancelled on stop
-        self._retiring: set[asyncio.Task[None]] = set()  # loops of towns given up, finishing their tick
+        self._retiring: dict[str, asyncio.Task[None]] = {}  # loops of towns given up, finishing their tick
+        self._lost: dict[str, int] = {}    # town -> the fence a tick found lost (a later sync may still list it)
+        self._lease_lock = asyncio.Lock()  # one lease transaction at a time: a sync's snapshot never undoes a claim
+        self._synced_at = 0.0              # clock() of the last sync that went through
         self._adopted: list[Callable[[str], None]] = []
         self.running = False
         self.enabled = True   # False: this app runs no loops (tests tick by hand) and holds no leases
@@ -133,7 +136,8 @@ class ReconcilerService:
 
     async def start(self) -> None:
         self.running = True
-        await self.sync()
+        async with self._lease_lock:
+            await self.sync()
         self._spawn(self._membership(), "reconciler:membership")
         log.info("reconciler.started", replica=self.replica_id, towns=len(self.loops))
 
@@ -146,13 +150,25 @@ class ReconcilerService:
         while True:
             await self.sleep(RENEW_S)
             try:
-                await self.sync()
+                async with self._lease_lock:
+                    await self.sync()
             except Exception as e:  # noqa: BLE001 - the next round tries again; leases outlive a few misses
-                log.warning("reconciler.lease_sync_failed", replica=self.replica_id, error=repr(e))
+                self._sync_failed(e)
+
+    def _sync_failed(self, error: Exception) -> None:
+        log.warning("reconciler.lease_sync_failed", replica=self.replica_id, error=repr(error))
+        if self.clock() - self._synced_at > LEASE_TTL_MS / 1000 - RENEW_S and self.leases.fences:
+            # Unrenewed, our leases are about to be others' to take: stop acting on them first (the
+            # desk reads the same fences, so it stops delivering too).
+            log.warning("reconciler.leases_expiring", replica=self.replica_id, towns=len(self.leases.fences))
+            for town_id in list(self.leases.fences):
+                self._drop(town_id)
 
     async def sync(self) -> None:
-        """Renew, rebalance and claim; start the loops of towns gained, stop those of towns lost."""
+        """Renew, rebalance and claim; start the loops of towns gained, stop those of towns lost
+        (called under ``_lease_lock``)."""
         held = await self.db.run(leases.sync_tx, self.replica_id, self._clock_ms())
+        self._synced_at = self.clock()
         self.leases.others = held.others
         for town_id in set(self.leases.fences) - set(held.mine):
             self._drop(town_id)
@@ -160,7 +176,7 @@ class ReconcilerService:
             self._adopt(town_id, fence)
 
     def _adopt(self, town_id: str, fence: int, first_delay_s: float = 0.0) -> None:
-        if not self.running or self.leases.fences.get(town_id) == fence:
+        if not self.running or self.leases.fences.get(town_id) == fence or fence <= self._lost.get(town_id, 0):
             return
         if town_id in self.leases.fences:
             self._drop(town_id)  # held again under a new fence: the old loop's ticks cannot commit
@@ -177,17 +193,26 @@ class ReconcilerService:
         if loop is not None:
             loop.retire()  # its next tick would not commit anyway (the fence)
         if task is not None and not task.done():
-            self._retiring.add(task)  # awaited (or cancelled) by stop()
-            task.add_done_callback(self._retiring.discard)
+            self._retiring[town_id] = task  # awaited (or cancelled) by stop(); a new loop waits for it
+            task.add_done_callback(lambda t, tid=town_id: self._retiring.pop(tid, None) if self._retiring.get(tid)
+                                   is t else None)
         log.info("reconciler.town_released", town=town_id, replica=self.replica_id)
 
     def _start_loop(self, town_id: str, fence: int, first_delay_s: float) -> None:
         loop = TownLoop(town_id, lambda: self._tick(town_id, fence), clock=self.clock, sleep=self.sleep,
                         first_delay_s=first_delay_s)
         self.loops[town_id] = loop
-        task = asyncio.get_running_loop().create_task(loop.run(), name=f"reconciler:{town_id}")
+        task = asyncio.get_running_loop().create_task(self._run_after(self._retiring.get(town_id), loop),
+                                                      name=f"reconciler:{town_id}")
         self._tasks[town_id] = task
         task.add_done_callback(lambda _t, tid=town_id: self._forget(tid, _t))
+
+    @staticmethod
+    async def _run_after(previous: asyncio.Task[None] | None, loop: TownLoop) -> None:
+        """One loop per town at a time: a town held again waits for its retired loop's last tick."""
+        if previous is not None:
+            await asyncio.wait({previous})
+        await loop.run()
 
     async def _tick(self, town_id: str, fence: int) -> TickResult | None:
         def guard(conn: Any) -> None:
@@ -196,6 +221,7 @@ class ReconcilerService:
             return await run_tick(self.db, town_id, self.deps, self._clock_ms, guard)
         except LeaseLost:
             log.warning("reconciler.lease_lost", town=town_id, replica=self.replica_id, fence=fence)
+            self._lost[town_id] = max(fence, self._lost.get(town_id, 0))
             if self.leases.fences.get(town_id) == fence:
                 self.leases.fences.pop(town_id, None)
             return None
@@ -210,10 +236,17 @@ class ReconcilerService:
         return loop
 
     async def _claim(self, town_id: str, first_delay_s: float) -> None:
-        fence = await self.db.run(leases.claim_tx, town_id, self.replica_id, self._clock_ms())
-        if fence is not None and self.running:
-            self._adopt(town_id, fence, first_delay_s)
-        elif fence is None:
+        try:
+            async with self._lease_lock:
+                if not self.running or self.leases.owns(town_id):
+                    return
+                fence = await self.db.run(leases.claim_tx, town_id, self.replica_id, self._clock_ms())
+                if fence is not None:
+                    self._adopt(town_id, fence, first_delay_s)
+        except Exception as e:  # noqa: BLE001 - the membership's next round claims it, or another replica does
+            log.warning("reconciler.claim_failed", town=town_id, error=repr(e))
+            return
+        if fence is None:
             self.bus.publish("arm", town_id, delay_s=first_delay_s)  # another replica was first
 
     def _forget(self, town_id: str, task: asyncio.Task[None]) -> None:
@@ -235,6 +268,12 @@ class ReconcilerService:
             self.ensure(town_id, first_delay_s=delay_s)
 
     def _nudged(self, kind: str, town_id: str, data: dict[str, Any]) -> None:
+        if kind == "resync":  # the bus was away: tick every held town and let the desk look at it again
+            for held, loop in list(self.loops.items()):
+                loop.arm(0.0)
+                for callback in self._adopted:
+                    callback(held)
+            return
         if kind == "arm" and self.leases.owns(town_id):
             loop = self.loops.get(town_id)
             if loop is not None:
@@ -243,24 +282,25 @@ class ReconcilerService:
     async def stop(self) -> None:
         """Let the ticks in progress finish (up to ``RETIRE_S``), cancel what is left, hand the leases back."""
         self.running = False
-        aside = list(self._aside)
-        for task in aside:
-            task.cancel()
-        await asyncio.gather(*aside, return_exceptions=True)
-        for loop in self.loops.values():
-            loop.retire()
-        tasks = [*self._tasks.values(), *self._retiring]
-        if tasks:
-            await asyncio.wait(tasks, timeout=RETIRE_S)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        self._tasks.clear()
-        self.loops.clear()
-        try:
-            await self.db.run(leases.release_tx, self.replica_id)
-        except Exception as e:  # noqa: BLE001 - they expire by themselves
-            log.warning("reconciler.release_failed", error=repr(e))
+        async with self._lease_lock:  # a lease transaction in flight commits before the release below
+            aside = list(self._aside)
+            for task in aside:
+                task.cancel()
+            await asyncio.gather(*aside, return_exceptions=True)
+            for loop in self.loops.values():
+                loop.retire()
+            tasks = [*self._tasks.values(), *self._retiring.values()]
+            if tasks:
+                await asyncio.wait(tasks, timeout=RETIRE_S)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            self._tasks.clear()
+            self.loops.clear()
+            try:
+                await self.db.run(leases.release_tx, self.replica_id)
+            except Exception as e:  # noqa: BLE001 - they expire by themselves
+                log.warning("reconciler.release_failed", error=repr(e))
         self.leases.fences.clear()
         for client in (self.deps.container, self.deps.scm):
             close = getattr(client, "aclose", None)

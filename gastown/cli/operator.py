@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import sys
 import time
 from typing import Any, Callable
@@ -249,8 +250,16 @@ async def cmd_logs(args: Any) -> int:
     if not is_valid_id(args.agent):
         raise OperatorError(f"invalid agent id {args.agent!r}")
     after = args.after
+    stop = asyncio.Event()
+    if args.follow:
+        # Ctrl-C (or SIGTERM) ends the follow between two polls. Our own handler, not asyncio.run's: that
+        # one is installed only when SIGINT has its default handler, and a process started with SIGINT
+        # ignored (a background job of a script, some test runners) then never stopped.
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
     async with _control_api(args) as api:
-        while True:
+        while not stop.is_set():
             body = await api.get(f"/agents/{args.agent}/events", after=after)
             events = body.get("events") if isinstance(body, dict) else None
             if not isinstance(events, list):
@@ -263,7 +272,11 @@ async def cmd_logs(args: Any) -> int:
                 continue  # more are buffered: fetch them at once
             if not args.follow:
                 return 0
-            await asyncio.sleep(args.interval)
+            try:
+                await asyncio.wait_for(stop.wait(), args.interval)
+            except asyncio.TimeoutError:
+                pass
+    return 0
 
 
 def _counts(groups: dict[str, int] | None) -> str:

@@ -147,12 +147,19 @@ async def test_logs_prints_one_line_per_event_and_after_skips(container: Contain
     assert rc == 0 and [ln.split()[2] for ln in out.strip().splitlines()] == ["session.error", "session.idle"]
 
 
-async def test_logs_follow_streams_new_events_and_exits_zero_on_ctrl_c(container: Container) -> None:
+@pytest.mark.parametrize("sigint", ["default", "inherited_ignored"])
+async def test_logs_follow_streams_new_events_and_exits_zero_on_ctrl_c(container: Container, sigint: str) -> None:
+    """Started with SIGINT ignored (a script's background job; it happened under the full test run),
+    Python installs no KeyboardInterrupt and asyncio.run no handler: Ctrl-C did nothing for 30 s."""
     rec = fake_record(container, "polecat-3", state=AgentState.running)
     rec.events.append("session.status", {"status": {"type": "busy"}})
+
+    def ignore_sigint() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     proc = await asyncio.create_subprocess_exec(
         GASTOWN, "logs", "polecat-3", "--follow", "--interval", "0.1", "--url", container.url,
-        env=_env(GASTOWN_CONTROL_TOKEN=CONTROL_TOKEN), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        env=_env(GASTOWN_CONTROL_TOKEN=CONTROL_TOKEN), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        preexec_fn=ignore_sigint if sigint == "inherited_ignored" else None)
     try:
         line = await asyncio.wait_for(proc.stdout.readline(), 30)
         assert b"session.status  busy" in line

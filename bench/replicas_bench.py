@@ -152,9 +152,7 @@ async def run(tmp: Path) -> dict:
         }
     finally:
         for w in workers:
-            if w.alive:
-                w.proc.kill()
-                w.proc.wait()
+            w.kill()
         await fake.close()
         pg.stop()
 

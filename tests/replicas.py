@@ -153,6 +153,12 @@ class Replica:
                 raise AssertionError(f"{self.name} did not answer within {timeout} s")
             await asyncio.sleep(0.1)
 
+    def kill(self) -> None:
+        """Gone for sure (the cleanup of a test or a bench)."""
+        if self.alive:
+            self.proc.kill()
+        self.proc.wait()
+
     def stop(self) -> int:
         if self.alive:
             self.proc.terminate()

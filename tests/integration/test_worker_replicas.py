@@ -97,9 +97,7 @@ async def test_beads_through_any_replica_are_dispatched_once_and_a_killed_replic
             assert "Traceback" not in text or w is victim, text[-3000:]
     finally:
         for w in workers:
-            if w.alive:
-                w.proc.kill()
-                w.proc.wait()
+            w.kill()
         await fake.close()
 
 
@@ -144,7 +142,5 @@ async def test_a_live_stream_on_one_replica_gets_the_events_another_replica_stor
         assert max(lags) < 3, lags  # a NOTIFY away, not the stream's 15 s poll
     finally:
         for w in (a, b):
-            if w.alive:
-                w.proc.kill()
-                w.proc.wait()
+            w.kill()
         await fake.close()

@@ -154,7 +154,7 @@ class Database:
     ``await db.run(fn, *args)`` runs ``fn(conn, *args)`` in a write transaction;
     ``write=False`` takes a read transaction instead. ``fn`` may raise (for example
     ``ApiError``): the transaction is rolled back and the exception reaches the caller. On
-    PostgreSQL ``fn`` may run more than once (a lost serialization race): it must keep its side
+    PostgreSQL ``fn`` may run more than once (retried after a deadlock): it must keep its side
     effects in the database.
     """
 

@@ -100,8 +100,8 @@ class ReconcilerService:
 
     ``start`` claims its share of the towns and keeps a membership task that renews, rebalances and
     claims every ``RENEW_S``; ``arm`` ticks a held town, claims a town nobody holds (a new one), and
-    nudges the holder of any other through the bus; ``stop`` cancels every task and hands the
-    leases back. Each tick commits only under the fence its lease was claimed with."""
+    nudges the holder of any other through the bus; ``stop`` lets the ticks in progress finish,
+    cancels the rest and hands the leases back. Each tick commits only under the fence its lease was claimed with."""
 
     def __init__(self, db: Database, deps: TickDeps, *, clock: Clock = time.time,
                  sleep: Sleep = asyncio.sleep, leases: TownLeases | None = None, bus: Bus | None = None) -> None:
@@ -223,17 +223,8 @@ class ReconcilerService:
             log.warning("reconciler.lease_lost", town=town_id, replica=self.replica_id, fence=fence)
             self._lost[town_id] = max(fence, self._lost.get(town_id, 0))
             if self.leases.fences.get(town_id) == fence:
-                self.leases.fences.pop(town_id, None)
+                self.leases.fences.pop(town_id, None)  # at once: the desk stops before the loop has ended
             return None
-
-    def ensure(self, town_id: str, first_delay_s: float = 0.0) -> TownLoop | None:
-        """The town's loop if this replica holds the town; else claim it when nobody does."""
-        if not self.running:
-            return None
-        loop = self.loops.get(town_id)
-        if loop is None and not self.leases.owns(town_id) and not self.leases.held_elsewhere(town_id, self._clock_ms()):
-            self._spawn(self._claim(town_id, first_delay_s), f"reconciler:claim:{town_id}")
-        return loop
 
     async def _claim(self, town_id: str, first_delay_s: float) -> None:
         try:
@@ -264,8 +255,8 @@ class ReconcilerService:
             return
         if self.leases.held_elsewhere(town_id, self._clock_ms()):
             self.bus.publish("arm", town_id, delay_s=delay_s)
-        else:
-            self.ensure(town_id, first_delay_s=delay_s)
+        else:  # nobody holds it (a new town): claim it, its first tick after delay_s
+            self._spawn(self._claim(town_id, delay_s), f"reconciler:claim:{town_id}")
 
     def _nudged(self, kind: str, town_id: str, data: dict[str, Any]) -> None:
         if kind == "resync":  # the bus was away: tick every held town and let the desk look at it again

@@ -105,10 +105,6 @@ def _main_tx(conn: Conn, town_id: str, now: int, ids: bx.IdFactory,
     return TickResult(active, applied + bad, len(actions), len(ctx.effects), kinds=kinds), ctx.effects, (state.draining, mayor)
 
 
-def _guarded(conn: Conn, guard: Callable[[Conn], None]) -> None:
-    guard(conn)
-
-
 def _start_result_tx(conn: Conn, town_id: str, eff: Effect, res: StartResult, now: int) -> None:
     if res.started:
         if eff.data.get("role") != "refinery":  # a refinery keeps its counter (#1342)
@@ -148,7 +144,7 @@ async def run_tick(db: Database, town_id: str, deps: TickDeps, clock_ms: Callabl
     await _housekeeping(db, town_id, clock_ms())
     if not result.active and not draining and deps.containers is not None:
         if guard is not None:
-            await db.run(_guarded, guard)  # a replica that lost the town stops no container of it
+            await db.run(guard)  # a replica that lost the town stops no container of it
         await _maybe_stop_container(db, town_id, deps.containers, mayor, clock_ms())
     result.duration_ms = (time.perf_counter() - t0) * 1000
     log.debug("reconciler.tick", town=town_id, events=result.events, actions=result.actions,
